@@ -1,0 +1,1 @@
+from datasets.qm9.edm_qm9 import EdmQm9

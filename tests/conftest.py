@@ -1,0 +1,50 @@
+"""Shared fixtures: the real, prepared QM9 (built by `make data`)."""
+
+import os
+
+import numpy as np
+import pytest
+
+import edm_zoo  # noqa: F401  (jraph shim first)
+from edm_zoo.data import qm9
+
+# The reference's published train statistics (../shared/reference/REFERENCE.md).
+REFERENCE_TYPE_COUNTS = (923_537, 635_559, 101_476, 140_202, 2_323)
+REFERENCE_HISTOGRAM = {
+    3: 1, 4: 4, 5: 5, 6: 9, 7: 16, 8: 49, 9: 124, 10: 362, 11: 807, 12: 1689,
+    13: 3060, 14: 5136, 15: 7796, 16: 10644, 17: 13025, 18: 13364, 19: 13832,
+    20: 9482, 21: 9970, 22: 3393, 23: 4848, 24: 539, 25: 1506, 26: 48, 27: 266,
+    29: 25}
+
+SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared')
+
+
+@pytest.fixture(scope='session')
+def qm9_sources():
+  """{split: Qm9Source} of QM9 with H (prepared on demand)."""
+  qm9.prepare(remove_h=False)
+  return {s: qm9.load(s) for s in qm9.SPLITS}
+
+
+@pytest.fixture(scope='session')
+def qm9_noh_sources():
+  qm9.prepare(remove_h=True)
+  return {s: qm9.load(s, remove_h=True) for s in qm9.SPLITS}
+
+
+@pytest.fixture(scope='session')
+def qm9_index(qm9_sources):
+  """{split: (gdb_index [n], num_atoms [n])} of every molecule, read once."""
+  out = {}
+  for split, source in qm9_sources.items():
+    items = source.__getitems__(range(len(source)))
+    out[split] = (np.array([m['gdb_index'] for m in items]),
+                  np.array([m['num_atoms'] for m in items]))
+  return out
+
+
+def shared_path(*parts):
+  path = os.path.join(SHARED, *parts)
+  if not os.path.exists(path):
+    pytest.skip(f'{path} not present')
+  return path

@@ -1,0 +1,184 @@
+"""QM9 preparation and batching, on the real data."""
+
+import csv
+import os
+import shutil
+
+import jraph
+import numpy as np
+import pytest
+
+from conftest import REFERENCE_HISTOGRAM, REFERENCE_TYPE_COUNTS
+from datasets.qm9 import edm_qm9
+from edm_zoo import masking
+from edm_zoo.data import batching, qm9
+
+pytestmark = pytest.mark.filterwarnings('ignore')
+
+
+def test_split_sizes_disjoint_and_sorted(qm9_index):
+  sizes = {s: len(g) for s, (g, _) in qm9_index.items()}
+  assert sizes == {'train': 100_000, 'valid': 17_748, 'test': 13_083}
+  all_ids = np.concatenate([g for g, _ in qm9_index.values()])
+  assert len(np.unique(all_ids)) == 130_831
+  for gdb, _ in qm9_index.values():
+    assert np.all(np.diff(gdb) > 0), 'ascending gdb id inside a split'
+
+
+def test_split_is_the_reference_permutation(qm9_index):
+  # Independent of the builder: the reference's recipe on gdb ids 1-based,
+  # sorted, minus the uncharacterized molecules = all ids the splits hold.
+  ids = np.sort(np.concatenate([g for g, _ in qm9_index.values()]))
+  np.random.seed(0)
+  perm = np.random.permutation(len(ids))
+  np.testing.assert_array_equal(qm9_index['valid'][0],
+                                np.sort(ids[perm[100_000:117_748]]))
+  np.testing.assert_array_equal(qm9_index['test'][0], np.sort(ids[perm[117_748:]]))
+
+
+def test_train_statistics_equal_reference(qm9_index):
+  stats = qm9.statistics(remove_h=False)
+  assert stats.atom_types == ('H', 'C', 'N', 'O', 'F')
+  assert stats.type_counts == REFERENCE_TYPE_COUNTS
+  assert stats.n_nodes_histogram == REFERENCE_HISTOGRAM
+  # And the recorded histogram is what the train split actually holds.
+  sizes, counts = np.unique(qm9_index['train'][1], return_counts=True)
+  assert dict(zip(sizes.tolist(), counts.tolist())) == REFERENCE_HISTOGRAM
+
+
+def _qm9pack_row(gdb):
+  folder = edm_qm9.qm9pack_data_dir()
+  csv.field_size_limit(1 << 24)
+  for part in ('qm9_part1.csv', 'qm9_part2.csv', 'qm9_part3.csv'):
+    with open(os.path.join(folder, part)) as f:
+      for row in csv.DictReader(f):
+        if int(row['Index']) == gdb:
+          return row
+  raise KeyError(gdb)
+
+
+def test_molecule_round_trips_from_qm9pack_into_a_batch(qm9_sources):
+  source = qm9_sources['valid']
+  item = source[3]
+  row = _qm9pack_row(int(item['gdb_index']))
+  z = {'H': 1, 'C': 6, 'N': 7, 'O': 8, 'F': 9}
+  expected_z = [z[e.strip(" '")] for e in row['Elements'].strip('[]').split(',')]
+  expected_x = np.array(
+      [[float(v) for v in a.split(',')]
+       for a in row['XYZ_Ang'].strip('[]').split('],[')], np.float32)
+  assert item['smiles'] == row['SMILES']
+  np.testing.assert_array_equal(item['charges'], expected_z)
+  np.testing.assert_array_equal(item['positions'], expected_x)
+  assert item['homo'] == pytest.approx(float(row['HOMO_au']) * 27.2114)
+  graph = next(batching.batches(source, 8, shuffle=False, start=3))
+  n = len(expected_z)
+  np.testing.assert_array_equal(graph.nodes['positions'][:n], expected_x)
+  np.testing.assert_array_equal(graph.nodes['charges'][:n], expected_z)
+  types = np.argmax(graph.nodes['one_hot'][:n], axis=1)
+  np.testing.assert_array_equal(np.array([1, 6, 7, 8, 9])[types], expected_z)
+
+
+def test_padding_masks_cover_exactly_real_nodes_and_edges(qm9_sources):
+  stats = qm9.statistics()
+  graph = next(batching.batches(qm9_sources['train'], 64, seed=1, epoch=0,
+                                n_nodes_histogram=stats.n_nodes_histogram))
+  node, edge, glob = (masking.node_mask(graph), masking.edge_mask(graph),
+                      masking.graph_mask(graph))
+  for ours, theirs in zip((node, edge, glob), masking.jraph_masks(graph)):
+    np.testing.assert_array_equal(ours.astype(bool), theirs)
+  sizes = graph.n_node[:64]
+  assert node.sum() == sizes.sum() and glob.sum() == 64
+  assert edge.sum() == (sizes * (sizes - 1)).sum()
+  # Real edges are exactly the ordered pairs i != j inside each molecule.
+  offsets = np.concatenate([[0], np.cumsum(sizes)])
+  real = edge.astype(bool)
+  s, r = graph.senders[real], graph.receivers[real]
+  owner = np.searchsorted(offsets, s, side='right') - 1
+  assert np.all(owner == np.searchsorted(offsets, r, side='right') - 1)
+  assert np.all(s != r)
+  assert len(set(zip(s.tolist(), r.tolist()))) == real.sum()
+  # The budget comes from the documented ladder (bounded shapes).
+  budgets = batching.default_budgets(64, stats.n_nodes_histogram)
+  assert len(budgets) <= 5
+  assert (graph.n_node.sum(), len(graph.senders), len(graph.n_node)) in {
+      (b.n_node, b.n_edge, b.n_graph) for b in budgets}
+
+
+def test_packed_mode_respects_the_budget_and_drops_nothing(qm9_sources):
+  source = qm9_sources['test']
+  budget = batching.PaddingBudget(n_node=512, n_edge=8192, n_graph=40)
+  seen = 0
+  for graph in batching.batches(source, None, seed=0, budget=budget, start=13_000):
+    assert graph.n_node.sum() == budget.n_node
+    seen += int(masking.graph_mask(graph).sum())
+  assert seen == len(source) - 13_000
+
+
+def test_no_h_config_has_at_most_9_atoms(qm9_noh_sources):
+  stats = qm9.statistics(remove_h=True)
+  assert stats.atom_types == ('C', 'N', 'O', 'F')
+  assert max(stats.n_nodes_histogram) == 9
+  assert stats.type_counts == REFERENCE_TYPE_COUNTS[1:]
+  item = qm9_noh_sources['valid'][0]
+  assert 1 not in item['charges'] and len(item['charges']) <= 9
+  np.testing.assert_allclose(item['positions'].mean(0), 0, atol=1e-5)
+  graph = next(batching.batches(qm9_noh_sources['valid'], 16, seed=0))
+  assert graph.nodes['one_hot'].shape[1] == 4
+
+
+def _gdb_order(source, seed, epoch, start=0, n=3):
+  out = []
+  for graph in batching.batches(source, 16, seed=seed, epoch=epoch, start=start):
+    out.append(graph.globals['gdb_index'][:16].copy())
+    if len(out) == n:
+      break
+  return np.concatenate(out)
+
+
+def test_shuffling_is_deterministic_differs_by_epoch_and_resumes(qm9_sources):
+  source = qm9_sources['valid']
+  a = _gdb_order(source, seed=3, epoch=0)
+  np.testing.assert_array_equal(a, _gdb_order(source, seed=3, epoch=0))
+  assert not np.array_equal(a, _gdb_order(source, seed=3, epoch=1))
+  assert not np.array_equal(a, _gdb_order(source, seed=4, epoch=0))
+  np.testing.assert_array_equal(a[16:], _gdb_order(source, 3, 0, start=16, n=2))
+
+
+# --- Bad input: each a one-line ValueError that names the problem and the fix.
+
+def test_unknown_dataset():
+  with pytest.raises(ValueError, match=r"unknown dataset 'qm10'.*allowed"):
+    qm9.remove_h_for('qm10')
+
+
+def test_missing_dataset(tmp_path):
+  with pytest.raises(ValueError, match='not prepared.*make data'):
+    qm9.load('train', data_dir=str(tmp_path))
+
+
+def test_corrupt_dataset(tmp_path, qm9_sources):
+  src = qm9_sources['valid'].path
+  dst = tmp_path / 'edm_qm9' / 'with_h' / '1.0.0'
+  shutil.copytree(src, dst)
+  for f in dst.glob('*valid.array_record*'):
+    f.write_bytes(b'\x00garbage' * 100)
+  with pytest.raises(ValueError, match='corrupt.*make data'):
+    qm9.load('valid', data_dir=str(tmp_path))
+
+
+def test_element_outside_the_type_list():
+  molecule = {'positions': np.zeros((2, 3), np.float32),
+              'charges': np.array([6, 16]), 'gdb_index': 77}
+  with pytest.raises(ValueError, match=r'gdb 77 has an atom with Z=16'):
+    batching.build_graph([molecule], [1, 6, 7, 8, 9])
+
+
+def test_molecule_larger_than_the_budget(qm9_sources):
+  item = qm9_sources['valid'][500]
+  assert item['num_atoms'] > 4
+  budget = batching.PaddingBudget(n_node=4, n_edge=12, n_graph=2)
+  with pytest.raises(ValueError, match='exceeds the largest padding budget'):
+    batching.build_graph([item], [1, 6, 7, 8, 9], budget)
+  with pytest.raises(ValueError, match='exceeds'):
+    next(batching.batches(qm9_sources['valid'], None, budget=budget,
+                         start=500, shuffle=False))
