@@ -1,0 +1,298 @@
+"""EDM's diffusion objective, shared by every zoo model.
+
+`Diffusion` bundles a transformed denoising network with a noise schedule and the
+training node-count distribution. Its methods are pure functions of `params`,
+the batch and *explicit* t and noise: randomness is drawn outside (from keys
+folded with the step), and train vs eval is an argument, never an attribute.
+
+Conventions (those of the original EDM, `en_diffusion.py`):
+  * z = [x (3), h_cat (K one-hot / norm_values[1]), h_int (Z / norm_values[2])].
+  * alpha_t = sqrt(sigmoid(-gamma_t)), sigma_t = sqrt(sigmoid(gamma_t)).
+  * The `l2` training loss divides the squared error by (3 + F) * N where N is the
+    *padded* node count of EDM's dense batch, i.e. the largest molecule of the
+    batch (its collate drops all-empty columns). We reproduce that with
+    N = max(n_node) over the batch's real molecules, for parity; it makes the
+    per-molecule loss depend on the batch composition, as in EDM.
+  * The eval NLL is -log p(x, h, N) in nats per molecule: KL prior + T * L_t
+    (t ~ U{1..T}) + log-normalisers on the (N-1)*3 subspace + L0 (a second network
+    pass at t = 0) - log p(N).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+
+from edm_zoo import center_of_gravity
+from edm_zoo import masking
+from edm_zoo import models
+from edm_zoo.config import Config
+from edm_zoo.diffusion import gaussians
+from edm_zoo.diffusion import schedules
+
+Params = Any
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def log_pn_table(n_nodes_histogram: dict[int, int], max_n: int = 64) -> np.ndarray:
+  """float32 log p(N) per N as EDM's `DistributionNodes` (log(prob + 1e-30))."""
+  counts = np.zeros(max(max_n, max(n_nodes_histogram)) + 1, np.float64)
+  for n, c in n_nodes_histogram.items():
+    counts[n] = c
+  prob = (counts / counts.sum()).astype(np.float32)
+  return np.log(prob + np.float32(1e-30)).astype(np.float32)
+
+
+class Diffusion:
+  """The E(3) equivariant diffusion model around a zoo network.
+
+  Args:
+    config: the run configuration.
+    n_nodes_histogram: the training {N: count} histogram for log p(N).
+  """
+
+  def __init__(self, config: Config, n_nodes_histogram: dict[int, int]):
+    d = config.diffusion
+    if d.loss_type not in ('l2', 'vlb'):
+      raise ValueError(f"unknown loss_type {d.loss_type!r}; allowed: ['l2', 'vlb'].")
+    if d.norm_biases[0] not in (None, 0, 0.0):
+      raise ValueError('norm_biases[0] (positions) must be None or 0.')
+    self.config = config
+    self.T = d.T
+    self.n_features = config.in_node_nf
+    self._net = models.transform(config)
+    self._learned = d.noise_schedule == 'learned'
+    if self._learned:
+      self._gamma_net = schedules.learned_transform()
+    else:
+      self.gamma_table = jnp.asarray(
+          schedules.gamma_table(d.noise_schedule, d.T, d.noise_precision))
+    self.log_pn = jnp.asarray(log_pn_table(n_nodes_histogram))
+
+  # --- Parameters and the two learned functions.
+
+  def init(self, rng: jax.Array, graph: jraph.GraphsTuple) -> Params:
+    n_node = masking.node_mask(graph).shape[0]
+    z = jnp.zeros((n_node, 3 + self.n_features))
+    t = jnp.zeros(graph.n_node.shape[0])
+    net_rng, gamma_rng = jax.random.split(rng)
+    params = dict(self._net.init(net_rng, graph, z, t))
+    if self._learned:
+      params.update(self._gamma_net.init(gamma_rng, t))
+    return params
+
+  def gamma(self, params: Params, t: jax.Array) -> jax.Array:
+    """gamma(t) for t [n_graph] in [0, 1]."""
+    if self._learned:
+      return self._gamma_net.apply(
+          {k: v for k, v in params.items() if k.startswith('gamma')}, t)
+    return schedules.lookup(self.gamma_table, t)
+
+  def eps(self, params: Params, graph: jraph.GraphsTuple, z_t: jax.Array,
+          t: jax.Array) -> jax.Array:
+    """The network's predicted noise for z_t [n_node, D] at t [n_graph]."""
+    net_params = {k: v for k, v in params.items() if not k.startswith('gamma')}
+    return self._net.apply(net_params, graph, z_t, t)
+
+  # --- Data <-> z.
+
+  def normalize(self, graph: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
+    """(xh [n_node, 3 + F], delta_log_px [n_graph]) from a batch; x made CoG-free."""
+    d = self.config.diffusion
+    mask = masking.node_mask(graph)[:, None]
+    x = center_of_gravity.remove_mean(graph.nodes['positions'], graph) / d.norm_values[0]
+    h = [(graph.nodes['one_hot'] - d.norm_biases[1]) / d.norm_values[1] * mask]
+    if d.include_charges:
+      h.append((graph.nodes['charges'][:, None] - d.norm_biases[2])
+               / d.norm_values[2] * mask)
+    delta_log_px = -gaussians.subspace_dim(graph) * math.log(d.norm_values[0])
+    return jnp.concatenate([x] + h, axis=-1), delta_log_px
+
+  def sample_noise(self, rng: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
+    return gaussians.sample_noise(rng, graph, self.n_features)
+
+  # --- Pieces of the objective.
+
+  def alpha_sigma(self, gamma: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.sqrt(jax.nn.sigmoid(-gamma)), jnp.sqrt(jax.nn.sigmoid(gamma))
+
+  def _per_node(self, values: jax.Array, graph) -> jax.Array:
+    return values[masking.node_graph_index(graph)][:, None]
+
+  def _padded_n(self, graph) -> jax.Array:
+    """EDM's dense batch width: the largest real molecule of the batch."""
+    return jnp.max(graph.n_node * (masking.graph_mask(graph) > 0))
+
+  def kl_prior(self, params, graph, xh) -> jax.Array:
+    """[n_graph] KL(q(z_T | x, h) || N(0, I)) on the CoG-free x space and h."""
+    gamma_T = self.gamma(params, jnp.ones(graph.n_node.shape[0]))
+    alpha_T, sigma_T = self.alpha_sigma(gamma_T)
+    mu_T = self._per_node(alpha_T, graph) * xh
+    kl_h = gaussians.kl_to_standard_normal(mu_T[:, 3:], self._per_node(sigma_T, graph),
+                                           graph)
+    mu_x_norm2 = masking.segment_sum(
+        jnp.sum(mu_T[:, :3]**2, -1) * masking.node_mask(graph), graph)
+    kl_x = gaussians.kl_to_standard_normal_subspace(
+        mu_x_norm2, sigma_T, gaussians.subspace_dim(graph))
+    return kl_x + kl_h
+
+  def log_constants_p_x_given_z0(self, params, graph) -> jax.Array:
+    gamma_0 = self.gamma(params, jnp.zeros(graph.n_node.shape[0]))
+    return gaussians.subspace_dim(graph) * (-0.5 * gamma_0 - 0.5 * _LOG_2PI)
+
+  def _squared_error(self, eps, eps_hat, graph, columns=slice(None)):
+    err = jnp.sum((eps[:, columns] - eps_hat[:, columns])**2, -1)
+    return masking.segment_sum(err * masking.node_mask(graph), graph)
+
+  def log_p_xh_given_z0(self, graph, xh, z_0, gamma_0, eps, eps_hat,
+                        *, l2_normalized: bool) -> dict[str, jax.Array]:
+    """log p(x, h | z_0) without constants: Gaussian x, discretised h. [n_graph]."""
+    d = self.config.diffusion
+    mask = masking.node_mask(graph)
+    K = self.config.num_atom_types
+    err_x = self._squared_error(eps, eps_hat, graph, slice(0, 3))
+    if l2_normalized:
+      err_x = err_x / ((3 + self.n_features) * self._padded_n(graph))
+    _, sigma_0 = self.alpha_sigma(gamma_0)
+    sigma_0 = self._per_node(sigma_0, graph)
+    cdf = gaussians.standard_normal_cdf
+    x_cat = xh[:, 3:3 + K] * d.norm_values[1] + d.norm_biases[1]
+    z_cat = z_0[:, 3:3 + K] * d.norm_values[1] + d.norm_biases[1]
+    sigma_cat = sigma_0 * d.norm_values[1]
+    centered = z_cat - 1
+    log_prop = jnp.log(cdf((centered + 0.5) / sigma_cat)
+                       - cdf((centered - 0.5) / sigma_cat) + 1e-10)
+    log_probs = log_prop - jax.nn.logsumexp(log_prop, axis=-1, keepdims=True)
+    log_p_cat = masking.segment_sum(jnp.sum(log_probs * x_cat, -1) * mask, graph)
+    if d.include_charges:
+      x_int = xh[:, -1] * d.norm_values[2] + d.norm_biases[2]
+      z_int = z_0[:, -1] * d.norm_values[2] + d.norm_biases[2]
+      sigma_int = sigma_0[:, 0] * d.norm_values[2]
+      log_p_int = masking.segment_sum(jnp.log(
+          cdf((x_int - z_int + 0.5) / sigma_int)
+          - cdf((x_int - z_int - 0.5) / sigma_int) + 1e-10) * mask, graph)
+    else:
+      log_p_int = jnp.zeros_like(log_p_cat)
+    return {'L0_log_p_x': -0.5 * err_x, 'L0_log_p_h_int': log_p_int,
+            'L0_log_p_h_cat': log_p_cat}
+
+  # --- The two modes of the objective.
+
+  def eval_terms(self, params: Params, graph: jraph.GraphsTuple, t_int: jax.Array,
+                 eps: jax.Array, eps0: jax.Array) -> dict[str, jax.Array]:
+    """Every term of EDM's eval-mode NLL estimate (t0_always), per molecule.
+
+    Args:
+      params: model parameters.
+      graph: the padded batch.
+      t_int: [n_graph] integer timesteps in {1..T}.
+      eps: [n_node, D] noise for z_t (`sample_noise`).
+      eps0: [n_node, D] noise for z_0 (the L0 term).
+
+    Returns:
+      Per-molecule arrays [n_graph] named as in PARITY.md (`nll_per_molecule` is
+      -log p(x, h, N)), plus `net_out` / `net_out0` [n_node, D].
+    """
+    T = self.T
+    n_graph = graph.n_node.shape[0]
+    xh, delta_log_px = self.normalize(graph)
+    t = t_int.astype(jnp.float32) / T
+    s = (t_int - 1).astype(jnp.float32) / T
+    gamma_t, gamma_s = self.gamma(params, t), self.gamma(params, s)
+    alpha_t, sigma_t = self.alpha_sigma(gamma_t)
+    z_t = self._per_node(alpha_t, graph) * xh + self._per_node(sigma_t, graph) * eps
+    net_out = self.eps(params, graph, z_t, t)
+    error = self._squared_error(eps, net_out, graph)
+    snr_weight = jnp.exp(-(gamma_s - gamma_t)) - 1
+    loss_t_gt0 = 0.5 * snr_weight * error
+    estimator = T * loss_t_gt0
+    kl_prior = self.kl_prior(params, graph, xh)
+    neg_log_constants = -self.log_constants_p_x_given_z0(params, graph)
+    zeros = jnp.zeros(n_graph)
+    gamma_0 = self.gamma(params, zeros)
+    alpha_0, sigma_0 = self.alpha_sigma(gamma_0)
+    z_0 = self._per_node(alpha_0, graph) * xh + self._per_node(sigma_0, graph) * eps0
+    net_out0 = self.eps(params, graph, z_0, zeros)
+    l0 = self.log_p_xh_given_z0(graph, xh, z_0, gamma_0, eps0, net_out0,
+                                l2_normalized=False)
+    loss_term_0 = -(l0['L0_log_p_x'] + l0['L0_log_p_h_int'] + l0['L0_log_p_h_cat'])
+    loss = kl_prior + estimator + neg_log_constants + loss_term_0
+    neg_log_pxh = loss - delta_log_px
+    log_pN = self.log_pn[graph.n_node]
+    return dict(
+        t=t, s=s, gamma_t=gamma_t, gamma_s=gamma_s, alpha_t=alpha_t, sigma_t=sigma_t,
+        gamma_0=gamma_0, alpha_0=alpha_0, sigma_0=sigma_0, z_t=z_t, z_0=z_0,
+        net_out=net_out, net_out0=net_out0, error=error, SNR_weight=snr_weight,
+        loss_t_gt0=loss_t_gt0, estimator_loss_terms=estimator, kl_prior=kl_prior,
+        neg_log_constants=neg_log_constants, loss_term_0=loss_term_0, loss=loss,
+        neg_log_pxh=neg_log_pxh, log_pN=log_pN,
+        nll_per_molecule=neg_log_pxh - log_pN, **l0)
+
+  def train_terms(self, params: Params, graph: jraph.GraphsTuple, t_int: jax.Array,
+                  eps: jax.Array) -> dict[str, jax.Array]:
+    """EDM's train-mode objective (t0_always=False), per molecule.
+
+    Args:
+      params: model parameters.
+      graph: the padded batch.
+      t_int: [n_graph] integer timesteps in {0..T}.
+      eps: [n_node, D] noise for z_t.
+
+    Returns:
+      Per-molecule arrays [n_graph]; `loss_per_molecule` is what EDM's
+      `model.forward` returns in train mode (before subtracting log p(N)).
+    """
+    l2 = self.config.diffusion.loss_type == 'l2'
+    T = self.T
+    xh, delta_log_px = self.normalize(graph)
+    t = t_int.astype(jnp.float32) / T
+    s = (t_int - 1).astype(jnp.float32) / T
+    gamma_t, gamma_s = self.gamma(params, t), self.gamma(params, s)
+    alpha_t, sigma_t = self.alpha_sigma(gamma_t)
+    z_t = self._per_node(alpha_t, graph) * xh + self._per_node(sigma_t, graph) * eps
+    net_out = self.eps(params, graph, z_t, t)
+    error = self._squared_error(eps, net_out, graph)
+    if l2:
+      error = error / ((3 + self.n_features) * self._padded_n(graph))
+      snr_weight = jnp.ones_like(error)
+      neg_log_constants = jnp.zeros_like(error)
+      delta_log_px = jnp.zeros_like(delta_log_px)
+    else:
+      snr_weight = jnp.exp(-(gamma_s - gamma_t)) - 1
+      neg_log_constants = -self.log_constants_p_x_given_z0(params, graph)
+    loss_t_gt0 = 0.5 * snr_weight * error
+    kl_prior = self.kl_prior(params, graph, xh)
+    l0 = self.log_p_xh_given_z0(graph, xh, z_t, gamma_t, eps, net_out,
+                                l2_normalized=l2)
+    loss_term_0 = -(l0['L0_log_p_x'] + l0['L0_log_p_h_int'] + l0['L0_log_p_h_cat'])
+    loss_t = jnp.where(t_int == 0, loss_term_0, loss_t_gt0)
+    estimator = loss_t if l2 else (T + 1) * loss_t
+    loss = kl_prior + estimator + neg_log_constants
+    loss_per_molecule = loss - delta_log_px
+    log_pN = self.log_pn[graph.n_node]
+    return dict(t=t, gamma_t=gamma_t, z_t=z_t, net_out=net_out, error=error,
+                loss_term_0=loss_term_0, loss_t=loss_t, kl_prior=kl_prior,
+                loss_per_molecule=loss_per_molecule, log_pN=log_pN,
+                nll_per_molecule=loss_per_molecule - log_pN)
+
+  # --- Batch means over real molecules.
+
+  def train_loss(self, params, graph, t_int, eps) -> jax.Array:
+    """The back-propagated scalar: mean over molecules of loss - log p(N)."""
+    terms = self.train_terms(params, graph, t_int, eps)
+    return masked_mean(terms['nll_per_molecule'], graph)
+
+  def nll(self, params, graph, t_int, eps, eps0) -> jax.Array:
+    """Mean eval NLL -log p(x, h, N) (nats per molecule) of the batch."""
+    terms = self.eval_terms(params, graph, t_int, eps, eps0)
+    return masked_mean(terms['nll_per_molecule'], graph)
+
+
+def masked_mean(values: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
+  mask = masking.graph_mask(graph)
+  return jnp.sum(jnp.where(mask > 0, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1.0)

@@ -1,0 +1,106 @@
+"""Noise schedules gamma(t) = -log(alpha_t^2 / sigma_t^2): the one home of them.
+
+`polynomial_<p>` and `cosine` are EDM's predefined schedules: a float32 table of
+T + 1 values looked up at round(t * T), exactly as `PredefinedNoiseSchedule`
+does (t = -1/T wraps to gamma[T], as torch indexing does). `learned` is the
+VDM-style monotone network (`GammaNetwork`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def clip_noise_schedule(alphas2: np.ndarray, clip_value: float = 0.001) -> np.ndarray:
+  """Clips alpha_t^2 / alpha_{t-1}^2 to [clip_value, 1] and re-accumulates."""
+  alphas2 = np.concatenate([np.ones(1), alphas2])
+  step = np.clip(alphas2[1:] / alphas2[:-1], clip_value, 1.0)
+  return np.cumprod(step)
+
+
+def polynomial_alphas2(T: int, precision: float, power: float) -> np.ndarray:
+  steps = T + 1
+  x = np.linspace(0, steps, steps)
+  alphas2 = clip_noise_schedule((1 - np.power(x / steps, power))**2)
+  return (1 - 2 * precision) * alphas2 + precision
+
+
+def cosine_alphas2(T: int, s: float = 0.008) -> np.ndarray:
+  steps = T + 2
+  x = np.linspace(0, steps, steps)
+  cumprod = np.cos(((x / steps) + s) / (1 + s) * np.pi * 0.5)**2
+  cumprod = cumprod / cumprod[0]
+  betas = np.clip(1 - cumprod[1:] / cumprod[:-1], 0, 0.999)
+  return np.cumprod(1.0 - betas)
+
+
+def gamma_table(name: str, T: int, precision: float) -> np.ndarray:
+  """float32 [T + 1] table of a predefined schedule (`polynomial_<p>`, `cosine`)."""
+  if name == 'cosine':
+    alphas2 = cosine_alphas2(T)
+  elif name.startswith('polynomial_'):
+    try:
+      power = float(name.split('_', 1)[1])
+    except ValueError:
+      raise ValueError(f'bad noise schedule {name!r}; e.g. polynomial_2.') from None
+    alphas2 = polynomial_alphas2(T, precision, power)
+  else:
+    raise ValueError(f"unknown noise schedule {name!r}; allowed: 'polynomial_<p>',"
+                     " 'cosine', 'learned'.")
+  return (-(np.log(alphas2) - np.log(1 - alphas2))).astype(np.float32)
+
+
+def lookup(table: jax.Array, t: jax.Array) -> jax.Array:
+  """gamma[round(t * T)] for t in [-1/T, 1]."""
+  T = table.shape[0] - 1
+  return table[jnp.round(t * T).astype(jnp.int32)]
+
+
+class PositiveLinear(hk.Module):
+  """Linear layer with softplus-positive weights (monotone in its input)."""
+
+  def __init__(self, output_size: int, *, weight_init_offset: float = -2.0,
+               name: str | None = None):
+    super().__init__(name=name)
+    self._output_size = output_size
+    self._offset = weight_init_offset
+
+  def __call__(self, x):
+    fan_in = x.shape[-1]
+    limit = 1.0 / math.sqrt(fan_in)
+    w_init = lambda shape, dtype: hk.initializers.RandomUniform(-limit, limit)(
+        shape, dtype) + self._offset
+    w = hk.get_parameter('w', [fan_in, self._output_size], x.dtype, init=w_init)
+    b = hk.get_parameter('b', [self._output_size], x.dtype,
+                         init=hk.initializers.RandomUniform(-limit, limit))
+    return x @ jax.nn.softplus(w) + b
+
+
+class GammaNetwork(hk.Module):
+  """Learned monotone gamma(t), rescaled to [gamma_0, gamma_1] (init -5, 10)."""
+
+  def __init__(self, *, name: str | None = 'gamma'):
+    super().__init__(name=name)
+
+  def _gamma_tilde(self, t):
+    l1 = PositiveLinear(1, name='l1')(t)
+    return l1 + PositiveLinear(1, name='l3')(
+        jax.nn.sigmoid(PositiveLinear(1024, name='l2')(l1)))
+
+  def __call__(self, t: jax.Array) -> jax.Array:
+    t = t[:, None]
+    g0 = hk.get_parameter('gamma_0', [1], t.dtype, init=hk.initializers.Constant(-5.))
+    g1 = hk.get_parameter('gamma_1', [1], t.dtype, init=hk.initializers.Constant(10.))
+    tilde_0 = self._gamma_tilde(jnp.zeros_like(t))
+    tilde_1 = self._gamma_tilde(jnp.ones_like(t))
+    normalized = (self._gamma_tilde(t) - tilde_0) / (tilde_1 - tilde_0)
+    return (g0 + (g1 - g0) * normalized)[:, 0]
+
+
+def learned_transform() -> hk.Transformed:
+  return hk.without_apply_rng(hk.transform(lambda t: GammaNetwork()(t)))
