@@ -8,16 +8,23 @@ Adding a model: one new module file with a `net_fn`, one line in `_REGISTRY`.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import haiku as hk
 
 from edm_zoo.config import Config
 from edm_zoo.models import egnn, gnn
 
-_REGISTRY: dict[str, Callable] = {
-    'egnn': egnn.net_fn,
-    'gnn': gnn.net_fn,
+
+class Entry(NamedTuple):
+  """A zoo model: its pure `net_fn` and whether its position output is E(3)-equivariant."""
+  net_fn: Callable
+  equivariant: bool
+
+
+_REGISTRY: dict[str, Entry] = {
+    'egnn': Entry(egnn.net_fn, equivariant=True),
+    'gnn': Entry(gnn.net_fn, equivariant=False),
 }
 
 
@@ -25,8 +32,8 @@ def names() -> list[str]:
   return sorted(_REGISTRY)
 
 
-def get(name: str) -> Callable:
-  """The `net_fn` registered under `name`."""
+def get(name: str) -> Entry:
+  """The registry entry of `name`."""
   if name not in _REGISTRY:
     raise ValueError(f'unknown model {name!r}; allowed: {names()}.')
   return _REGISTRY[name]
@@ -35,4 +42,4 @@ def get(name: str) -> Callable:
 def transform(config: Config) -> hk.Transformed:
   """The configured model's net_fn, wrapped once (no rng at apply time)."""
   return hk.without_apply_rng(hk.transform(
-      functools.partial(get(config.model.name), config=config)))
+      functools.partial(get(config.model.name).net_fn, config=config)))

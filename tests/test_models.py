@@ -1,0 +1,186 @@
+"""Generic tests of every zoo model and the shared objective, on real QM9 batches."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from edm_zoo import center_of_gravity, masking, models
+from edm_zoo.config import Config, DiffusionConfig, ModelConfig
+from edm_zoo.data import batching, qm9
+from edm_zoo.diffusion import Diffusion, sampler, schedules
+
+ATOMIC_NUMBERS = (1, 6, 7, 8, 9)
+
+
+def small_config(name, **diffusion):
+  return Config(model=ModelConfig(name=name, nf=16, n_layers=2),
+                diffusion=DiffusionConfig(**diffusion))
+
+
+@pytest.fixture(scope='module')
+def molecules(qm9_sources):
+  return qm9_sources['valid'].__getitems__(range(100, 106))
+
+
+@pytest.fixture(scope='module')
+def histogram():
+  return qm9.statistics().n_nodes_histogram
+
+
+def _graph(molecules, extra_nodes=1, extra_graphs=1, extra_edges=0):
+  sizes = np.array([len(m['charges']) for m in molecules])
+  budget = batching.PaddingBudget(int(sizes.sum()) + extra_nodes,
+                                  int((sizes * (sizes - 1)).sum()) + extra_edges,
+                                  len(sizes) + extra_graphs)
+  return batching.build_graph(molecules, ATOMIC_NUMBERS, budget)
+
+
+def _setup(name, molecules, histogram, **diffusion):
+  model = Diffusion(small_config(name, **diffusion), histogram)
+  graph = _graph(molecules)
+  params = model.init(jax.random.PRNGKey(0), graph)
+  return model, params, graph
+
+
+def _random_orthogonal(seed):
+  q, _ = np.linalg.qr(np.random.RandomState(seed).normal(size=(3, 3)))
+  if np.linalg.det(q) > 0:  # Make it a reflection too.
+    q[:, 0] = -q[:, 0]
+  return jnp.asarray(q, jnp.float32)
+
+
+def _z_t(model, graph, seed=1):
+  xh, _ = model.normalize(graph)
+  eps = model.sample_noise(jax.random.PRNGKey(seed), graph)
+  return 0.8 * xh + 0.6 * eps, eps
+
+
+@pytest.mark.parametrize('name', models.names())
+def test_output_shape_zero_cog_and_zero_padding(name, molecules, histogram):
+  model, params, graph = _setup(name, molecules, histogram)
+  z_t, _ = _z_t(model, graph)
+  t = jnp.full(graph.n_node.shape, 0.3)
+  out = model.eps(params, graph, z_t, t)
+  assert out.shape == z_t.shape
+  assert float(center_of_gravity.max_abs_mean(out[:, :3], graph)) < 1e-5
+  pad = masking.node_mask(graph) == 0
+  assert jnp.all(out[pad] == 0)
+  assert jnp.all(jnp.isfinite(out))
+
+
+@pytest.mark.parametrize('name', [n for n in models.names() if models.get(n).equivariant])
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_e3_equivariance(name, seed, molecules, histogram):
+  model, params, graph = _setup(name, molecules, histogram)
+  z_t, eps = _z_t(model, graph)
+  t = jnp.full(graph.n_node.shape, 0.5)
+  rot = _random_orthogonal(seed)
+  shift = jnp.asarray(np.random.RandomState(seed).normal(size=3) * 3, jnp.float32)
+  mask = masking.node_mask(graph)[:, None]
+  moved = z_t.at[:, :3].set((z_t[:, :3] @ rot + shift) * mask)
+  out = model.eps(params, graph, z_t, t)
+  out_moved = model.eps(params, graph, moved, t)
+  np.testing.assert_allclose(out_moved[:, :3], out[:, :3] @ rot, atol=2e-5)
+  np.testing.assert_allclose(out_moved[:, 3:], out[:, 3:], atol=2e-5)
+  # The loss is invariant to rotating the data and the noise together.
+  t_int = jnp.full(graph.n_node.shape, 300)
+  rotated = graph._replace(nodes={**graph.nodes,
+                                  'positions': graph.nodes['positions'] @ rot + shift})
+  eps_rot = eps.at[:, :3].set(eps[:, :3] @ rot)
+  np.testing.assert_allclose(model.train_loss(params, rotated, t_int, eps_rot),
+                             model.train_loss(params, graph, t_int, eps), rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', models.names())
+def test_permutation_equivariance(name, molecules, histogram):
+  model, params, graph = _setup(name, molecules, histogram)
+  perms = [np.random.RandomState(i).permutation(len(m['charges']))
+           for i, m in enumerate(molecules)]
+  permuted = [{**m, 'positions': m['positions'][p], 'charges': m['charges'][p]}
+              for m, p in zip(molecules, perms)]
+  graph_p = _graph(permuted)
+  offsets = np.concatenate([[0], np.cumsum([len(p) for p in perms])])
+  index = np.concatenate([p + o for p, o in zip(perms, offsets)])
+  z_t, _ = _z_t(model, graph)
+  n = len(index)
+  z_p = z_t.at[:n].set(z_t[index])
+  t = jnp.linspace(0.1, 0.9, graph.n_node.shape[0])
+  out = model.eps(params, graph, z_t, t)
+  out_p = model.eps(params, graph_p, z_p, t)
+  np.testing.assert_allclose(out_p[:n], out[index], atol=2e-5)
+
+
+@pytest.mark.parametrize('name', models.names())
+def test_padding_invariance(name, molecules, histogram):
+  model, params, graph = _setup(name, molecules, histogram)
+  big = _graph(molecules, extra_nodes=37, extra_graphs=5, extra_edges=300)
+  n = int(graph.n_node[:-1].sum())
+  z_t, eps = _z_t(model, graph)
+  pad = lambda a: jnp.concatenate([a[:n], jnp.zeros((37,) + a.shape[1:])])
+  t = jnp.linspace(0.1, 0.9, len(molecules))
+  t_small = jnp.concatenate([t, jnp.zeros(1)])
+  t_big = jnp.concatenate([t, jnp.zeros(5)])
+  np.testing.assert_allclose(model.eps(params, big, pad(z_t), t_big)[:n],
+                             model.eps(params, graph, z_t, t_small)[:n], atol=1e-6)
+  t_int = (t_small * 1000).astype(jnp.int32)
+  t_int_big = (t_big * 1000).astype(jnp.int32)
+  np.testing.assert_allclose(model.train_loss(params, big, t_int_big, pad(eps)),
+                             model.train_loss(params, graph, t_int, eps), rtol=1e-6)
+  eps0 = model.sample_noise(jax.random.PRNGKey(5), graph)
+  np.testing.assert_allclose(
+      model.nll(params, big, t_int_big + 1, pad(eps), pad(eps0)),
+      model.nll(params, graph, t_int + 1, eps, eps0), rtol=1e-6)
+
+
+@pytest.mark.parametrize('name', models.names())
+@pytest.mark.parametrize('loss_type', ['l2', 'vlb'])
+def test_losses_finite_and_differentiable(name, loss_type, molecules, histogram):
+  model, params, graph = _setup(name, molecules, histogram, loss_type=loss_type)
+  eps = model.sample_noise(jax.random.PRNGKey(3), graph)
+  t_int = jnp.array([0, 1, 10, 500, 999, 1000, 0])
+  loss, grads = jax.value_and_grad(model.train_loss)(params, graph, t_int, eps)
+  assert jnp.isfinite(loss)
+  assert all(jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads))
+  assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
+
+
+def test_polynomial_schedule_equals_the_reference_table():
+  from conftest import shared_path
+  v = np.load(shared_path('parity', 'parity_small.npz'))
+  table = schedules.gamma_table('polynomial_2', 1000, 1e-5)
+  np.testing.assert_array_equal(table, v['schedule/gamma'])
+  np.testing.assert_allclose(
+      table[[0, 1, 500, 999, 1000]],
+      [-11.5129, -11.3306, -0.2513, 11.1767, 11.5125], atol=1e-4)
+
+
+@pytest.mark.parametrize('schedule', ['polynomial_2', 'cosine', 'learned'])
+def test_schedules_are_increasing(schedule, molecules, histogram):
+  model, params, graph = _setup('egnn', molecules, histogram, noise_schedule=schedule)
+  gamma = model.gamma(params, jnp.linspace(0, 1, 1001))
+  assert jnp.all(jnp.diff(gamma) >= 0) and gamma[-1] - gamma[0] > 10
+
+
+def test_bad_schedule_and_model_names():
+  with pytest.raises(ValueError, match="unknown noise schedule 'linear'"):
+    schedules.gamma_table('linear', 10, 1e-5)
+  with pytest.raises(ValueError, match=r"unknown model 'mlp'; allowed: \['egnn', 'gnn'\]"):
+    models.get('mlp')
+
+
+def test_full_sampler_makes_valid_molecules(molecules, histogram):
+  config = dataclasses.replace(small_config('egnn'),
+                               diffusion=DiffusionConfig(T=20))
+  model = Diffusion(config, histogram)
+  graph = _graph(molecules)
+  params = model.init(jax.random.PRNGKey(0), graph)
+  out = jax.jit(lambda p, r: sampler.sample(model, p, graph, r))(
+      params, jax.random.PRNGKey(1))
+  real = masking.node_mask(graph) > 0
+  assert float(center_of_gravity.max_abs_mean(out['x'], graph)) < 1e-4
+  np.testing.assert_array_equal(out['h_cat'][real].sum(-1), 1.0)
+  assert jnp.all(out['h_cat'][~real] == 0)
+  assert jnp.all(jnp.isfinite(out['x']))
