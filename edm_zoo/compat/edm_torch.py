@@ -241,3 +241,104 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
   for key in ('x', 'h_cat', 'h_int'):
     check(f'sample/{key}_final', final[key], f'sample/{key}_final', node_level=True)
   return report
+
+
+def _torch_view(tree: dict, name: str) -> np.ndarray:
+  module, leaf, transpose = haiku_name(name)
+  value = np.asarray(tree[module][leaf])
+  return value.T if transpose else value
+
+
+def _tree_error(tree: dict, v: Mapping[str, np.ndarray], prefix: str, names,
+                rtol: float, atol: float) -> dict[str, float]:
+  """Max errors over every named parameter-shaped array `prefix + name`."""
+  worst = {'max_abs': 0.0, 'max_rel': 0.0, 'ok': True, 'rtol': rtol, 'atol': atol}
+  for name in names:
+    ours = _torch_view(tree, name).astype(np.float64)
+    ref = v[prefix + name].astype(np.float64)
+    diff = np.abs(ours - ref)
+    worst['max_abs'] = max(worst['max_abs'], float(diff.max(initial=0)))
+    worst['max_rel'] = max(worst['max_rel'], float(
+        (diff / np.maximum(np.abs(ref), 1e-30)).max(initial=0)))
+    worst['ok'] &= bool(np.all(diff <= rtol * np.abs(ref) + atol))
+  return worst
+
+
+def _scalar_error(ours, ref, rtol: float, atol: float = 0.0) -> dict[str, float]:
+  ours, ref = float(ours), float(ref)
+  diff = abs(ours - ref)
+  return {'max_abs': diff, 'max_rel': diff / max(abs(ref), 1e-30),
+          'ok': diff <= rtol * abs(ref) + atol, 'rtol': rtol, 'atol': atol}
+
+
+def train_parity_report(path: str) -> dict[str, dict[str, float]]:
+  """Replays a TRAIN_PARITY.md file end to end: our loss and gradients, clipping,
+  AdamW-amsgrad and EMA, for both queue variants.
+
+  Returns {array: {max_abs, max_rel, ok, rtol, atol}} with the tolerances that
+  TRAIN_PARITY.md suggests for an end-to-end float32 reimplementation.
+  """
+  from edm_zoo.training import optimizer, state as train_state  # pylint: disable=g-import-not-at-top
+  v = load_vectors(path)
+  args = json.loads(str(v['config_json']))
+  _, model, params, graph = setup_from_vectors(v, prefix='init/param/')
+  opt = args.get('optimizer', {})
+  betas = opt.get('betas', (0.9, 0.999))
+  tx = optimizer.torch_adamw_amsgrad(
+      float(opt.get('lr', args.get('lr', 1e-4))), b1=betas[0], b2=betas[1],
+      eps=float(opt.get('eps', 1e-8)), weight_decay=float(opt.get('weight_decay', 1e-12)))
+  ema_decay = float(args.get('ema_decay', 0.9999))
+  max_len = int(args.get('queue_max_len', 50))
+  K = int(args.get('K', 3))
+  mask = v['input/node_mask']
+  B = mask.shape[0]
+  n_total = graph.nodes['mask'].shape[0]
+  graphs = jax.tree.map(lambda a: jnp.asarray(a)[None], graph)
+  with_grad = sorted({k[len('step0/grad/'):] for k in v if k.startswith('step0/grad/')})
+  all_params = [n for n in (k[len('init/param/'):] for k in v if k.startswith('init/param/'))
+                if n not in _SKIP]
+
+  def loss(p, t_int, eps):
+    return train_state.loss_fn(model, p, graphs, t_int, eps)
+  grad_fn = jax.jit(jax.value_and_grad(loss))
+  apply = jax.jit(lambda s, g, l: train_state.apply_gradients(
+      s, g, l, tx=tx, ema_decay=ema_decay))
+  report = {}
+  for prefix in ('', 'clipped/'):
+    if f'{prefix}step0/loss' not in v:
+      continue
+    state = train_state.TrainState(
+        step=jnp.zeros([], jnp.int32), params=params, ema_params=params,
+        opt_state=tx.init(params),
+        clip_queue=optimizer.init_clip_queue(v[f'{prefix}queue_init_items'], max_len),
+        nonfinite=jnp.zeros([], jnp.int32))
+    for k in range(K):
+      sp = f'{prefix}step{k}/'
+      t_int = jnp.concatenate([jnp.asarray(v[sp + 't_int'], jnp.int32),
+                               jnp.zeros(1, jnp.int32)])[None]
+      eps = nodes_from_dense(v[sp + 'eps'], mask, n_total)[None]
+      value, grads = grad_fn(state.params, t_int, eps)
+      report[sp + 'loss'] = _scalar_error(value, v[sp + 'loss'], 2e-6)
+      report[sp + 'grad'] = _tree_error(grads, v, sp + 'grad/', with_grad, 1e-4, 2e-5)
+      state, info = apply(state, grads, value)
+      report[sp + 'grad_norm'] = _scalar_error(info['grad_norm'], v[sp + 'grad_norm'], 1e-5)
+      report[sp + 'max_grad_norm'] = _scalar_error(
+          info['max_grad_norm'], v[sp + 'max_grad_norm'], 1e-6)
+      report[sp + 'clip_coef'] = _scalar_error(info['clip_coef'], v[sp + 'clip_coef'], 1e-5)
+      same = bool(info['clipped']) == bool(v[sp + 'clipped'])
+      report[sp + 'clipped'] = {'max_abs': float(not same), 'max_rel': float(not same),
+                                'ok': same, 'rtol': 0.0, 'atol': 0.0}
+      queue = np.asarray(state.clip_queue.items)[:int(state.clip_queue.count)]
+      ref_queue = np.asarray(v[sp + 'queue_after'])
+      report[sp + 'queue_after'] = (
+          _error(queue, ref_queue) if queue.shape == ref_queue.shape else
+          {'max_abs': np.inf, 'max_rel': np.inf, 'ok': False})
+      report[sp + 'param'] = _tree_error(state.params, v, sp + 'param/', all_params, 0, 1e-6)
+      report[sp + 'ema'] = _tree_error(state.ema_params, v, sp + 'ema/', all_params, 0, 1e-6)
+    amsgrad = state.opt_state[0]
+    for ours, key, atol in ((amsgrad.mu, 'exp_avg', 1e-6), (amsgrad.nu, 'exp_avg_sq', 1e-8),
+                            (amsgrad.nu_max, 'max_exp_avg_sq', 1e-8)):
+      report[f'{prefix}opt/{key}'] = _tree_error(ours, v, f'{prefix}opt/{key}/', with_grad,
+                                                 1e-3, atol)
+    report[f'{prefix}opt/step'] = _scalar_error(amsgrad.count, v[f'{prefix}opt/step'], 0)
+  return report

@@ -124,10 +124,6 @@ class Diffusion:
   def _per_node(self, values: jax.Array, graph) -> jax.Array:
     return values[masking.node_graph_index(graph)][:, None]
 
-  def _padded_n(self, graph) -> jax.Array:
-    """EDM's dense batch width: the largest real molecule of the batch."""
-    return jnp.max(graph.n_node * (masking.graph_mask(graph) > 0))
-
   def kl_prior(self, params, graph, xh) -> jax.Array:
     """[n_graph] KL(q(z_T | x, h) || N(0, I)) on the CoG-free x space and h."""
     gamma_T = self.gamma(params, jnp.ones(graph.n_node.shape[0]))
@@ -150,14 +146,16 @@ class Diffusion:
     return masking.segment_sum(err * masking.node_mask(graph), graph)
 
   def log_p_xh_given_z0(self, graph, xh, z_0, gamma_0, eps, eps_hat,
-                        *, l2_normalized: bool) -> dict[str, jax.Array]:
+                        *, l2_normalized: bool, padded_n=None) -> dict[str, jax.Array]:
     """log p(x, h | z_0) without constants: Gaussian x, discretised h. [n_graph]."""
     d = self.config.diffusion
     mask = masking.node_mask(graph)
     K = self.config.num_atom_types
     err_x = self._squared_error(eps, eps_hat, graph, slice(0, 3))
     if l2_normalized:
-      err_x = err_x / ((3 + self.n_features) * self._padded_n(graph))
+      if padded_n is None:
+        padded_n = dense_width(graph)
+      err_x = err_x / ((3 + self.n_features) * padded_n)
     _, sigma_0 = self.alpha_sigma(gamma_0)
     sigma_0 = self._per_node(sigma_0, graph)
     cdf = gaussians.standard_normal_cdf
@@ -234,7 +232,8 @@ class Diffusion:
         nll_per_molecule=neg_log_pxh - log_pN, **l0)
 
   def train_terms(self, params: Params, graph: jraph.GraphsTuple, t_int: jax.Array,
-                  eps: jax.Array) -> dict[str, jax.Array]:
+                  eps: jax.Array, padded_n: jax.Array | None = None
+                  ) -> dict[str, jax.Array]:
     """EDM's train-mode objective (t0_always=False), per molecule.
 
     Args:
@@ -242,6 +241,8 @@ class Diffusion:
       graph: the padded batch.
       t_int: [n_graph] integer timesteps in {0..T}.
       eps: [n_node, D] noise for z_t.
+      padded_n: EDM's dense batch width for the l2 normaliser; defaults to this
+        batch's largest molecule (pass the global one when a batch is sharded).
 
     Returns:
       Per-molecule arrays [n_graph]; `loss_per_molecule` is what EDM's
@@ -257,8 +258,10 @@ class Diffusion:
     z_t = self._per_node(alpha_t, graph) * xh + self._per_node(sigma_t, graph) * eps
     net_out = self.eps(params, graph, z_t, t)
     error = self._squared_error(eps, net_out, graph)
+    if padded_n is None:
+      padded_n = dense_width(graph)
     if l2:
-      error = error / ((3 + self.n_features) * self._padded_n(graph))
+      error = error / ((3 + self.n_features) * padded_n)
       snr_weight = jnp.ones_like(error)
       neg_log_constants = jnp.zeros_like(error)
       delta_log_px = jnp.zeros_like(delta_log_px)
@@ -268,7 +271,7 @@ class Diffusion:
     loss_t_gt0 = 0.5 * snr_weight * error
     kl_prior = self.kl_prior(params, graph, xh)
     l0 = self.log_p_xh_given_z0(graph, xh, z_t, gamma_t, eps, net_out,
-                                l2_normalized=l2)
+                                l2_normalized=l2, padded_n=padded_n)
     loss_term_0 = -(l0['L0_log_p_x'] + l0['L0_log_p_h_int'] + l0['L0_log_p_h_cat'])
     loss_t = jnp.where(t_int == 0, loss_term_0, loss_t_gt0)
     estimator = loss_t if l2 else (T + 1) * loss_t
@@ -282,15 +285,20 @@ class Diffusion:
 
   # --- Batch means over real molecules.
 
-  def train_loss(self, params, graph, t_int, eps) -> jax.Array:
+  def train_loss(self, params, graph, t_int, eps, padded_n=None) -> jax.Array:
     """The back-propagated scalar: mean over molecules of loss - log p(N)."""
-    terms = self.train_terms(params, graph, t_int, eps)
+    terms = self.train_terms(params, graph, t_int, eps, padded_n)
     return masked_mean(terms['nll_per_molecule'], graph)
 
   def nll(self, params, graph, t_int, eps, eps0) -> jax.Array:
     """Mean eval NLL -log p(x, h, N) (nats per molecule) of the batch."""
     terms = self.eval_terms(params, graph, t_int, eps, eps0)
     return masked_mean(terms['nll_per_molecule'], graph)
+
+
+def dense_width(graph: jraph.GraphsTuple) -> jax.Array:
+  """EDM's dense batch width: the largest real molecule of the batch."""
+  return jnp.max(graph.n_node * (masking.graph_mask(graph) > 0))
 
 
 def masked_mean(values: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:

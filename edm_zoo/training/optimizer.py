@@ -1,0 +1,106 @@
+"""EDM's optimisation: AdamW-amsgrad as torch computes it, the adaptive gradient
+clipping queue, and the parameter EMA.
+
+torch's AdamW (amsgrad) differs from `optax.adamw(amsgrad)`: it keeps the max of
+the *uncorrected* second moment, adds eps after dividing sqrt(v_max) by
+sqrt(1 - beta2^t), and decays weights by lr * wd on the pre-update parameters.
+`torch_adamw_amsgrad` is the optax chain with exactly that algebra.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class AmsgradState(NamedTuple):
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+  nu_max: optax.Updates
+
+
+def scale_by_torch_amsgrad(b1: float = 0.9, b2: float = 0.999,
+                           eps: float = 1e-8) -> optax.GradientTransformation:
+  """m_hat / (sqrt(v_max) / sqrt(1 - b2^t) + eps) with torch's amsgrad v_max."""
+
+  def init_fn(params):
+    zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+    return AmsgradState(jnp.zeros([], jnp.int32), zeros(), zeros(), zeros())
+
+  def update_fn(updates, state, params=None):
+    del params
+    count = state.count + 1
+    mu = jax.tree.map(lambda m, g: m + (1 - b1) * (g - m), state.mu, updates)
+    nu = jax.tree.map(lambda v, g: v * b2 + (1 - b2) * g * g, state.nu, updates)
+    nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
+    t = count.astype(jnp.float32)
+    bc1 = 1 - b1**t
+    sqrt_bc2 = jnp.sqrt(1 - b2**t)
+    out = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) / sqrt_bc2 + eps) / bc1,
+                       mu, nu_max)
+    return out, AmsgradState(count, mu, nu, nu_max)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def torch_adamw_amsgrad(lr: float, *, b1: float = 0.9, b2: float = 0.999,
+                        eps: float = 1e-8, weight_decay: float = 1e-12
+                        ) -> optax.GradientTransformation:
+  """torch.optim.AdamW(lr, betas, eps, weight_decay, amsgrad=True) as optax."""
+  return optax.chain(scale_by_torch_amsgrad(b1, b2, eps),
+                     optax.add_decayed_weights(weight_decay),
+                     optax.scale(-lr))
+
+
+class ClipQueue(NamedTuple):
+  """The last gradient norms, newest first (EDM's `utils.Queue`).
+
+  Attributes:
+    items: [max_len] values; only the first `count` are live.
+    count: number of live items.
+  """
+  items: jax.Array
+  count: jax.Array
+
+
+def init_clip_queue(initial=(3000.0,), max_len: int = 50) -> ClipQueue:
+  """EDM seeds the queue with one 3000 (so no clipping before iteration 50)."""
+  initial = jnp.asarray(initial, jnp.float32)[:max_len]
+  items = jnp.zeros(max_len, jnp.float32).at[:initial.shape[0]].set(initial)
+  return ClipQueue(items, jnp.asarray(initial.shape[0], jnp.int32))
+
+
+def max_grad_norm(queue: ClipQueue) -> jax.Array:
+  """1.5 * mean + 2 * std (population) of the live items."""
+  live = jnp.arange(queue.items.shape[0]) < queue.count
+  n = queue.count.astype(jnp.float32)
+  mean = jnp.sum(jnp.where(live, queue.items, 0.0)) / n
+  var = jnp.sum(jnp.where(live, (queue.items - mean)**2, 0.0)) / n
+  return 1.5 * mean + 2 * jnp.sqrt(var)
+
+
+def clip_gradients(grads: Any, queue: ClipQueue):
+  """EDM's `gradient_clipping`: returns (clipped grads, new queue, info).
+
+  The total norm is clipped to max_grad_norm (scaled by max/(norm + 1e-6), as
+  torch's `clip_grad_norm_`); the queue then receives min(norm, max).
+  """
+  norm = optax.global_norm(grads)
+  threshold = max_grad_norm(queue)
+  coef = jnp.minimum(threshold / (norm + 1e-6), 1.0)
+  grads = jax.tree.map(lambda g: g * coef, grads)
+  clipped = norm > threshold
+  items = jnp.roll(queue.items, 1).at[0].set(jnp.minimum(norm, threshold))
+  count = jnp.minimum(queue.count + 1, queue.items.shape[0])
+  info = {'grad_norm': norm, 'max_grad_norm': threshold, 'clipped': clipped,
+          'clip_coef': coef}
+  return grads, ClipQueue(items, count), info
+
+
+def ema_update(ema_params: Any, params: Any, decay: float) -> Any:
+  """ema <- decay * ema + (1 - decay) * params, every step (no warm-up)."""
+  return jax.tree.map(lambda e, p: e * decay + (1 - decay) * p, ema_params, params)
