@@ -62,10 +62,53 @@ class DiffusionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimisation, evaluation and bookkeeping (EDM's published QM9 run).
+
+  Attributes:
+    batch_size: molecules per global batch (split over devices).
+    lr: AdamW learning rate.
+    weight_decay: AdamW (decoupled) weight decay.
+    ema_decay: EMA of the parameters, updated every step.
+    clip_grad: EDM's adaptive gradient clipping.
+    epochs: passes over the train split.
+    total_steps: stop after this many steps (0: epochs * steps per epoch).
+    eval_every_epochs: validation NLL interval in epochs.
+    eval_every_steps: validation NLL interval in steps (overrides epochs if > 0).
+    eval_molecules: molecules of the valid/test split to evaluate (0: all).
+    nll_passes: passes of the stochastic NLL estimator over the split.
+    checkpoint_every_steps: checkpoint interval.
+    keep_last: checkpoints kept besides the best-validation one.
+    log_every_steps: JSONL / TensorBoard interval.
+    seed: init and data-order seed; noise comes from fold_in(key(seed), step).
+    max_nonfinite: consecutive non-finite steps that stop the run.
+    train_molecules: use only the first n train molecules (0: all).
+  """
+  batch_size: int = 64
+  lr: float = 1e-4
+  weight_decay: float = 1e-12
+  ema_decay: float = 0.9999
+  clip_grad: bool = True
+  epochs: int = 3000
+  total_steps: int = 0
+  eval_every_epochs: int = 20
+  eval_every_steps: int = 0
+  eval_molecules: int = 0
+  nll_passes: int = 1
+  checkpoint_every_steps: int = 1000
+  keep_last: int = 3
+  log_every_steps: int = 50
+  seed: int = 0
+  max_nonfinite: int = 10
+  train_molecules: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   """Everything a run needs; launchers fill it from flags."""
   model: ModelConfig = ModelConfig()
   diffusion: DiffusionConfig = DiffusionConfig()
+  train: TrainConfig = TrainConfig()
   dataset: str = 'qm9'
   num_atom_types: int = 5
 
@@ -73,6 +116,97 @@ class Config:
   def in_node_nf(self) -> int:
     """Node features h: one-hot types plus the charge column."""
     return self.num_atom_types + int(self.diffusion.include_charges)
+
+
+# Named presets: overrides of the published defaults, by section.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    'published': {},
+    # A model that learns visibly in minutes on a 2-core CPU.
+    'cpu_small': {
+        'model': {'nf': 64, 'n_layers': 3},
+        'train': {'batch_size': 32, 'lr': 1e-3, 'ema_decay': 0.999,
+                  'total_steps': 2000, 'eval_every_steps': 250,
+                  'eval_molecules': 512, 'checkpoint_every_steps': 250,
+                  'log_every_steps': 10},
+    },
+    # Seconds per step: for tests of the machinery (resume, logging, sharding).
+    'tiny': {
+        'model': {'nf': 16, 'n_layers': 2},
+        'train': {'batch_size': 8, 'lr': 1e-3, 'ema_decay': 0.99,
+                  'total_steps': 20, 'eval_every_steps': 10, 'eval_molecules': 32,
+                  'checkpoint_every_steps': 5, 'log_every_steps': 1,
+                  'train_molecules': 2000},
+    },
+}
+
+_SECTIONS = {'model': ModelConfig, 'diffusion': DiffusionConfig, 'train': TrainConfig}
+
+
+def field_names() -> dict[str, str]:
+  """{flag name: section} for every configurable field (names are unique)."""
+  out = {'dataset': ''}
+  for section, cls in _SECTIONS.items():
+    for f in dataclasses.fields(cls):
+      out['model' if (section, f.name) == ('model', 'name') else f.name] = section
+  return out
+
+
+def build(preset: str = 'published', **overrides) -> Config:
+  """The preset's Config with flag-style overrides (`nf=64`, `model='gnn'`).
+
+  Raises:
+    ValueError: an unknown preset or field, or an invalid value (one line that
+      lists what is allowed).
+  """
+  if preset not in PRESETS:
+    raise ValueError(f'unknown preset {preset!r}; allowed: {sorted(PRESETS)}.')
+  sections = {k: dict(v) for k, v in PRESETS[preset].items()}
+  top = {}
+  fields = field_names()
+  for key, value in overrides.items():
+    if value is None:
+      continue
+    if key not in fields:
+      raise ValueError(f'unknown config field {key!r}; allowed: {sorted(fields)}.')
+    if fields[key] == '':
+      top[key] = value
+    else:
+      sections.setdefault(fields[key], {})['name' if key == 'model' else key] = value
+  config = Config(**top, **{s: cls(**sections.get(s, {})) for s, cls in _SECTIONS.items()})
+  return validate(config)
+
+
+def validate(config: Config) -> Config:
+  """Checks choices and ranges; fixes num_atom_types from the dataset."""
+  from edm_zoo import models  # pylint: disable=g-import-not-at-top
+  from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
+  models.get(config.model.name)
+  remove_h = qm9.remove_h_for(config.dataset)
+  d, t, m = config.diffusion, config.train, config.model
+  sched = d.noise_schedule
+  if not (sched in ('cosine', 'learned') or sched.startswith('polynomial_')):
+    raise ValueError(f"unknown noise_schedule {sched!r}; allowed: 'polynomial_<power>'"
+                     " (e.g. polynomial_2), 'cosine', 'learned'.")
+  if d.loss_type not in ('l2', 'vlb'):
+    raise ValueError(f"unknown loss_type {d.loss_type!r}; allowed: ['l2', 'vlb'].")
+  if m.aggregation != 'sum':
+    raise ValueError(f"unknown aggregation {m.aggregation!r}; allowed: ['sum'].")
+  if len(d.norm_values) != 3:
+    raise ValueError(f'norm_values needs 3 numbers (x, categorical, integer), '
+                     f'got {d.norm_values}.')
+  for name, value in (('nf', m.nf), ('n_layers', m.n_layers), ('T', d.T),
+                      ('batch_size', t.batch_size), ('inv_sublayers', m.inv_sublayers),
+                      ('keep_last', t.keep_last), ('nll_passes', t.nll_passes),
+                      ('checkpoint_every_steps', t.checkpoint_every_steps),
+                      ('log_every_steps', t.log_every_steps),
+                      ('max_nonfinite', t.max_nonfinite)):
+    if int(value) <= 0:
+      raise ValueError(f'{name} must be a positive integer, got {value}.')
+  if not 0 < t.lr < 1:
+    raise ValueError(f'lr must be in (0, 1), got {t.lr}.')
+  if not 0 <= t.ema_decay < 1:
+    raise ValueError(f'ema_decay must be in [0, 1), got {t.ema_decay}.')
+  return dataclasses.replace(config, num_atom_types=4 if remove_h else 5)
 
 
 def to_dict(config: Config) -> dict[str, Any]:
@@ -86,4 +220,5 @@ def from_dict(d: dict[str, Any]) -> Config:
   for key in ('norm_values', 'norm_biases'):
     if key in diff:
       diff[key] = tuple(diff[key])
-  return Config(model=model, diffusion=DiffusionConfig(**diff), **d)
+  train = TrainConfig(**d.pop('train', {}))
+  return Config(model=model, diffusion=DiffusionConfig(**diff), train=train, **d)

@@ -9,6 +9,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 
 import edm_zoo  # noqa: F401
 from edm_zoo.data import qm9
@@ -19,6 +20,8 @@ _DATA_DIR = flags.DEFINE_string(
 
 
 def main(argv):
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax/tfds INFO lines drown the bar.
   del argv
   try:
     remove_h = qm9.remove_h_for(_DATASET.value)

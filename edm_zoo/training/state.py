@@ -36,7 +36,9 @@ class TrainState(NamedTuple):
 def init_state(model: Diffusion, tx: optax.GradientTransformation, rng: jax.Array,
                graph: jraph.GraphsTuple) -> TrainState:
   params = model.init(rng, graph)
-  return TrainState(step=jnp.zeros([], jnp.int32), params=params, ema_params=params,
+  # A copy: params and EMA are donated to the step as separate buffers.
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                    ema_params=jax.tree.map(jnp.copy, params),
                     opt_state=tx.init(params), clip_queue=optimizer.init_clip_queue(),
                     nonfinite=jnp.zeros([], jnp.int32))
 
