@@ -342,3 +342,83 @@ def train_parity_report(path: str) -> dict[str, dict[str, float]]:
                                                  1e-3, atol)
     report[f'{prefix}opt/step'] = _scalar_error(amsgrad.count, v[f'{prefix}opt/step'], 0)
   return report
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+  """An EDM state dict from `.npz` (no torch needed) or a torch file (`.npy`/`.pt`)."""
+  import os  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise ValueError(f'--state_dict {path}: no such file.')
+  if path.endswith('.npz'):
+    return load_vectors(path)
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ValueError(
+        f'{path} is a PyTorch file (EDM saves generative_model_ema.npy with '
+        'torch.save); reading it needs torch (`pip install torch==2.13.0`), or '
+        'save its state dict as .npz.') from None
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # torch raises many types for a bad file.
+    raise ValueError(f'{path} is not a readable PyTorch state dict ({e}).') from e
+  return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def read_args(path: str) -> dict[str, Any]:
+  """EDM's args from `args.pickle` (an argparse.Namespace) or a JSON file."""
+  import argparse  # pylint: disable=g-import-not-at-top,unused-import
+  import os  # pylint: disable=g-import-not-at-top
+  import pickle  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise ValueError(f'--args {path}: no such file.')
+  try:
+    if path.endswith('.json'):
+      with open(path) as f:
+        return json.load(f)
+    with open(path, 'rb') as f:
+      args = pickle.load(f)  # The user's own EDM run folder.
+  except Exception as e:
+    raise ValueError(f'--args {path}: not an EDM args.pickle or JSON ({e}).') from e
+  return dict(vars(args)) if not isinstance(args, dict) else args
+
+
+def import_checkpoint(state_dict_path: str, args_path: str, out: str,
+                      data_dir: str | None = None) -> str:
+  """Converts an original EDM model into an edm_zoo checkpoint folder.
+
+  The imported weights become both params and EMA params of a fresh train state
+  (step 0); `launch/eval.py --ckpt=OUT` and `edm_zoo.training.checkpoint.
+  load_for_inference` read it like one of ours.
+
+  Returns:
+    The checkpoint folder.
+  """
+  from edm_zoo import config as config_lib  # pylint: disable=g-import-not-at-top
+  from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
+  from edm_zoo.training import checkpoint, optimizer, state as train_state  # pylint: disable=g-import-not-at-top
+  state_dict = read_state_dict(state_dict_path)
+  args = read_args(args_path)
+  config = config_lib.validate(config_from_args(args))
+  remove_h = config.dataset == 'qm9_noh'
+  stats = qm9.statistics(remove_h, data_dir)
+  model = Diffusion(config, stats.n_nodes_histogram)
+  params = params_from_state_dict(state_dict)
+  graph = batching.build_graph(
+      [{'positions': np.zeros((3, 3), np.float32),
+        'charges': np.full(3, qm9.atomic_numbers(remove_h)[0])}],
+      qm9.atomic_numbers(remove_h), batching.PaddingBudget(4, 6, 2))
+  check_params(model, params, graph)
+  tx = optimizer.torch_adamw_amsgrad(float(args.get('lr', 1e-4)))
+  state = train_state.TrainState(
+      step=jnp.zeros([], jnp.int32), params=params,
+      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
+      clip_queue=optimizer.init_clip_queue(), nonfinite=jnp.zeros([], jnp.int32))
+  meta = {'config': config_lib.to_dict(config), 'epoch': 0, 'position': 0,
+          'statistics': {'n_nodes_histogram': {str(k): v for k, v in
+                                               stats.n_nodes_histogram.items()}},
+          'best_val_nll': None, 'imported_from': [state_dict_path, args_path]}
+  ckpt = checkpoint.Checkpointer(out, keep_last=1)
+  ckpt.save(0, state, meta)
+  ckpt.close()
+  return out

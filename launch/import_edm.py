@@ -1,0 +1,39 @@
+"""Converts an original PyTorch EDM model into an edm_zoo checkpoint.
+
+  python launch/import_edm.py --state_dict=outputs/edm_qm9/generative_model_ema.npy \
+      --args=outputs/edm_qm9/args.pickle --out=workdirs/edm_qm9_imported
+
+`.npy`/`.pt` state dicts need torch (an optional extra); an `.npz` of arrays keyed
+by the PyTorch parameter names does not. `--args` takes args.pickle or JSON.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+import edm_zoo  # noqa: F401
+from edm_zoo.compat import edm_torch
+
+_STATE_DICT = flags.DEFINE_string('state_dict', None, 'EDM state dict (.npy/.pt/.npz)')
+_ARGS = flags.DEFINE_string('args', None, "EDM's args.pickle (or .json)")
+_OUT = flags.DEFINE_string('out', None, 'output checkpoint folder')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir (default data/tfds)')
+flags.mark_flags_as_required(['state_dict', 'args', 'out'])
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    out = edm_torch.import_checkpoint(_STATE_DICT.value, _ARGS.value, _OUT.value,
+                                      _DATA_DIR.value)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  print(f'imported {_STATE_DICT.value} into {out}')
+
+
+if __name__ == '__main__':
+  app.run(main)
