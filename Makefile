@@ -28,7 +28,7 @@ test: data
 	$(PY) -m pytest -q tests
 
 bench: data
-	$(PY) launch/bench.py --what=data
+	$(PY) launch/bench.py --what=all
 
 clean-data:
 	rm -rf data/tfds

@@ -36,14 +36,16 @@ def tiny():
 
 def test_draws_differ_between_steps_and_repeat_with_the_seed(tiny):
   _, model, graphs = tiny
-  key = jax.random.PRNGKey(0)
-  t0, e0 = train_state.draw(model, graphs, jax.random.fold_in(key, 0))
-  t1, e1 = train_state.draw(model, graphs, jax.random.fold_in(key, 1))
-  t0b, e0b = train_state.draw(model, graphs, jax.random.fold_in(jax.random.PRNGKey(0), 0))
+  graph = jax.tree.map(lambda a: a[0], graphs)
+  step_key = lambda seed, step: jax.random.fold_in(jax.random.PRNGKey(seed), step)
+  t0, e0 = train_state.draw(model, graph, step_key(0, 0), 0)
+  t1, e1 = train_state.draw(model, graph, step_key(0, 1), 0)
+  t0b, e0b = train_state.draw(model, graph, step_key(0, 0), 0)
   assert not np.array_equal(t0, t1) and not np.allclose(e0, e1)
   np.testing.assert_array_equal(t0, t0b)
   np.testing.assert_array_equal(e0, e0b)
-  assert not np.allclose(e0[0], e0[1]), 'shards draw different noise'
+  _, e_other_shard = train_state.draw(model, graph, step_key(0, 0), 1)
+  assert not np.allclose(e0, e_other_shard), 'shards draw different noise'
 
 
 def test_non_finite_step_is_skipped(tiny):
@@ -67,9 +69,12 @@ def test_non_finite_step_is_skipped(tiny):
 
 
 def test_repeated_non_finite_steps_stop_the_run(tmp_path, monkeypatch):
-  real = train_state.loss_fn
-  monkeypatch.setattr(train_state, 'loss_fn',
-                      lambda *a, **k: real(*a, **k) * jnp.nan)
+  real = train_state._local_sums  # pylint: disable=protected-access
+
+  def poisoned(*args, **kwargs):
+    total, count = real(*args, **kwargs)
+    return total * jnp.nan, count
+  monkeypatch.setattr(train_state, '_local_sums', poisoned)
   config = config_lib.build('tiny', max_nonfinite=3, total_steps=10)
   with pytest.raises(loop.TrainingError, match='3 non-finite steps in a row'):
     loop.train(config, str(tmp_path), progress=False)
@@ -129,8 +134,8 @@ _SHARDING_SCRIPT = textwrap.dedent('''
     for n in (1, 2):
       mesh = Mesh(np.array(jax.devices()[:n]), ('data',))
       rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-      step = jax.jit(lambda s, g, k: train_state.train_step(
-          s, g, k, model=model, tx=tx, ema_decay=0.99),
+      step = jax.jit(lambda s, g, k, mesh=mesh: train_state.train_step(
+          s, g, k, model=model, tx=tx, ema_decay=0.99, mesh=mesh),
           in_shardings=(rep, dat, rep), out_shardings=rep)
       s, m = step(jax.device_put(init, rep), jax.device_put(graphs, dat),
                   jax.random.PRNGKey(3))

@@ -86,7 +86,7 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   state = jax.device_put(state, replicated)
   step_fn = jax.jit(
       functools.partial(train_state.train_step, model=model, tx=tx,
-                        ema_decay=t.ema_decay, clip_grad=t.clip_grad),
+                        ema_decay=t.ema_decay, clip_grad=t.clip_grad, mesh=mesh),
       in_shardings=(replicated, data_sharding, replicated),
       out_shardings=replicated, donate_argnums=0)
   noise_key = jax.random.fold_in(key, 1)
