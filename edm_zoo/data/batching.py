@@ -1,0 +1,307 @@
+"""QM9 molecules -> padded `jraph.GraphsTuple` batches.
+
+Each molecule becomes a fully connected directed graph without self loops (edge
+lists: no padded N x N work). Nodes carry `positions` [3], `one_hot` [n_types]
+(EDM order H, C, N, O, F), `charges` (Z as float) and `mask`; edges carry `mask`;
+globals carry `mask` and `gdb_index`. Batches are padded with
+`jraph.pad_with_graphs` to one of a few `PaddingBudget`s, so jit compiles at most
+`len(budgets)` shapes (5 for the default ladder, see `default_budgets`).
+
+Shuffling is a permutation drawn from `(seed, epoch)`; an epoch can be resumed
+from any molecule position in it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+from typing import Iterator, Sequence
+
+import jax
+import jraph
+import numpy as np
+
+from edm_zoo import masking
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class PaddingBudget:
+  """Sizes a batch is padded to (padding included; jraph needs >= 1 pad node/graph)."""
+  n_node: int
+  n_edge: int
+  n_graph: int
+
+  def fits(self, sizes: Sequence[int]) -> bool:
+    sizes = np.asarray(sizes)
+    return (len(sizes) < self.n_graph and int(sizes.sum()) < self.n_node and
+            int((sizes * (sizes - 1)).sum()) <= self.n_edge)
+
+
+def _round_up(x: float, multiple: int) -> int:
+  return int(math.ceil(x / multiple) * multiple)
+
+
+def default_budgets(batch_size: int, n_nodes_histogram: dict[int, int],
+                    z_levels: Sequence[float] = (1.0, 2.0, 3.0, 4.5)
+                    ) -> tuple[PaddingBudget, ...]:
+  """A short ladder of budgets for batches of `batch_size` random molecules.
+
+  Sums of `batch_size` i.i.d. sizes are close to normal; level k covers
+  mean + z_k * std of both the node and the edge count, and a last level covers
+  the worst case (every molecule of maximal size), so no batch is ever refused.
+  For QM9 with H and batches of 64 that is 5 shapes.
+
+  Args:
+    batch_size: molecules per batch.
+    n_nodes_histogram: {molecule size: count} of the split's distribution.
+    z_levels: the standard-deviation multiples of the intermediate levels.
+
+  Returns:
+    Budgets sorted from smallest to largest.
+  """
+  sizes = np.array(sorted(n_nodes_histogram), np.float64)
+  probs = np.array([n_nodes_histogram[int(s)] for s in sizes], np.float64)
+  probs /= probs.sum()
+  edges = sizes * (sizes - 1)
+  n_max = int(sizes.max())
+  budgets = set()
+  for z in z_levels:
+    nodes = batch_size * (probs @ sizes) + z * math.sqrt(
+        batch_size * (probs @ sizes**2 - (probs @ sizes)**2))
+    n_edge = batch_size * (probs @ edges) + z * math.sqrt(
+        batch_size * (probs @ edges**2 - (probs @ edges)**2))
+    budgets.add(PaddingBudget(
+        n_node=min(_round_up(nodes + 1, 32), batch_size * n_max + 1),
+        n_edge=min(_round_up(n_edge, 256), batch_size * n_max * (n_max - 1)),
+        n_graph=batch_size + 1))
+  budgets.add(PaddingBudget(batch_size * n_max + 1,
+                            batch_size * n_max * (n_max - 1), batch_size + 1))
+  return tuple(sorted(budgets))
+
+
+def choose_budget(sizes: Sequence[int], budgets: Sequence[PaddingBudget],
+                  gdb_index: Sequence[int] = ()) -> PaddingBudget:
+  for budget in budgets:
+    if budget.fits(sizes):
+      return budget
+  largest = max(sizes)
+  culprit = (f' (gdb {gdb_index[int(np.argmax(sizes))]}, {largest} atoms)'
+             if len(gdb_index) else '')
+  raise ValueError(
+      f'a batch of {len(sizes)} molecules with {sum(sizes)} atoms{culprit} '
+      f'exceeds the largest padding budget {max(budgets)}; raise the budget '
+      '(or lower the batch size).')
+
+
+@functools.lru_cache(maxsize=None)
+def _edge_template(n: int) -> tuple[np.ndarray, np.ndarray]:
+  """(senders, receivers) of the complete directed graph on n nodes, no loops."""
+  s, r = np.nonzero(~np.eye(n, dtype=bool))
+  # Receivers aggregate: i = receiver, grouped so row-major edge order is (i, j).
+  return r.astype(np.int32), s.astype(np.int32)
+
+
+def _type_lookup(atomic_numbers: Sequence[int]) -> np.ndarray:
+  lookup = np.full(128, -1, np.int32)
+  lookup[np.asarray(atomic_numbers)] = np.arange(len(atomic_numbers))
+  return lookup
+
+
+def build_graph(molecules: Sequence[dict], atomic_numbers: Sequence[int],
+                budget: PaddingBudget | None = None) -> jraph.GraphsTuple:
+  """Packs molecules into one GraphsTuple, padded to `budget` when given.
+
+  Args:
+    molecules: dicts with `positions` [n, 3], `charges` [n] (Z), `gdb_index`.
+    atomic_numbers: Z of each one-hot type, in order.
+    budget: the padding sizes; None leaves the graph unpadded.
+
+  Returns:
+    The (padded) GraphsTuple, masks included.
+
+  Raises:
+    ValueError: an element outside `atomic_numbers`, or a batch too large.
+  """
+  sizes = np.array([len(m['charges']) for m in molecules], np.int32)
+  gdb = np.array([int(m.get('gdb_index', -1)) for m in molecules], np.int32)
+  charges = np.concatenate([m['charges'] for m in molecules]).astype(np.int32)
+  types = _type_lookup(atomic_numbers)[np.clip(charges, 0, 127)]
+  if (types < 0).any():
+    bad = int(np.argmax(types < 0))
+    owner = int(np.searchsorted(np.cumsum(sizes), bad, side='right'))
+    raise ValueError(
+        f'molecule gdb {gdb[owner]} has an atom with Z={charges[bad]}, not among '
+        f'the dataset types Z={list(atomic_numbers)}; use the matching --dataset '
+        '(qm9 for H,C,N,O,F).')
+  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
+  senders, receivers = zip(*(_edge_template(int(n)) for n in sizes))
+  senders = np.concatenate([s + o for s, o in zip(senders, offsets)])
+  receivers = np.concatenate([r + o for r, o in zip(receivers, offsets)])
+  n_node_total = int(sizes.sum())
+  one_hot = np.zeros((n_node_total, len(atomic_numbers)), np.float32)
+  one_hot[np.arange(n_node_total), types] = 1.0
+  graph = jraph.GraphsTuple(
+      nodes={
+          'positions': np.concatenate(
+              [m['positions'] for m in molecules]).astype(np.float32),
+          'one_hot': one_hot,
+          'charges': charges.astype(np.float32),
+          masking.MASK: np.ones(n_node_total, np.float32),
+      },
+      edges={masking.MASK: np.ones(len(senders), np.float32)},
+      globals={masking.MASK: np.ones(len(sizes), np.float32), 'gdb_index': gdb},
+      senders=senders.astype(np.int32), receivers=receivers.astype(np.int32),
+      n_node=sizes, n_edge=(sizes * (sizes - 1)).astype(np.int32))
+  if budget is None:
+    return graph
+  if not budget.fits(sizes):
+    choose_budget(sizes, [budget], gdb)  # Raises the one-line error.
+  return jraph.pad_with_graphs(graph, budget.n_node, budget.n_edge,
+                               budget.n_graph)
+
+
+def permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+  """The order of an epoch: deterministic in (seed, epoch), different across epochs."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _fetch(source, indices) -> list[dict]:
+  if hasattr(source, '__getitems__'):
+    return source.__getitems__(list(indices))
+  return [source[int(i)] for i in indices]
+
+
+def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
+            *, shuffle: bool = True, start: int = 0,
+            budgets: Sequence[PaddingBudget] | None = None,
+            budget: PaddingBudget | None = None,
+            atomic_numbers: Sequence[int] | None = None,
+            n_nodes_histogram: dict[int, int] | None = None,
+            ) -> Iterator[jraph.GraphsTuple]:
+  """Iterates over one epoch of padded GraphsTuples.
+
+  Two modes: fixed `batch_size` molecules per batch (EDM's 64; the last batch may
+  hold fewer, nothing is dropped), padded to the smallest fitting budget of
+  `budgets`; or `batch_size=None` with a single `budget`, packing as many
+  molecules as fit (one compiled shape).
+
+  Args:
+    source: a sized, indexable source of molecule dicts (`qm9.load`).
+    batch_size: molecules per batch, or None for budget packing.
+    seed: shuffling seed.
+    epoch: epoch number (the permutation depends on it).
+    shuffle: False keeps the source order.
+    start: molecule position in this epoch's order to resume from.
+    budgets: padding ladder for fixed batches; defaults to `default_budgets`.
+    budget: the budget of packed mode.
+    atomic_numbers: Z of each one-hot type; defaults from `source.remove_h`.
+    n_nodes_histogram: sizes distribution for the default ladder; defaults to
+      the worst case when absent.
+
+  Yields:
+    Padded `jraph.GraphsTuple`s; `globals['mask'].sum()` says how many molecules
+    a batch consumed (to track the resume position).
+  """
+  if atomic_numbers is None:
+    from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
+    atomic_numbers = qm9.atomic_numbers(getattr(source, 'remove_h', False))
+  n = len(source)
+  if not 0 <= start <= n:
+    raise ValueError(f'start={start} is outside the epoch of {n} molecules.')
+  order = permutation(n, seed, epoch) if shuffle else np.arange(n)
+  if batch_size is None:
+    if budget is None:
+      raise ValueError('packed mode (batch_size=None) needs a `budget`.')
+    yield from _packed(source, order[start:], budget, atomic_numbers)
+    return
+  if batch_size <= 0:
+    raise ValueError(f'batch_size must be positive, got {batch_size}.')
+  if budgets is None:
+    budgets = default_budgets(batch_size, n_nodes_histogram or {29: 1})
+  for lo in range(start, n, batch_size):
+    molecules = _fetch(source, order[lo:lo + batch_size])
+    sizes = [len(m['charges']) for m in molecules]
+    chosen = choose_budget(sizes, budgets, [m['gdb_index'] for m in molecules])
+    yield build_graph(molecules, atomic_numbers, chosen)
+
+
+def _packed(source, order, budget, atomic_numbers, chunk: int = 256):
+  pending: list[dict] = []
+  for lo in range(0, len(order), chunk):
+    for molecule in _fetch(source, order[lo:lo + chunk]):
+      sizes = [len(m['charges']) for m in pending] + [len(molecule['charges'])]
+      if not budget.fits(sizes):
+        if not pending:
+          choose_budget(sizes, [budget], [molecule['gdb_index']])  # Raises.
+        yield build_graph(pending, atomic_numbers, budget)
+        pending = []
+      pending.append(molecule)
+  if pending:
+    yield build_graph(pending, atomic_numbers, budget)
+  logging.debug('packed epoch done')
+
+
+def stack(graphs: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
+  """Stacks equally padded graphs along a new leading (shard) axis."""
+  return jax.tree.map(lambda *leaves: np.stack(leaves), *graphs)
+
+
+def sharded_batches(source, batch_size: int, n_shards: int, seed: int = 0,
+                    epoch: int = 0, *, shuffle: bool = True, start: int = 0,
+                    budgets: Sequence[PaddingBudget] | None = None,
+                    atomic_numbers: Sequence[int] | None = None,
+                    n_nodes_histogram: dict[int, int] | None = None,
+                    shards: Sequence[int] | None = None,
+                    ) -> Iterator[tuple[jraph.GraphsTuple, int]]:
+  """Global batches of `batch_size` molecules split into `n_shards` equal parts.
+
+  Every shard is padded to the same budget (the largest any shard needs), so
+  the stack [n_shards, ...] has one shape per ladder level.
+
+  Args:
+    source, seed, epoch, shuffle, start, atomic_numbers: as in `batches`.
+    batch_size: molecules per global batch (divisible by n_shards).
+    n_shards: shards per global batch (one per device).
+    budgets: the per-shard ladder; defaults to `default_budgets(batch_size //
+      n_shards, n_nodes_histogram)`.
+    n_nodes_histogram: sizes distribution for the default ladder.
+    shards: which shards to build (a process builds its local devices' ones);
+      all when None.
+
+  Yields:
+    (stacked graphs [len(shards), ...], molecules consumed by the global batch).
+  """
+  if batch_size % n_shards:
+    raise ValueError(f'batch_size {batch_size} is not divisible by the '
+                     f'{n_shards} devices; pick a multiple of {n_shards}.')
+  if atomic_numbers is None:
+    from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
+    atomic_numbers = qm9.atomic_numbers(getattr(source, 'remove_h', False))
+  per_shard = batch_size // n_shards
+  if budgets is None:
+    budgets = default_budgets(per_shard, n_nodes_histogram or {29: 1})
+  shards = list(range(n_shards)) if shards is None else list(shards)
+  n = len(source)
+  if not 0 <= start <= n:
+    raise ValueError(f'start={start} is outside the epoch of {n} molecules.')
+  order = permutation(n, seed, epoch) if shuffle else np.arange(n)
+  for lo in range(start, n, batch_size):
+    molecules = _fetch(source, order[lo:lo + batch_size])
+    parts = [molecules[i * per_shard:(i + 1) * per_shard] for i in range(n_shards)]
+    chosen = max(choose_budget([len(m['charges']) for m in part] or [1], budgets,
+                               [m['gdb_index'] for m in part]) for part in parts)
+    yield stack([build_graph(parts[i], atomic_numbers, chosen) if parts[i] else
+                 _empty_graph(atomic_numbers, chosen) for i in shards]), len(molecules)
+
+
+def _empty_graph(atomic_numbers, budget: PaddingBudget) -> jraph.GraphsTuple:
+  """A shard with no molecule (the tail of a short last batch): all padding."""
+  filler = {'positions': np.zeros((1, 3), np.float32), 'charges':
+            np.array([atomic_numbers[0]]), 'gdb_index': -1}
+  graph = build_graph([filler], atomic_numbers, budget)
+  zero = lambda tree: jax.tree.map(np.zeros_like, tree)
+  return graph._replace(nodes={**graph.nodes, masking.MASK: zero(graph.nodes[masking.MASK])},
+                        globals={**graph.globals,
+                                 masking.MASK: zero(graph.globals[masking.MASK])})
