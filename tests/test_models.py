@@ -171,16 +171,44 @@ def test_bad_schedule_and_model_names():
     models.get('mlp')
 
 
-def test_full_sampler_makes_valid_molecules(molecules, histogram):
-  config = dataclasses.replace(small_config('egnn'),
-                               diffusion=DiffusionConfig(T=20))
+@pytest.fixture(scope='module')
+def short_chain(molecules, histogram):
+  config = dataclasses.replace(small_config('egnn'), diffusion=DiffusionConfig(T=20))
   model = Diffusion(config, histogram)
   graph = _graph(molecules)
-  params = model.init(jax.random.PRNGKey(0), graph)
-  out = jax.jit(lambda p, r: sampler.sample(model, p, graph, r))(
-      params, jax.random.PRNGKey(1))
+  return model, model.init(jax.random.PRNGKey(0), graph), graph
+
+
+def test_full_sampler_makes_valid_molecules(short_chain):
+  model, params, graph = short_chain
+  out = sampler.sample(model, params, graph, jax.random.PRNGKey(1))
   real = masking.node_mask(graph) > 0
   assert float(center_of_gravity.max_abs_mean(out['x'], graph)) < 1e-4
   np.testing.assert_array_equal(out['h_cat'][real].sum(-1), 1.0)
   assert jnp.all(out['h_cat'][~real] == 0)
   assert jnp.all(jnp.isfinite(out['x']))
+
+
+@pytest.mark.parametrize('jit_steps,unroll', [(1, 1), (7, 2), (20, 4)])
+def test_chain_is_the_same_whatever_the_steps_per_call(short_chain, jit_steps, unroll):
+  model, params, graph = short_chain
+  whole = sampler.sample(model, params, graph, jax.random.PRNGKey(1))
+  cut = sampler.sample(model, params, graph, jax.random.PRNGKey(1),
+                       jit_steps=jit_steps, unroll=unroll)
+  # Equal up to float rounding (XLA fuses a scan of 1 and of 20 steps differently).
+  np.testing.assert_allclose(cut['x'], whole['x'], atol=2e-3)
+  np.testing.assert_array_equal(cut['h_cat'], whole['h_cat'])
+
+
+def test_fix_noise_shares_the_draw_between_equal_sized_molecules(short_chain):
+  model, params, _ = short_chain
+  mol = {'positions': np.zeros((5, 3), np.float32), 'charges': np.full(5, 6),
+         'gdb_index': 0}
+  graph = _graph([mol, mol, mol])
+  out = sampler.sample(model, params, graph, jax.random.PRNGKey(2), fix_noise=True,
+                       chain_every=10)
+  x = np.asarray(out['x'][:15]).reshape(3, 5, 3)
+  np.testing.assert_allclose(x[1], x[0], atol=1e-5)
+  assert out['chain'].shape[0] == 3
+  free = sampler.sample(model, params, graph, jax.random.PRNGKey(2))
+  assert not np.allclose(np.asarray(free['x'][:5]), np.asarray(free['x'][5:10]))

@@ -6,11 +6,14 @@ explicit noise; `sample` draws the noise from a key folded with the step index.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import jraph
 
 from edm_zoo import center_of_gravity
+from edm_zoo import masking
 from edm_zoo.diffusion.objective import Diffusion, Params
 
 
@@ -81,31 +84,91 @@ def p_xh_given_z0(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
   return {'mu_x': mu_x, 'sigma_x': sigma_x, 'x': x, 'h_cat': h_cat, 'h_int': h_int}
 
 
+def fixed_noise(rng: jax.Array, graph: jraph.GraphsTuple, n_features: int,
+                max_atoms: int = 64) -> jax.Array:
+  """EDM's `fix_noise`: one draw shared by every molecule (node k of each gets row k)."""
+  base = jax.random.normal(rng, (max_atoms, 3 + n_features))
+  index = masking.node_graph_index(graph)
+  offsets = jnp.cumsum(graph.n_node) - graph.n_node
+  within = jnp.arange(index.shape[0]) - offsets[index]
+  z = base[jnp.clip(within, 0, max_atoms - 1)] * masking.node_mask(graph)[:, None]
+  return jnp.concatenate(
+      [center_of_gravity.remove_mean(z[:, :3], graph), z[:, 3:]], axis=-1)
+
+
+def _noise(model, graph, rng, index, fix_noise):
+  key = jax.random.fold_in(rng, index)
+  if fix_noise:
+    return fixed_noise(key, graph, model.n_features)
+  return model.sample_noise(key, graph)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'n_steps', 'unroll', 'fix_noise'))
+def reverse_steps(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
+                  z: jax.Array, first_s: jax.Array, rng: jax.Array, *, n_steps: int,
+                  unroll: int = 1, fix_noise: bool = False) -> jax.Array:
+  """`n_steps` reverse steps s = first_s, first_s - 1, ... in one compiled `lax.scan`.
+
+  Step s uses the noise of `fold_in(rng, s)`, so a chain is the same whatever
+  `n_steps` it is cut into.
+  """
+  n_graph = graph.n_node.shape[0]
+
+  def step(z, i):
+    s_int = first_s - i
+    noise = _noise(model, graph, rng, s_int, fix_noise)
+    s = jnp.full(n_graph, s_int, jnp.float32) / model.T
+    t = jnp.full(n_graph, s_int + 1, jnp.float32) / model.T
+    return p_zs_given_zt(model, params, graph, s, t, z, noise)['z_s'], None
+
+  z, _ = jax.lax.scan(step, z, jnp.arange(n_steps), unroll=unroll)
+  return z
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'fix_noise'))
+def final_step(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
+               z: jax.Array, rng: jax.Array, *, fix_noise: bool = False):
+  out = p_xh_given_z0(model, params, graph, z,
+                      _noise(model, graph, rng, model.T + 1, fix_noise))
+  out['x'] = center_of_gravity.remove_mean(out['x'], graph)
+  return out
+
+
 def sample(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
-           rng: jax.Array) -> dict[str, jax.Array]:
-  """The whole chain z_T -> ... -> z_0 -> (x, h) in one `lax.scan`.
+           rng: jax.Array, *, jit_steps: int | None = None, unroll: int = 1,
+           fix_noise: bool = False, chain_every: int = 0) -> dict[str, jax.Array]:
+  """The whole chain z_T -> ... -> z_0 -> (x, h), `jit_steps` steps per compiled call.
 
   Args:
     model: the diffusion model.
     params: its (EMA) parameters.
     graph: a padded batch whose `n_node` gives each molecule's size.
-    rng: key; step k's noise comes from `fold_in(rng, k)`.
+    rng: key; reverse step s draws from `fold_in(rng, s)`, z_T from `fold_in(rng, T)`.
+    jit_steps: reverse steps per compiled call (K); T (default, or chain_every)
+      compiles the whole chain once, 1 calls the network step by step.
+    unroll: `lax.scan` unroll factor inside a call.
+    fix_noise: share one noise draw among all molecules (EDM's fix_noise).
+    chain_every: if > 0, also return z every `chain_every` steps (must be a
+      multiple of jit_steps) as `chain` [frames, n_node, D].
 
   Returns:
     `p_xh_given_z0`'s dict, with x re-centred per molecule.
   """
   T = model.T
-  z = model.sample_noise(jax.random.fold_in(rng, T), graph)
-  n_graph = graph.n_node.shape[0]
-
-  def step(z, s_int):
-    noise = model.sample_noise(jax.random.fold_in(rng, s_int), graph)
-    s = jnp.full(n_graph, s_int, jnp.float32) / T
-    t = jnp.full(n_graph, s_int + 1, jnp.float32) / T
-    return p_zs_given_zt(model, params, graph, s, t, z, noise)['z_s'], None
-
-  z, _ = jax.lax.scan(step, z, jnp.arange(T - 1, -1, -1))
-  out = p_xh_given_z0(model, params, graph, z,
-                      model.sample_noise(jax.random.fold_in(rng, T + 1), graph))
-  out['x'] = center_of_gravity.remove_mean(out['x'], graph)
+  K = (chain_every or T) if jit_steps is None else max(1, min(int(jit_steps), T))
+  if chain_every and chain_every % K:
+    raise ValueError(f'chain_every={chain_every} must be a multiple of jit_steps={K}.')
+  z = _noise(model, graph, rng, T, fix_noise)
+  frames = [z] if chain_every else []
+  done = 0
+  while done < T:
+    n = min(K, T - done)
+    z = reverse_steps(model, params, graph, z, jnp.int32(T - 1 - done), rng,
+                      n_steps=n, unroll=unroll, fix_noise=fix_noise)
+    done += n
+    if chain_every and done % chain_every == 0:
+      frames.append(z)
+  out = dict(final_step(model, params, graph, z, rng, fix_noise=fix_noise))
+  if chain_every:
+    out['chain'] = jnp.stack(frames)
   return out

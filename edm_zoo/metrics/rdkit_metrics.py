@@ -1,0 +1,88 @@
+"""RDKit validity, uniqueness and novelty as EDM's `BasicMolecularMetrics`."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+from rdkit import Chem
+from rdkit import RDLogger
+
+from edm_zoo.metrics import stability
+
+RDLogger.DisableLog('rdApp.*')  # Sanitization failures are counted, not printed.
+
+_BOND_TYPES = (None, Chem.BondType.SINGLE, Chem.BondType.DOUBLE, Chem.BondType.TRIPLE)
+
+
+def cdist_distances(positions: np.ndarray) -> np.ndarray:
+  """float32 distances as `torch.cdist` computes them (EDM's build_xae_molecule).
+
+  torch switches to |a|^2 + |b|^2 - 2 a.b (a matrix product) when either side has
+  more than 25 rows; the rounding differs from the direct form, and bonds at a
+  threshold can flip, so we follow it.
+  """
+  p = np.asarray(positions, np.float32)
+  if len(p) <= 25:
+    return stability.pair_distances(p)
+  norms = np.sum(p * p, axis=1)
+  sq = norms[:, None] + norms[None, :] - np.float32(2) * (p @ p.T)
+  return np.sqrt(np.maximum(sq, np.float32(0)))
+
+
+def build_molecule(positions: np.ndarray, types: np.ndarray,
+                   elements: tuple[str, ...], conformer: bool = False) -> Chem.RWMol:
+  """An RDKit molecule with bonds inferred from distances (EDM's build_molecule)."""
+  from edm_zoo.metrics import bond_tables  # pylint: disable=g-import-not-at-top
+  types = np.asarray(types)
+  mol = Chem.RWMol()
+  for t in types:
+    mol.AddAtom(Chem.Atom(elements[int(t)]))
+  dist_pm = cdist_distances(positions) * np.float32(100)
+  # EDM looks pairs up with sorted type indices here.
+  orders = bond_tables.bond_orders(dist_pm, np.minimum.outer(types, types),
+                                   np.maximum.outer(types, types), elements)
+  for i, j in zip(*np.nonzero(np.tril(orders, -1))):
+    mol.AddBond(int(i), int(j), _BOND_TYPES[int(orders[i, j])])
+  if conformer:
+    conf = Chem.Conformer(len(types))
+    for i, p in enumerate(np.asarray(positions, np.float64)):
+      conf.SetAtomPosition(i, p.tolist())
+    mol.AddConformer(conf, assignId=True)
+  return mol
+
+
+def mol_to_smiles(mol: Chem.Mol) -> str | None:
+  try:
+    Chem.SanitizeMol(mol)
+  except ValueError:
+    return None
+  return Chem.MolToSmiles(mol)
+
+
+def valid_smiles(molecules: Iterable[tuple[np.ndarray, np.ndarray]],
+                 elements: tuple[str, ...]) -> list[str | None]:
+  """Per molecule: SMILES of its largest fragment if it sanitizes, else None."""
+  out = []
+  for positions, types in molecules:
+    mol = build_molecule(positions, types, elements)
+    smiles = mol_to_smiles(mol)
+    if smiles is not None:
+      frags = Chem.rdmolops.GetMolFrags(mol, asMols=True)
+      largest = max(frags, default=mol, key=lambda m: m.GetNumAtoms())
+      smiles = mol_to_smiles(largest)
+    out.append(smiles)
+  return out
+
+
+def validity_uniqueness_novelty(smiles: Sequence[str | None],
+                                reference_smiles: set[str] | None = None
+                                ) -> dict[str, float]:
+  valid = [s for s in smiles if s is not None]
+  unique = set(valid)
+  out = {'validity': len(valid) / max(len(smiles), 1),
+         'uniqueness': len(unique) / max(len(valid), 1)}
+  out['valid_x_unique'] = out['validity'] * out['uniqueness']
+  if reference_smiles is not None:
+    out['novelty'] = sum(s not in reference_smiles for s in unique) / max(len(unique), 1)
+  return out
