@@ -73,6 +73,7 @@ class Diffusion:
       self.gamma_table = jnp.asarray(
           schedules.gamma_table(d.noise_schedule, d.T, d.noise_precision))
     self.log_pn = jnp.asarray(log_pn_table(n_nodes_histogram))
+    self.n_nodes_histogram = dict(n_nodes_histogram)
 
   # --- Parameters and the two learned functions.
 

@@ -86,3 +86,34 @@ def validity_uniqueness_novelty(smiles: Sequence[str | None],
   if reference_smiles is not None:
     out['novelty'] = sum(s not in reference_smiles for s in unique) / max(len(unique), 1)
   return out
+
+
+def split_molecules(source) -> list[tuple[np.ndarray, np.ndarray]]:
+  """(positions, type indices) of every molecule of a `qm9.load` split."""
+  from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
+  lookup = {int(z): i for i, z in enumerate(qm9.atomic_numbers(source.remove_h))}
+  items = source.__getitems__(range(len(source)))
+  return [(m['positions'], np.array([lookup[int(z)] for z in m['charges']]))
+          for m in items]
+
+
+def training_smiles(remove_h: bool = False, data_dir: str | None = None,
+                    progress: bool = True) -> set[str]:
+  """SMILES of the train split through this same pipeline, cached with the dataset.
+
+  Computed once (~30 s) into `<dataset folder>/train_smiles.txt`; novelty compares
+  generated molecules against it.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
+  source = qm9.load('train', remove_h, data_dir)
+  path = os.path.join(source.path, 'train_smiles.txt')
+  if not os.path.exists(path):
+    if progress:
+      print('computing the train-split SMILES for novelty (once) ...')
+    smiles = valid_smiles(split_molecules(source), qm9.atom_types(remove_h))
+    from edm_zoo.io.export import atomic_path  # pylint: disable=g-import-not-at-top
+    with atomic_path(path) as tmp, open(tmp, 'w') as f:
+      f.writelines(f'{s}\n' for s in smiles if s is not None)
+  with open(path) as f:
+    return {line.strip() for line in f if line.strip()}

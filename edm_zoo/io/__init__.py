@@ -1,0 +1,1 @@
+"""Export of generated molecules: SDF, XYZ and pictures."""

@@ -1,0 +1,44 @@
+"""Samples molecules from a checkpoint and exports them (no metrics, no NLL).
+
+  python launch/sample.py --ckpt=DIR --n_samples=100 --out_dir=samples/
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sampling_flags as sf  # noqa: E402  pylint: disable=g-import-not-at-top
+
+import edm_zoo  # noqa: F401,E402
+from edm_zoo import reporting  # noqa: E402
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  if not sf.CKPT.value:
+    sys.exit('error: give --ckpt=DIR.')
+  sf.check_sampling_flags()
+  sf.check_checkpoint()
+  out_dir = sf.writable_out_dir(sf.OUT_DIR.value or os.path.join(sf.CKPT.value, 'samples'))
+  try:
+    config, model, params, _ = reporting.load_model(sf.CKPT.value)
+    out = reporting.sample_and_export(
+        model, params, config, out_dir, n_samples=sf.N_SAMPLES.value,
+        batch_size=sf.BATCH_SIZE.value, seed=sf.SEED.value, jit_steps=sf.JIT_STEPS.value,
+        unroll=sf.UNROLL.value, fix_noise=sf.FIX_NOISE.value, chain=sf.CHAIN.value,
+        progress=sf.PROGRESS.value)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  print(f"sampled {len(out['molecules'])} molecules in "
+        f"{out['timings']['sampling_seconds']:.1f} s -> {out_dir}")
+
+
+if __name__ == '__main__':
+  app.run(main)
