@@ -36,7 +36,14 @@ import flags_util  # noqa: E402  pylint: disable=g-import-not-at-top
 import edm_zoo  # noqa: F401,E402
 
 flags_util.define_config_flags()
-_WHAT = flags.DEFINE_list('what', ['all'], 'train,nll,sample,data or all')
+_WHAT = flags.DEFINE_list('what', ['all'],
+                          'train,nll,sample,data,jit_study or all (all = the first four)')
+_KS = flags.DEFINE_list('jit_study_ks', ['1', '10', '100', '1000'],
+                        'jit_study: reverse steps per compiled call')
+_UNROLLS = flags.DEFINE_list('jit_study_unrolls', ['1', '4'], 'jit_study: scan unrolls')
+_PLOT = flags.DEFINE_string('plot', None, 'jit_study: write a PNG plot here')
+_MARKDOWN = flags.DEFINE_string('markdown', None,
+                                'jit_study: replace the jit-study table in this file')
 _JSON = flags.DEFINE_string('json', None, 'write the results here as JSON')
 _REPEATS = flags.DEFINE_integer('repeats', 10, 'timed repetitions after warm-up')
 _SAMPLE_MOLECULES = flags.DEFINE_integer('sample_molecules', 10,
@@ -72,6 +79,85 @@ def _median_spread(times):
   return float(np.median(t)), float(np.percentile(t, 90) - np.percentile(t, 10))
 
 
+def _jit_study(model, params, hist, remove_h, n_mol):
+  """Compile and run time of the full chain for K steps per call and unrolls."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from edm_zoo import generate  # pylint: disable=g-import-not-at-top
+  from edm_zoo.data import batching, qm9  # pylint: disable=g-import-not-at-top
+  from edm_zoo.diffusion import sampler  # pylint: disable=g-import-not-at-top
+  T = model.T
+  sizes = generate.sample_sizes(hist, n_mol, 0, 0)
+  graph = generate._placeholder_graph(  # pylint: disable=protected-access
+      sizes, qm9.atomic_numbers(remove_h), batching.default_budgets(n_mol, hist))
+  rows = []
+  for k in sorted({min(int(k), T) for k in _KS.value}):
+    for unroll in sorted({int(u) for u in _UNROLLS.value}):
+      z = model.sample_noise(jax.random.PRNGKey(0), graph)
+      call = lambda z, first: sampler.reverse_steps(
+          model, params, graph, z, jax.numpy.int32(first), jax.random.PRNGKey(1),
+          n_steps=k, unroll=unroll)
+      start = time.perf_counter()
+      z1 = jax.block_until_ready(call(z, T - 1))
+      first_call = time.perf_counter() - start
+      start = time.perf_counter()
+      z1 = jax.block_until_ready(call(z, T - 1))
+      one_call = time.perf_counter() - start
+      start = time.perf_counter()
+      done, zz = 0, z
+      while done < T:
+        zz = call(zz, T - 1 - done)
+        done += k
+      jax.block_until_ready(zz)
+      run = time.perf_counter() - start
+      row = {'K': k, 'unroll': unroll, 'compile_s': max(first_call - one_call, 0.0),
+             'chain_s': run, 'molecules': n_mol,
+             'molecules_per_hour': 3600 * n_mol / run}
+      rows.append(row)
+      print(f"jit study K={k:5d} unroll={unroll}: compile {row['compile_s']:6.1f} s, "
+            f"{T}-step chain {run:7.1f} s, {row['molecules_per_hour']:8.0f} molecules/h")
+  if _PLOT.value:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for unroll in sorted({r['unroll'] for r in rows}):
+      rs = [r for r in rows if r['unroll'] == unroll]
+      axes[0].plot([r['K'] for r in rs], [r['compile_s'] for r in rs], 'o-',
+                   label=f'unroll {unroll}')
+      axes[1].plot([r['K'] for r in rs], [r['chain_s'] for r in rs], 'o-',
+                   label=f'unroll {unroll}')
+    for ax, title in zip(axes, ('compile time (s)', f'{T}-step chain (s)')):
+      ax.set_xscale('log')
+      ax.set_xlabel('reverse steps per compiled call (K)')
+      ax.set_title(title)
+      ax.legend()
+    fig.suptitle(f'{jax.devices()[0].device_kind}: {n_mol} molecules')
+    fig.tight_layout()
+    fig.savefig(_PLOT.value, dpi=90)
+  if _MARKDOWN.value:
+    _write_table(_MARKDOWN.value, rows, jax.devices()[0].device_kind, T)
+  del np
+  return rows
+
+
+def _write_table(path, rows, device, T):
+  begin = f'<!-- jit-study {device} begin -->'
+  end = f'<!-- jit-study {device} end -->'
+  table = [begin, f'| K (steps per call) | unroll | compile (s) | {T}-step chain (s) | '
+           'molecules/hour |', '|---|---|---|---|---|']
+  table += [f"| {r['K']} | {r['unroll']} | {r['compile_s']:.1f} | {r['chain_s']:.1f} | "
+            f"{r['molecules_per_hour']:.0f} |" for r in rows]
+  table.append(end)
+  text = open(path).read() if os.path.exists(path) else ''
+  if begin in text and end in text:
+    text = text[:text.index(begin)] + '\n'.join(table) + text[text.index(end) + len(end):]
+  else:
+    text += '\n' + '\n'.join(table) + '\n'
+  with open(path, 'w') as f:
+    f.write(text)
+
+
 def main(argv):
   del argv
   if not flags.FLAGS['verbosity'].present:
@@ -87,10 +173,10 @@ def main(argv):
   what = set(_WHAT.value)
   if 'all' in what:
     what = {'train', 'nll', 'sample', 'data'}
-  unknown = what - {'train', 'nll', 'sample', 'data'}
+  unknown = what - {'train', 'nll', 'sample', 'data', 'jit_study'}
   if unknown:
     sys.exit(f'error: unknown --what {sorted(unknown)}; allowed: train, nll, sample, '
-             'data, all.')
+             'data, jit_study, all.')
   load_before = _cpu_contention()
   remove_h = qm9.remove_h_for(config.dataset)
   if not qm9.is_prepared(remove_h):
@@ -205,6 +291,10 @@ def main(argv):
                    sample_molecules_per_hour=3600 * n_mol / (per_step * T))
     print(f'sampling: {per_step:.3f} s per reverse step for {n_mol} molecules = '
           f"{results['sample_molecules_per_hour']:.0f} molecules/hour at T={T}")
+
+  if 'jit_study' in what:
+    results['jit_study'] = _jit_study(model, state.ema_params, hist, remove_h,
+                                      _SAMPLE_MOLECULES.value)
 
   results['peak_rss_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   load_after = _cpu_contention()

@@ -1,0 +1,27 @@
+"""launch/bench.py runs end to end on a tiny preset and writes valid JSON (not timed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_runs_and_writes_json(tmp_path):
+  out = tmp_path / 'bench.json'
+  md = tmp_path / 'B.md'
+  subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'bench.py'),
+                  '--preset=tiny', '--T=20', '--what=all,jit_study', '--repeats=3',
+                  '--sample_steps=5', '--data_batches=20', '--jit_study_ks=1,20',
+                  '--jit_study_unrolls=1', f'--json={out}', f'--markdown={md}',
+                  f'--plot={tmp_path / "jit.png"}'],
+                 check=True, capture_output=True, cwd=REPO)
+  result = json.loads(out.read_text())
+  for key in ('train_step_median_s', 'nll_batch_median_s', 'sample_molecules_per_hour',
+              'data_batches_per_s', 'peak_rss_gb', 'train_gflops_per_s', 'jax_version',
+              'device', 'cpu_count', 'other_busy_cores_before_after'):
+    assert key in result, key
+  assert result['train_step_median_s'] > 0 and result['data_batches_per_s'] > 0
+  assert [r['K'] for r in result['jit_study']] == [1, 20]
+  assert 'jit-study' in md.read_text() and (tmp_path / 'jit.png').stat().st_size > 0
