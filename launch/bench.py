@@ -50,6 +50,8 @@ _SAMPLE_MOLECULES = flags.DEFINE_integer('sample_molecules', 10,
                                          'molecules per sampling batch')
 _SAMPLE_STEPS = flags.DEFINE_integer(
     'sample_steps', 50, 'reverse steps timed (scaled to T for molecules/hour)')
+_SPLIT = flags.DEFINE_enum('bench_split', 'train', ['train', 'valid', 'test'],
+                           'split whose molecules make the train/data batches')
 _DATA_BATCHES = flags.DEFINE_integer('data_batches', 300, 'batches for --what=data')
 
 
@@ -172,7 +174,7 @@ def main(argv):
   config = flags_util.config_from_flags()
   what = set(_WHAT.value)
   if 'all' in what:
-    what = {'train', 'nll', 'sample', 'data'}
+    what = (what - {'all'}) | {'train', 'nll', 'sample', 'data'}
   unknown = what - {'train', 'nll', 'sample', 'data', 'jit_study'}
   if unknown:
     sys.exit(f'error: unknown --what {sorted(unknown)}; allowed: train, nll, sample, '
@@ -189,10 +191,11 @@ def main(argv):
       'device': str(jax.devices()[0].device_kind), 'platform': jax.default_backend(),
       'jax_version': jax.__version__, 'cpu_count': os.cpu_count(),
       'machine': platform.processor() or platform.machine(),
+      'matmul_precision': flags.FLAGS.matmul_precision,
       'config': {'model': m.name, 'nf': m.nf, 'n_layers': m.n_layers, 'batch_size': bs,
                  'T': config.diffusion.T},
   }
-  train_src = qm9.load('train', remove_h)
+  train_src = qm9.load(_SPLIT.value, remove_h)
   if 'data' in what:
     it = batching.batches(train_src, bs, seed=0, epoch=0, n_nodes_histogram=hist)
     next(it)

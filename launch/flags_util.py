@@ -15,6 +15,9 @@ _SKIP = {'norm_biases'}
 
 def define_config_flags() -> None:
   """Defines --<field> for every config field (default None = preset value)."""
+  flags.DEFINE_enum('matmul_precision', 'highest', ['default', 'high', 'highest'],
+                    'float32 matmul precision: highest keeps parity; default allows '
+                    'TF32 on GPUs (faster, numerics change slightly)')
   flags.DEFINE_string('preset', 'published',
                       f'named preset: {sorted(config_lib.PRESETS)}')
   flags.DEFINE_string('dataset', None, "'qm9' (default) or 'qm9_noh'")
@@ -42,7 +45,12 @@ def define_config_flags() -> None:
 
 
 def config_from_flags() -> config_lib.Config:
-  """The Config that the flags describe; exits with one line if it is invalid."""
+  """The Config that the flags describe; exits with one line if it is invalid.
+
+  Also applies --matmul_precision to jax.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_default_matmul_precision', flags.FLAGS.matmul_precision)
   values = {}
   for name in config_lib.field_names():
     if name in flags.FLAGS and name not in _SKIP:
