@@ -13,7 +13,7 @@ import tqdm
 from edm_zoo.data import batching
 from edm_zoo.diffusion import sampler
 from edm_zoo.diffusion.objective import Diffusion
-from edm_zoo.io.export import atomic_path
+from edm_zoo.io.files import atomic_path
 
 
 def sample_sizes(histogram: dict[int, int], n: int, seed: int, batch: int) -> np.ndarray:

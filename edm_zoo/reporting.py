@@ -15,7 +15,7 @@ from edm_zoo import evaluation, generate
 from edm_zoo.compat import edm_torch
 from edm_zoo.data import batching, qm9
 from edm_zoo.diffusion.objective import Diffusion
-from edm_zoo.io import export, pictures
+from edm_zoo.io import export, files, pictures
 from edm_zoo.metrics import rdkit_metrics, stability
 from edm_zoo.training import checkpoint
 
@@ -102,7 +102,7 @@ def _chain_pictures(model, params, config, out_dir, seed, elements):
 
 
 def write_report(report: dict[str, Any], path: str) -> None:
-  with export.atomic_path(path) as tmp, open(tmp, 'w') as f:
+  with files.atomic_path(path) as tmp, open(tmp, 'w') as f:
     json.dump(report, f, indent=1, default=float)
 
 

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from rdkit import Chem
 
+from edm_zoo.io.files import atomic_path
 from edm_zoo.metrics import rdkit_metrics
-
-
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-  """Yields a temporary path that replaces `path` only if the block succeeds."""
-  root, ext = os.path.splitext(path)
-  tmp = f'{root}.tmp{os.getpid()}{ext}'  # Keeps the extension for format sniffing.
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def write_sdf(molecules: Sequence[dict], elements: tuple[str, ...], path: str) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import AllChem, Draw
 
-from edm_zoo.io.export import atomic_path
+from edm_zoo.io.files import atomic_path
 from edm_zoo.metrics import rdkit_metrics
 
 _COLORS = {'H': '#dddddd', 'C': '#333333', 'N': '#3050f8', 'O': '#ff0d0d', 'F': '#90e050'}

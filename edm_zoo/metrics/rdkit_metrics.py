@@ -112,7 +112,7 @@ def training_smiles(remove_h: bool = False, data_dir: str | None = None,
     if progress:
       print('computing the train-split SMILES for novelty (once) ...')
     smiles = valid_smiles(split_molecules(source), qm9.atom_types(remove_h))
-    from edm_zoo.io.export import atomic_path  # pylint: disable=g-import-not-at-top
+    from edm_zoo.io.files import atomic_path  # pylint: disable=g-import-not-at-top
     with atomic_path(path) as tmp, open(tmp, 'w') as f:
       f.writelines(f'{s}\n' for s in smiles if s is not None)
   with open(path) as f:
