@@ -28,11 +28,7 @@ class Subset:
     return self._source[i]
 
   def __getitems__(self, indices):
-    return _fetch(self._source, indices)
-
-
-def _fetch(source, indices):
-  return batching._fetch(source, indices)  # pylint: disable=protected-access
+    return batching.fetch(self._source, indices)
 
 
 def make_nll_fn(model: Diffusion):

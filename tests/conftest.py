@@ -48,3 +48,16 @@ def shared_path(*parts):
   if not os.path.exists(path):
     pytest.skip(f'{path} not present')
   return path
+
+
+@pytest.fixture(scope='session')
+def exported_edm(tmp_path_factory):
+  """(folder, vectors): parity_small's parameters as an EDM state dict (.npz) and its
+  args (.json), as a user would export them from the original code."""
+  vectors = np.load(shared_path('parity', 'parity_small.npz'))
+  folder = tmp_path_factory.mktemp('edm_export')
+  np.savez(folder / 'generative_model_ema.npz',
+           **{k[len('param/'):]: vectors[k] for k in vectors.files
+              if k.startswith('param/')})
+  (folder / 'args.json').write_text(str(vectors['config_json']))
+  return folder, vectors

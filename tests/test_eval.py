@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from rdkit import Chem
 
-from conftest import shared_path
 from edm_zoo.compat import edm_torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,15 +21,11 @@ def _run(script, *args, check=True):
 
 
 @pytest.fixture(scope='module')
-def ckpt(tmp_path_factory):
-  v = np.load(shared_path('parity', 'parity_small.npz'))
-  folder = tmp_path_factory.mktemp('edm')
-  np.savez(folder / 'model.npz',
-           **{k[len('param/'):]: v[k] for k in v.files if k.startswith('param/')})
-  (folder / 'args.json').write_text(str(v['config_json']))
-  out = folder / 'ckpt'
-  edm_torch.import_checkpoint(str(folder / 'model.npz'), str(folder / 'args.json'),
-                              str(out))
+def ckpt(exported_edm, tmp_path_factory):
+  folder, _ = exported_edm
+  out = tmp_path_factory.mktemp('ckpt') / 'ckpt'
+  edm_torch.import_checkpoint(str(folder / 'generative_model_ema.npz'),
+                              str(folder / 'args.json'), str(out))
   return out
 
 

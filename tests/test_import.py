@@ -9,7 +9,6 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import shared_path
 from edm_zoo.compat import edm_torch
 from edm_zoo.training import checkpoint
 
@@ -17,13 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def exported(tmp_path_factory):
-  v = np.load(shared_path('parity', 'parity_small.npz'))
-  folder = tmp_path_factory.mktemp('edm')
-  np.savez(folder / 'generative_model_ema.npz',
-           **{k[len('param/'):]: v[k] for k in v.files if k.startswith('param/')})
-  (folder / 'args.json').write_text(str(v['config_json']))
-  return folder, v
+def exported(exported_edm):
+  return exported_edm
 
 
 def test_cli_import_then_load_gives_the_reference_network(exported, tmp_path):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 from typing import Iterator, Sequence
 
@@ -167,7 +166,8 @@ def permutation(n: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def _fetch(source, indices) -> list[dict]:
+def fetch(source, indices) -> list[dict]:
+  """Items at `indices`, in one batched read when the source supports it."""
   if hasattr(source, '__getitems__'):
     return source.__getitems__(list(indices))
   return [source[int(i)] for i in indices]
@@ -221,7 +221,7 @@ def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
   if budgets is None:
     budgets = default_budgets(batch_size, n_nodes_histogram or {29: 1})
   for lo in range(start, n, batch_size):
-    molecules = _fetch(source, order[lo:lo + batch_size])
+    molecules = fetch(source, order[lo:lo + batch_size])
     sizes = [len(m['charges']) for m in molecules]
     chosen = choose_budget(sizes, budgets, [m['gdb_index'] for m in molecules])
     yield build_graph(molecules, atomic_numbers, chosen)
@@ -229,18 +229,20 @@ def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
 
 def _packed(source, order, budget, atomic_numbers, chunk: int = 256):
   pending: list[dict] = []
+  nodes = edges = 0
   for lo in range(0, len(order), chunk):
-    for molecule in _fetch(source, order[lo:lo + chunk]):
-      sizes = [len(m['charges']) for m in pending] + [len(molecule['charges'])]
-      if not budget.fits(sizes):
+    for molecule in fetch(source, order[lo:lo + chunk]):
+      n = len(molecule['charges'])
+      if (len(pending) + 1 >= budget.n_graph or nodes + n >= budget.n_node or
+          edges + n * (n - 1) > budget.n_edge):
         if not pending:
-          choose_budget(sizes, [budget], [molecule['gdb_index']])  # Raises.
+          choose_budget([n], [budget], [molecule['gdb_index']])  # Raises.
         yield build_graph(pending, atomic_numbers, budget)
-        pending = []
+        pending, nodes, edges = [], 0, 0
       pending.append(molecule)
+      nodes, edges = nodes + n, edges + n * (n - 1)
   if pending:
     yield build_graph(pending, atomic_numbers, budget)
-  logging.debug('packed epoch done')
 
 
 def stack(graphs: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
@@ -288,7 +290,7 @@ def sharded_batches(source, batch_size: int, n_shards: int, seed: int = 0,
     raise ValueError(f'start={start} is outside the epoch of {n} molecules.')
   order = permutation(n, seed, epoch) if shuffle else np.arange(n)
   for lo in range(start, n, batch_size):
-    molecules = _fetch(source, order[lo:lo + batch_size])
+    molecules = fetch(source, order[lo:lo + batch_size])
     parts = [molecules[i * per_shard:(i + 1) * per_shard] for i in range(n_shards)]
     chosen = max(choose_budget([len(m['charges']) for m in part] or [1], budgets,
                                [m['gdb_index'] for m in part]) for part in parts)

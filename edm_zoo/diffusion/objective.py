@@ -182,6 +182,15 @@ class Diffusion:
 
   # --- The two modes of the objective.
 
+  def _noise_and_predict(self, params, graph, xh, t_int, eps):
+    """z_t = alpha_t xh + sigma_t eps and the network's eps_hat, with t = t_int / T."""
+    t = t_int.astype(jnp.float32) / self.T
+    s = (t_int - 1).astype(jnp.float32) / self.T
+    gamma_t, gamma_s = self.gamma(params, t), self.gamma(params, s)
+    alpha_t, sigma_t = self.alpha_sigma(gamma_t)
+    z_t = self._per_node(alpha_t, graph) * xh + self._per_node(sigma_t, graph) * eps
+    return t, s, gamma_t, gamma_s, alpha_t, sigma_t, z_t, self.eps(params, graph, z_t, t)
+
   def eval_terms(self, params: Params, graph: jraph.GraphsTuple, t_int: jax.Array,
                  eps: jax.Array, eps0: jax.Array) -> dict[str, jax.Array]:
     """Every term of EDM's eval-mode NLL estimate (t0_always), per molecule.
@@ -200,12 +209,8 @@ class Diffusion:
     T = self.T
     n_graph = graph.n_node.shape[0]
     xh, delta_log_px = self.normalize(graph)
-    t = t_int.astype(jnp.float32) / T
-    s = (t_int - 1).astype(jnp.float32) / T
-    gamma_t, gamma_s = self.gamma(params, t), self.gamma(params, s)
-    alpha_t, sigma_t = self.alpha_sigma(gamma_t)
-    z_t = self._per_node(alpha_t, graph) * xh + self._per_node(sigma_t, graph) * eps
-    net_out = self.eps(params, graph, z_t, t)
+    t, s, gamma_t, gamma_s, alpha_t, sigma_t, z_t, net_out = self._noise_and_predict(
+        params, graph, xh, t_int, eps)
     error = self._squared_error(eps, net_out, graph)
     snr_weight = jnp.exp(-(gamma_s - gamma_t)) - 1
     loss_t_gt0 = 0.5 * snr_weight * error
@@ -252,12 +257,8 @@ class Diffusion:
     l2 = self.config.diffusion.loss_type == 'l2'
     T = self.T
     xh, delta_log_px = self.normalize(graph)
-    t = t_int.astype(jnp.float32) / T
-    s = (t_int - 1).astype(jnp.float32) / T
-    gamma_t, gamma_s = self.gamma(params, t), self.gamma(params, s)
-    alpha_t, sigma_t = self.alpha_sigma(gamma_t)
-    z_t = self._per_node(alpha_t, graph) * xh + self._per_node(sigma_t, graph) * eps
-    net_out = self.eps(params, graph, z_t, t)
+    t, _, gamma_t, gamma_s, _, _, z_t, net_out = self._noise_and_predict(
+        params, graph, xh, t_int, eps)
     error = self._squared_error(eps, net_out, graph)
     if padded_n is None:
       padded_n = dense_width(graph)
