@@ -84,7 +84,6 @@ def _median_spread(times):
 def _jit_study(model, params, hist, remove_h, n_mol):
   """Compile and run time of the full chain for K steps per call and unrolls."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from edm_zoo import generate  # pylint: disable=g-import-not-at-top
   from edm_zoo.data import batching, qm9  # pylint: disable=g-import-not-at-top
   from edm_zoo.diffusion import sampler  # pylint: disable=g-import-not-at-top
@@ -100,10 +99,10 @@ def _jit_study(model, params, hist, remove_h, n_mol):
           model, params, graph, z, jax.numpy.int32(first), jax.random.PRNGKey(1),
           n_steps=k, unroll=unroll)
       start = time.perf_counter()
-      z1 = jax.block_until_ready(call(z, T - 1))
+      jax.block_until_ready(call(z, T - 1))
       first_call = time.perf_counter() - start
       start = time.perf_counter()
-      z1 = jax.block_until_ready(call(z, T - 1))
+      jax.block_until_ready(call(z, T - 1))
       one_call = time.perf_counter() - start
       start = time.perf_counter()
       done, zz = 0, z
@@ -139,7 +138,6 @@ def _jit_study(model, params, hist, remove_h, n_mol):
     fig.savefig(_PLOT.value, dpi=90)
   if _MARKDOWN.value:
     _write_table(_MARKDOWN.value, rows, jax.devices()[0].device_kind, T)
-  del np
   return rows
 
 
@@ -166,7 +164,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from edm_zoo import evaluation, masking  # pylint: disable=g-import-not-at-top
+  from edm_zoo import evaluation  # pylint: disable=g-import-not-at-top
   from edm_zoo.data import batching, qm9  # pylint: disable=g-import-not-at-top
   from edm_zoo.diffusion import Diffusion, sampler  # pylint: disable=g-import-not-at-top
   from edm_zoo.training import optimizer, state as train_state  # pylint: disable=g-import-not-at-top

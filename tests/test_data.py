@@ -4,7 +4,6 @@ import csv
 import os
 import shutil
 
-import jraph
 import numpy as np
 import pytest
 

@@ -1,6 +1,5 @@
 """Three reference EDM optimizer steps, end to end (TRAIN_PARITY.md)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

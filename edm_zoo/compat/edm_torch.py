@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-from edm_zoo import masking
 from edm_zoo.config import Config, DiffusionConfig, ModelConfig
 from edm_zoo.data import batching
 from edm_zoo.diffusion import sampler
@@ -291,7 +290,6 @@ def train_parity_report(path: str) -> dict[str, dict[str, float]]:
   max_len = int(args.get('queue_max_len', 50))
   K = int(args.get('K', 3))
   mask = v['input/node_mask']
-  B = mask.shape[0]
   n_total = graph.nodes['mask'].shape[0]
   graphs = jax.tree.map(lambda a: jnp.asarray(a)[None], graph)
   with_grad = sorted({k[len('step0/grad/'):] for k in v if k.startswith('step0/grad/')})
@@ -367,7 +365,6 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def read_args(path: str) -> dict[str, Any]:
   """EDM's args from `args.pickle` (an argparse.Namespace) or a JSON file."""
-  import argparse  # pylint: disable=g-import-not-at-top,unused-import
   import os  # pylint: disable=g-import-not-at-top
   import pickle  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
