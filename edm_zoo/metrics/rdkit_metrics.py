@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from rdkit import Chem
@@ -60,11 +60,13 @@ def mol_to_smiles(mol: Chem.Mol) -> str | None:
   return Chem.MolToSmiles(mol)
 
 
-def valid_smiles(molecules: Iterable[tuple[np.ndarray, np.ndarray]],
-                 elements: tuple[str, ...]) -> list[str | None]:
+def valid_smiles(molecules: Sequence[tuple[np.ndarray, np.ndarray]],
+                 elements: tuple[str, ...], progress: bool = False) -> list[str | None]:
   """Per molecule: SMILES of its largest fragment if it sanitizes, else None."""
+  import tqdm  # pylint: disable=g-import-not-at-top
   out = []
-  for positions, types in molecules:
+  for positions, types in tqdm.tqdm(molecules, disable=not progress, desc='RDKit',
+                                    unit='mol', leave=False):
     mol = build_molecule(positions, types, elements)
     smiles = mol_to_smiles(mol)
     if smiles is not None:
@@ -110,8 +112,8 @@ def training_smiles(remove_h: bool = False, data_dir: str | None = None,
   path = os.path.join(source.path, 'train_smiles.txt')
   if not os.path.exists(path):
     if progress:
-      print('computing the train-split SMILES for novelty (once) ...')
-    smiles = valid_smiles(split_molecules(source), qm9.atom_types(remove_h))
+      print('computing the train-split SMILES for novelty (once, ~40 s) ...')
+    smiles = valid_smiles(split_molecules(source), qm9.atom_types(remove_h), progress)
     from edm_zoo.io.files import atomic_path  # pylint: disable=g-import-not-at-top
     with atomic_path(path) as tmp, open(tmp, 'w') as f:
       f.writelines(f'{s}\n' for s in smiles if s is not None)
