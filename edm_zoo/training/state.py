@@ -94,14 +94,14 @@ def loss_and_grads(model: Diffusion, params, graphs: jraph.GraphsTuple, key: jax
   (`shard_map`), then the sums are all-reduced: the result equals the
   single-device one up to float summation order.
   """
-  def per_device(params, graphs, offset, n_global):
+  def per_device(params, graphs, offset, all_reduce: bool):
     n_local = graphs.n_node.shape[0]
     draws = [draw(model, _shard(graphs, d), key, offset + d) for d in range(n_local)]
     t_int = [t for t, _ in draws]
     eps = [e for _, e in draws]
     width = _local_width(graphs)
     count = jnp.sum(graphs.globals[masking.MASK])
-    if n_global is not None:
+    if all_reduce:
       width = jax.lax.pmax(width, 'data')
       count = jax.lax.psum(count, 'data')
 
@@ -109,17 +109,17 @@ def loss_and_grads(model: Diffusion, params, graphs: jraph.GraphsTuple, key: jax
       total, _ = _local_sums(model, p, graphs, t_int, eps, width)
       return total / jnp.maximum(count, 1.0)
     loss, grads = jax.value_and_grad(objective)(params)
-    if n_global is not None:
+    if all_reduce:
       loss, grads = jax.lax.psum((loss, grads), 'data')
     return loss, grads
 
   if mesh is None or mesh.size == 1:
-    return per_device(params, graphs, 0, None)
+    return per_device(params, graphs, 0, False)
   n_shards = graphs.n_node.shape[0]
 
   def sharded(params, graphs):
     offset = jax.lax.axis_index('data') * (n_shards // mesh.size)
-    return per_device(params, graphs, offset, n_shards)
+    return per_device(params, graphs, offset, True)
   return jax.shard_map(sharded, mesh=mesh, in_specs=(P(), P('data')),
                        out_specs=(P(), P()), check_vma=False)(params, graphs)
 
