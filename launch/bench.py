@@ -31,6 +31,8 @@ from absl import flags
 from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
+runtime.configure_process()
 import flags_util  # noqa: E402  pylint: disable=g-import-not-at-top
 
 import edm_zoo  # noqa: F401,E402
@@ -190,6 +192,8 @@ def main(argv):
       'jax_version': jax.__version__, 'cpu_count': os.cpu_count(),
       'machine': platform.processor() or platform.machine(),
       'matmul_precision': flags.FLAGS.matmul_precision,
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
+      'xla_flags': os.environ.get('XLA_FLAGS'),
       'config': {'model': m.name, 'nf': m.nf, 'n_layers': m.n_layers, 'batch_size': bs,
                  'T': config.diffusion.T},
   }

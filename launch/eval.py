@@ -18,6 +18,8 @@ from absl import flags
 from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
+runtime.configure_process()
 import sampling_flags as sf  # noqa: E402  pylint: disable=g-import-not-at-top
 
 import edm_zoo  # noqa: F401,E402
