@@ -24,7 +24,8 @@ def sample_sizes(histogram: dict[int, int], n: int, seed: int, batch: int) -> np
   return rng.choice(sizes, size=n, p=probs / probs.sum())
 
 
-def _placeholder_graph(sizes, atomic_numbers, budgets):
+def placeholder_graph(sizes, atomic_numbers, budgets):
+  """A padded batch of molecules of the given sizes (their data are never read)."""
   molecules = [{'positions': np.zeros((int(n), 3), np.float32),
                 'charges': np.full(int(n), atomic_numbers[0]), 'gdb_index': -1}
                for n in sizes]
@@ -41,7 +42,7 @@ def sample_batch(model: Diffusion, params, sizes: np.ndarray, key: jax.Array, *,
     {'molecules': [{'positions' [n, 3], 'types' [n], 'charges' [n]}],
      'chain': [frames, n_node, D] of the batch (if chain_every)}.
   """
-  graph = _placeholder_graph(sizes, atomic_numbers, budgets)
+  graph = placeholder_graph(sizes, atomic_numbers, budgets)
   out = sampler.sample(model, params, graph, key, jit_steps=jit_steps, unroll=unroll,
                        fix_noise=fix_noise, chain_every=chain_every)
   out = jax.device_get(out)

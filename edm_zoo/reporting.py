@@ -45,13 +45,8 @@ def load_model(ckpt: str) -> tuple[config_lib.Config, Diffusion, Any, dict]:
   config, params, meta = checkpoint.load_for_inference(ckpt)
   hist = {int(k): int(v) for k, v in meta['statistics']['n_nodes_histogram'].items()}
   model = Diffusion(config, hist)
-  remove_h = config.dataset == 'qm9_noh'
-  z = qm9.atomic_numbers(remove_h)
-  graph = batching.build_graph(
-      [{'positions': np.zeros((3, 3), np.float32), 'charges': np.full(3, z[0])}], z,
-      batching.PaddingBudget(4, 6, 2))
   try:
-    edm_torch.check_params(model, params, graph)
+    edm_torch.check_params(model, params, edm_torch.probe_graph(config.dataset == 'qm9_noh'))
   except ValueError as e:
     raise ValueError(f'--ckpt {ckpt}: its parameters do not fit its config ({e})') from e
   return config, model, params, meta

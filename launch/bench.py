@@ -91,7 +91,7 @@ def _jit_study(model, params, hist, remove_h, n_mol):
   from edm_zoo.diffusion import sampler  # pylint: disable=g-import-not-at-top
   T = model.T
   sizes = generate.sample_sizes(hist, n_mol, 0, 0)
-  graph = generate._placeholder_graph(  # pylint: disable=protected-access
+  graph = generate.placeholder_graph(
       sizes, qm9.atomic_numbers(remove_h), batching.default_budgets(n_mol, hist))
   rows = []
   for k in sorted({min(int(k), T) for k in _KS.value}):
@@ -166,7 +166,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from edm_zoo import evaluation  # pylint: disable=g-import-not-at-top
+  from edm_zoo import evaluation, generate  # pylint: disable=g-import-not-at-top
   from edm_zoo.data import batching, qm9  # pylint: disable=g-import-not-at-top
   from edm_zoo.diffusion import Diffusion, sampler  # pylint: disable=g-import-not-at-top
   from edm_zoo.training import optimizer, state as train_state  # pylint: disable=g-import-not-at-top
@@ -267,13 +267,9 @@ def main(argv):
   if 'sample' in what:
     n_mol = _SAMPLE_MOLECULES.value
     T = config.diffusion.T
-    sizes = np.random.RandomState(0).choice(
-        sorted(hist), size=n_mol, p=np.array([hist[k] for k in sorted(hist)]) / sum(hist.values()))
-    mols = [{'positions': np.zeros((n, 3), np.float32),
-             'charges': np.full(n, 6), 'gdb_index': -1} for n in sizes]
-    budget = batching.PaddingBudget(int(sizes.sum()) + 1,
-                                    int((sizes * (sizes - 1)).sum()), n_mol + 1)
-    graph = batching.build_graph(mols, qm9.atomic_numbers(remove_h), budget)
+    sizes = generate.sample_sizes(hist, n_mol, 0, 0)
+    graph = generate.placeholder_graph(sizes, qm9.atomic_numbers(remove_h),
+                                       batching.default_budgets(n_mol, hist))
     n_steps = min(_SAMPLE_STEPS.value, T)
 
     @jax.jit

@@ -91,6 +91,15 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
   return params
 
 
+def probe_graph(remove_h: bool) -> jraph.GraphsTuple:
+  """A one-molecule padded batch, for shape checks and initialisation."""
+  from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
+  z = qm9.atomic_numbers(remove_h)
+  return batching.build_graph(
+      [{'positions': np.zeros((3, 3), np.float32), 'charges': np.full(3, z[0])}], z,
+      batching.PaddingBudget(4, 6, 2))
+
+
 def check_params(model: Diffusion, params: dict, graph: jraph.GraphsTuple) -> None:
   """Raises ValueError unless `params` has exactly the model's names and shapes."""
   expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), graph)
@@ -401,11 +410,7 @@ def import_checkpoint(state_dict_path: str, args_path: str, out: str,
   stats = qm9.statistics(remove_h, data_dir)
   model = Diffusion(config, stats.n_nodes_histogram)
   params = params_from_state_dict(state_dict)
-  graph = batching.build_graph(
-      [{'positions': np.zeros((3, 3), np.float32),
-        'charges': np.full(3, qm9.atomic_numbers(remove_h)[0])}],
-      qm9.atomic_numbers(remove_h), batching.PaddingBudget(4, 6, 2))
-  check_params(model, params, graph)
+  check_params(model, params, probe_graph(remove_h))
   tx = optimizer.torch_adamw_amsgrad(float(args.get('lr', 1e-4)))
   state = train_state.TrainState(
       step=jnp.zeros([], jnp.int32), params=params,

@@ -73,7 +73,7 @@ def p_xh_given_z0(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
   node = lambda v: model._per_node(v, graph)  # pylint: disable=protected-access
   mu_x = (z_0 - node(sigma_0) * eps_hat) / node(alpha_0)
   xh = mu_x + node(sigma_x) * noise
-  mask = graph.nodes['mask'][:, None]
+  mask = masking.node_mask(graph)[:, None]
   x = xh[:, :3] * d.norm_values[0]
   h_cat = (z_0[:, 3:3 + K] * d.norm_values[1] + d.norm_biases[1]) * mask
   h_cat = jax.nn.one_hot(jnp.argmax(h_cat, axis=-1), K) * mask
