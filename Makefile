@@ -3,7 +3,6 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DATA_STAMP := data/tfds/edm_qm9/with_h/1.0.0/dataset_info.json
 TRAIN_FLAGS ?=
 # glibc malloc on transparent huge pages: ~25% faster XLA:CPU steps (launch/runtime.py).
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1

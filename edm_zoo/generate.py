@@ -33,6 +33,13 @@ def placeholder_graph(sizes, atomic_numbers, budgets):
   return batching.build_graph(molecules, atomic_numbers, budget)
 
 
+def split_molecules(sizes, positions, types, charges) -> list[dict]:
+  """Flat per-node arrays of consecutive molecules -> one dict per molecule."""
+  bounds = np.cumsum(sizes)[:-1]
+  return [{'positions': p, 'types': t, 'charges': c} for p, t, c in zip(
+      np.split(positions, bounds), np.split(types, bounds), np.split(charges, bounds))]
+
+
 def sample_batch(model: Diffusion, params, sizes: np.ndarray, key: jax.Array, *,
                  atomic_numbers, budgets, jit_steps=None, unroll: int = 1,
                  fix_noise: bool = False, chain_every: int = 0) -> dict[str, Any]:
@@ -46,14 +53,11 @@ def sample_batch(model: Diffusion, params, sizes: np.ndarray, key: jax.Array, *,
   out = sampler.sample(model, params, graph, key, jit_steps=jit_steps, unroll=unroll,
                        fix_noise=fix_noise, chain_every=chain_every)
   out = jax.device_get(out)
-  offsets = np.concatenate([[0], np.cumsum(sizes)])
-  molecules = []
-  for i, n in enumerate(sizes):
-    sl = slice(offsets[i], offsets[i] + n)
-    molecules.append({'positions': np.asarray(out['x'][sl], np.float32),
-                      'types': np.argmax(out['h_cat'][sl], -1).astype(np.int32),
-                      'charges': np.asarray(out['h_int'][sl, 0]).astype(np.int32)})
-  result = {'molecules': molecules, 'offsets': offsets}
+  n = int(np.sum(sizes))
+  result = {'molecules': split_molecules(
+      sizes, np.asarray(out['x'][:n], np.float32),
+      np.argmax(out['h_cat'][:n], -1).astype(np.int32),
+      np.asarray(out['h_int'][:n, 0]).astype(np.int32))}
   if chain_every:
     result['chain'] = np.asarray(out['chain'])
   return result
@@ -83,10 +87,7 @@ def generate(model: Diffusion, params, n_samples: int, *, histogram: dict[int, i
     if path and os.path.exists(path):
       with np.load(path) as f:
         sizes, pos, types, charges = f['sizes'], f['positions'], f['types'], f['charges']
-      offsets = np.concatenate([[0], np.cumsum(sizes)])
-      batch = [{'positions': pos[offsets[i]:offsets[i + 1]],
-                'types': types[offsets[i]:offsets[i + 1]],
-                'charges': charges[offsets[i]:offsets[i + 1]]} for i in range(len(sizes))]
+      batch = split_molecules(sizes, pos, types, charges)
     else:
       sizes = sample_sizes(histogram, n, seed, b)
       batch = sample_batch(model, params, sizes, jax.random.fold_in(

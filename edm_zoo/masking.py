@@ -38,6 +38,11 @@ def node_graph_index(graph: jraph.GraphsTuple) -> jax.Array:
   return jnp.repeat(jnp.arange(n_graph), graph.n_node, total_repeat_length=total)
 
 
+def per_node(values: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
+  """[n_node, 1]: each node gets its molecule's entry of `values` [n_graph]."""
+  return values[node_graph_index(graph)][:, None]
+
+
 def segment_sum(data: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
   """Sums per-node `data` over the nodes of each graph -> [n_graph, ...]."""
   return jax.ops.segment_sum(data, node_graph_index(graph),

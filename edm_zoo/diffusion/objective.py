@@ -122,15 +122,12 @@ class Diffusion:
   def alpha_sigma(self, gamma: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.sqrt(jax.nn.sigmoid(-gamma)), jnp.sqrt(jax.nn.sigmoid(gamma))
 
-  def _per_node(self, values: jax.Array, graph) -> jax.Array:
-    return values[masking.node_graph_index(graph)][:, None]
-
   def kl_prior(self, params, graph, xh) -> jax.Array:
     """[n_graph] KL(q(z_T | x, h) || N(0, I)) on the CoG-free x space and h."""
     gamma_T = self.gamma(params, jnp.ones(graph.n_node.shape[0]))
     alpha_T, sigma_T = self.alpha_sigma(gamma_T)
-    mu_T = self._per_node(alpha_T, graph) * xh
-    kl_h = gaussians.kl_to_standard_normal(mu_T[:, 3:], self._per_node(sigma_T, graph),
+    mu_T = masking.per_node(alpha_T, graph) * xh
+    kl_h = gaussians.kl_to_standard_normal(mu_T[:, 3:], masking.per_node(sigma_T, graph),
                                            graph)
     mu_x_norm2 = masking.segment_sum(
         jnp.sum(mu_T[:, :3]**2, -1) * masking.node_mask(graph), graph)
@@ -158,7 +155,7 @@ class Diffusion:
         padded_n = dense_width(graph)
       err_x = err_x / ((3 + self.n_features) * padded_n)
     _, sigma_0 = self.alpha_sigma(gamma_0)
-    sigma_0 = self._per_node(sigma_0, graph)
+    sigma_0 = masking.per_node(sigma_0, graph)
     cdf = gaussians.standard_normal_cdf
     x_cat = xh[:, 3:3 + K] * d.norm_values[1] + d.norm_biases[1]
     z_cat = z_0[:, 3:3 + K] * d.norm_values[1] + d.norm_biases[1]
@@ -188,7 +185,7 @@ class Diffusion:
     s = (t_int - 1).astype(jnp.float32) / self.T
     gamma_t, gamma_s = self.gamma(params, t), self.gamma(params, s)
     alpha_t, sigma_t = self.alpha_sigma(gamma_t)
-    z_t = self._per_node(alpha_t, graph) * xh + self._per_node(sigma_t, graph) * eps
+    z_t = masking.per_node(alpha_t, graph) * xh + masking.per_node(sigma_t, graph) * eps
     return t, s, gamma_t, gamma_s, alpha_t, sigma_t, z_t, self.eps(params, graph, z_t, t)
 
   def eval_terms(self, params: Params, graph: jraph.GraphsTuple, t_int: jax.Array,
@@ -220,7 +217,7 @@ class Diffusion:
     zeros = jnp.zeros(n_graph)
     gamma_0 = self.gamma(params, zeros)
     alpha_0, sigma_0 = self.alpha_sigma(gamma_0)
-    z_0 = self._per_node(alpha_0, graph) * xh + self._per_node(sigma_0, graph) * eps0
+    z_0 = masking.per_node(alpha_0, graph) * xh + masking.per_node(sigma_0, graph) * eps0
     net_out0 = self.eps(params, graph, z_0, zeros)
     l0 = self.log_p_xh_given_z0(graph, xh, z_0, gamma_0, eps0, net_out0,
                                 l2_normalized=False)

@@ -45,7 +45,7 @@ def p_zs_given_zt(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
   _, sigma_s = model.alpha_sigma(gamma_s)
   _, sigma_t = model.alpha_sigma(gamma_t)
   eps_hat = model.eps(params, graph, z_t, t)
-  node = lambda v: model._per_node(v, graph)  # pylint: disable=protected-access
+  node = lambda v: masking.per_node(v, graph)
   mu = z_t / node(alpha_ts) - node(sigma2_ts / alpha_ts / sigma_t) * eps_hat
   sigma = sigma_ts * sigma_s / sigma_t
   z_s = mu + node(sigma) * noise
@@ -70,7 +70,7 @@ def p_xh_given_z0(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
   alpha_0, sigma_0 = model.alpha_sigma(gamma_0)
   sigma_x = jnp.exp(0.5 * gamma_0)
   eps_hat = model.eps(params, graph, z_0, zeros)
-  node = lambda v: model._per_node(v, graph)  # pylint: disable=protected-access
+  node = lambda v: masking.per_node(v, graph)
   mu_x = (z_0 - node(sigma_0) * eps_hat) / node(alpha_0)
   xh = mu_x + node(sigma_x) * noise
   mask = masking.node_mask(graph)[:, None]

@@ -116,7 +116,7 @@ class EGNN(hk.Module):
 
 def node_time(t: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
   """[n_node, 1] time of each node's molecule (t: [n_graph] in [0, 1])."""
-  return t[masking.node_graph_index(graph)][:, None]
+  return masking.per_node(t, graph)
 
 
 def finalize_eps(vel: jax.Array, h_out: jax.Array, graph: jraph.GraphsTuple,
