@@ -20,8 +20,14 @@ def define_config_flags() -> None:
                     'TF32 on GPUs (faster, numerics change slightly)')
   flags.DEFINE_string('preset', 'published',
                       f'named preset: {sorted(config_lib.PRESETS)}')
-  flags.DEFINE_string('dataset', None, "'qm9' (default) or 'qm9_noh'")
+  flags.DEFINE_string('dataset', None, "'qm9' (default), 'qm9_noh', or a train half: "
+                      "'qm9_second_half' (EDM's conditional models), 'qm9_first_half'")
   flags.DEFINE_bool('remove_h', None, 'alias for --dataset=qm9_noh')
+  flags.DEFINE_list('conditioning', None, 'properties to condition on, e.g. alpha or '
+                    'alpha,gap (alpha, gap, homo, lumo, mu, Cv); default none')
+  flags.DEFINE_enum('context_norm_split', None, ['train', 'valid'],
+                    "split whose mean/MAD normalise the properties (default 'valid', "
+                    'as the reference)')
   for section, cls in (('model', config_lib.ModelConfig),
                        ('diffusion', config_lib.DiffusionConfig),
                        ('train', config_lib.TrainConfig)):
@@ -55,7 +61,9 @@ def config_from_flags() -> config_lib.Config:
   for name in config_lib.field_names():
     if name in flags.FLAGS and name not in _SKIP:
       value = flags.FLAGS[name].value
-      if isinstance(value, list):
+      if name == 'conditioning':
+        value = None if value is None else tuple(value)
+      elif isinstance(value, list):
         try:
           value = tuple(float(v) for v in value)
         except ValueError:
@@ -67,5 +75,26 @@ def config_from_flags() -> config_lib.Config:
     values['dataset'] = 'qm9_noh'
   try:
     return config_lib.build(flags.FLAGS.preset, **values)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+
+
+def define_classifier_flags() -> None:
+  """Defines --<field> for every ClassifierConfig field, plus --preset."""
+  flags.DEFINE_string('preset', 'published',
+                      f'named preset: {sorted(config_lib.CLASSIFIER_PRESETS)}')
+  hints = typing.get_type_hints(config_lib.ClassifierConfig)
+  for f in dataclasses.fields(config_lib.ClassifierConfig):
+    help_ = f'{f.name} (default {f.default!r})'
+    define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
+              float: flags.DEFINE_float, str: flags.DEFINE_string}[hints[f.name]]
+    define(f.name, None, help_)
+
+
+def classifier_config_from_flags() -> config_lib.ClassifierConfig:
+  values = {f.name: flags.FLAGS[f.name].value
+            for f in dataclasses.fields(config_lib.ClassifierConfig)}
+  try:
+    return config_lib.build_classifier(flags.FLAGS.preset, **values)
   except ValueError as e:
     sys.exit(f'error: {e}')

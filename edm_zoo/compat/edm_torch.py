@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
+from edm_zoo import conditioning
 from edm_zoo.config import Config, DiffusionConfig, ModelConfig
 from edm_zoo.data import batching
 from edm_zoo.diffusion import sampler
@@ -34,9 +35,13 @@ def config_from_args(args: Mapping[str, Any]) -> Config:
   if model not in _MODEL_NAMES:
     raise ValueError(f'EDM model {model!r} is not supported; allowed: '
                      f'{sorted(_MODEL_NAMES)}.')
-  if args.get('conditioning'):
-    raise ValueError('conditional EDM checkpoints are not supported yet.')
   remove_h = bool(args.get('remove_h', False))
+  dataset = args.get('dataset', 'qm9')
+  if dataset not in ('qm9', 'qm9_first_half', 'qm9_second_half'):
+    raise ValueError(f'EDM dataset {dataset!r} is not supported; allowed: qm9, '
+                     'qm9_first_half, qm9_second_half.')
+  if remove_h and dataset != 'qm9':
+    raise ValueError(f'EDM has no {dataset} without hydrogens.')
   return Config(
       model=ModelConfig(
           name=_MODEL_NAMES[model], nf=int(args['nf']), n_layers=int(args['n_layers']),
@@ -56,7 +61,8 @@ def config_from_args(args: Mapping[str, Any]) -> Config:
           loss_type=args.get('diffusion_loss_type', 'l2'),
           norm_values=tuple(float(v) for v in args.get('normalize_factors', (1, 4, 1))),
           include_charges=bool(args.get('include_charges', True))),
-      dataset='qm9_noh' if remove_h else 'qm9',
+      dataset='qm9_noh' if remove_h else dataset,
+      conditioning=tuple(args.get('conditioning') or ()),
       num_atom_types=int(args.get('num_classes', 4 if remove_h else 5)))
 
 
@@ -91,13 +97,15 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
   return params
 
 
-def probe_graph(remove_h: bool) -> jraph.GraphsTuple:
-  """A one-molecule padded batch, for shape checks and initialisation."""
+def probe_graph(remove_h: bool, context_nf: int = 0) -> jraph.GraphsTuple:
+  """A one-molecule padded batch, for shape checks and initialisation (with a
+  zero context of `context_nf` properties for a conditional model)."""
   from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
   z = qm9.atomic_numbers(remove_h)
-  return batching.build_graph(
-      [{'positions': np.zeros((3, 3), np.float32), 'charges': np.full(3, z[0])}], z,
-      batching.PaddingBudget(4, 6, 2))
+  molecule = {'positions': np.zeros((3, 3), np.float32), 'charges': np.full(3, z[0])}
+  if context_nf:
+    molecule[conditioning.CONTEXT] = np.zeros(context_nf, np.float32)
+  return batching.build_graph([molecule], z, batching.PaddingBudget(4, 6, 2))
 
 
 def check_params(model: Diffusion, params: dict, graph: jraph.GraphsTuple) -> None:
@@ -170,7 +178,7 @@ def setup_from_vectors(vectors: Mapping[str, np.ndarray], prefix: str = 'param/'
   from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
   args = json.loads(str(vectors['config_json']))
   config = config_from_args(args)
-  remove_h = config.dataset == 'qm9_noh'
+  remove_h = config.remove_h
   if n_nodes_histogram is None:
     n_nodes_histogram = qm9.statistics(remove_h).n_nodes_histogram
   model = Diffusion(config, n_nodes_histogram)
@@ -406,11 +414,11 @@ def import_checkpoint(state_dict_path: str, args_path: str, out: str,
   state_dict = read_state_dict(state_dict_path)
   args = read_args(args_path)
   config = config_lib.validate(config_from_args(args))
-  remove_h = config.dataset == 'qm9_noh'
-  stats = qm9.statistics(remove_h, data_dir)
+  remove_h = config.remove_h
+  stats = qm9.dataset_statistics(config.dataset, data_dir)
   model = Diffusion(config, stats.n_nodes_histogram)
   params = params_from_state_dict(state_dict)
-  check_params(model, params, probe_graph(remove_h))
+  check_params(model, params, probe_graph(remove_h, config.context_nf))
   tx = optimizer.torch_adamw_amsgrad(float(args.get('lr', 1e-4)))
   state = train_state.TrainState(
       step=jnp.zeros([], jnp.int32), params=params,
@@ -420,6 +428,8 @@ def import_checkpoint(state_dict_path: str, args_path: str, out: str,
           'statistics': {'n_nodes_histogram': {str(k): v for k, v in
                                                stats.n_nodes_histogram.items()}},
           'best_val_nll': None, 'imported_from': [state_dict_path, args_path]}
+  if config.conditioning:
+    meta['property_norms'] = conditioning.fit_normalizer(config, data_dir).to_dict()
   ckpt = checkpoint.Checkpointer(out, keep_last=1)
   ckpt.save(0, state, meta)
   ckpt.close()

@@ -3,7 +3,8 @@
 Each molecule becomes a fully connected directed graph without self loops (edge
 lists: no padded N x N work). Nodes carry `positions` [3], `one_hot` [n_types]
 (EDM order H, C, N, O, F), `charges` (Z as float) and `mask`; edges carry `mask`;
-globals carry `mask` and `gdb_index`. Batches are padded with
+globals carry `mask`, `gdb_index` and, for molecules that carry a normalised
+`context` vector (`edm_zoo.conditioning`), `context`. Batches are padded with
 `jraph.pad_with_graphs` to one of a few `PaddingBudget`s, so jit compiles at most
 `len(budgets)` shapes (5 for the default ladder, see `default_budgets`).
 
@@ -22,6 +23,7 @@ import jax
 import jraph
 import numpy as np
 
+from edm_zoo import conditioning
 from edm_zoo import masking
 
 
@@ -113,7 +115,8 @@ def build_graph(molecules: Sequence[dict], atomic_numbers: Sequence[int],
   """Packs molecules into one GraphsTuple, padded to `budget` when given.
 
   Args:
-    molecules: dicts with `positions` [n, 3], `charges` [n] (Z), `gdb_index`.
+    molecules: dicts with `positions` [n, 3], `charges` [n] (Z), `gdb_index`,
+      and optionally (all or none) a `context` [C].
     atomic_numbers: Z of each one-hot type, in order.
     budget: the padding sizes; None leaves the graph unpadded.
 
@@ -141,6 +144,14 @@ def build_graph(molecules: Sequence[dict], atomic_numbers: Sequence[int],
   n_node_total = int(sizes.sum())
   one_hot = np.zeros((n_node_total, len(atomic_numbers)), np.float32)
   one_hot[np.arange(n_node_total), types] = 1.0
+  graph_features = {masking.MASK: np.ones(len(sizes), np.float32), 'gdb_index': gdb}
+  with_context = [conditioning.CONTEXT in m for m in molecules]
+  if any(with_context):
+    if not all(with_context):
+      raise ValueError('some molecules of the batch carry a conditioning context and '
+                       'some do not.')
+    graph_features[conditioning.CONTEXT] = np.stack(
+        [m[conditioning.CONTEXT] for m in molecules]).astype(np.float32)
   graph = jraph.GraphsTuple(
       nodes={
           'positions': np.concatenate(
@@ -150,7 +161,7 @@ def build_graph(molecules: Sequence[dict], atomic_numbers: Sequence[int],
           masking.MASK: np.ones(n_node_total, np.float32),
       },
       edges={masking.MASK: np.ones(len(senders), np.float32)},
-      globals={masking.MASK: np.ones(len(sizes), np.float32), 'gdb_index': gdb},
+      globals=graph_features,
       senders=senders.astype(np.int32), receivers=receivers.astype(np.int32),
       n_node=sizes, n_edge=(sizes * (sizes - 1)).astype(np.int32))
   if budget is None:
@@ -294,14 +305,22 @@ def sharded_batches(source, batch_size: int, n_shards: int, seed: int = 0,
     parts = [molecules[i * per_shard:(i + 1) * per_shard] for i in range(n_shards)]
     chosen = max(choose_budget([len(m['charges']) for m in part] or [1], budgets,
                                [m['gdb_index'] for m in part]) for part in parts)
+    context = molecules[0].get(conditioning.CONTEXT)
     yield stack([build_graph(parts[i], atomic_numbers, chosen) if parts[i] else
-                 _empty_graph(atomic_numbers, chosen) for i in shards]), len(molecules)
+                 _empty_graph(atomic_numbers, chosen, context) for i in shards]
+                ), len(molecules)
 
 
-def _empty_graph(atomic_numbers, budget: PaddingBudget) -> jraph.GraphsTuple:
-  """A shard with no molecule (the tail of a short last batch): all padding."""
+def _empty_graph(atomic_numbers, budget: PaddingBudget,
+                 context: np.ndarray | None = None) -> jraph.GraphsTuple:
+  """A shard with no molecule (the tail of a short last batch): all padding.
+
+  `context` (any molecule's) gives the conditioning width the shard must match.
+  """
   filler = {'positions': np.zeros((1, 3), np.float32), 'charges':
             np.array([atomic_numbers[0]]), 'gdb_index': -1}
+  if context is not None:
+    filler[conditioning.CONTEXT] = np.zeros_like(context)
   graph = build_graph([filler], atomic_numbers, budget)
   zero = lambda tree: jax.tree.map(np.zeros_like, tree)
   return graph._replace(nodes={**graph.nodes, masking.MASK: zero(graph.nodes[masking.MASK])},

@@ -11,7 +11,12 @@ import numpy as np
 from datasets.qm9 import edm_qm9
 
 SPLITS = ('train', 'valid', 'test')
-DATASETS = {'qm9': False, 'qm9_noh': True}  # --dataset name -> remove_h.
+# --dataset name -> (remove_h, which half of the train split). The halves are the
+# reference's: conditional generators train on the second, property classifiers
+# on the first; valid and test stay whole.
+DATASETS = {'qm9': (False, None), 'qm9_noh': (True, None),
+            'qm9_first_half': (False, 'first'), 'qm9_second_half': (False, 'second')}
+HALF_SEED = 42
 DATA_DIR_ENV = 'EDM_ZOO_DATA_DIR'
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -26,7 +31,18 @@ def remove_h_for(dataset: str) -> bool:
   """Maps a `--dataset` name to `remove_h`, with a one-line error otherwise."""
   if dataset not in DATASETS:
     raise ValueError(f'unknown dataset {dataset!r}; allowed: {sorted(DATASETS)}.')
-  return DATASETS[dataset]
+  return DATASETS[dataset][0]
+
+
+def half_indices(n_train: int, half: str) -> np.ndarray:
+  """Train positions of a half: `np.random.seed(42); perm = permutation(n)`, then
+  perm[:n // 2] ('first') or perm[n // 2:] ('second'), in permutation order."""
+  perm = np.random.RandomState(HALF_SEED).permutation(n_train)
+  if half == 'first':
+    return perm[:n_train // 2]
+  if half == 'second':
+    return perm[n_train // 2:]
+  raise ValueError(f"unknown half {half!r}; allowed: ['first', 'second'].")
 
 
 def atom_types(remove_h: bool) -> tuple[str, ...]:
@@ -76,14 +92,21 @@ class Qm9Source:
   `datasets/qm9/edm_qm9.py`).
   """
 
-  def __init__(self, source, *, split: str, remove_h: bool, path: str):
+  def __init__(self, source, *, split: str, remove_h: bool, path: str,
+               indices: np.ndarray | None = None):
     self._source = source
+    self._indices = indices
     self.split = split
     self.remove_h = remove_h
     self.path = path
 
   def __len__(self) -> int:
-    return len(self._source)
+    return len(self._source) if self._indices is None else len(self._indices)
+
+  def _record(self, index: int) -> int:
+    if self._indices is None:
+      return int(index)
+    return int(self._indices[index])
 
   def _fix(self, item: dict[str, Any]) -> dict[str, Any]:
     item['smiles'] = item['smiles'].decode()
@@ -91,11 +114,11 @@ class Qm9Source:
     return item
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    return self._fix(self._source[int(index)])
+    return self._fix(self._source[self._record(index)])
 
   def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
     try:
-      items = self._source.__getitems__([int(i) for i in indices])
+      items = self._source.__getitems__([self._record(i) for i in indices])
     except Exception as e:  # array_record / proto errors are deep and opaque.
       raise ValueError(f'QM9 data in {self.path} is corrupt ({type(e).__name__}:'
                        f' {e}); delete that folder and run `make data`.') from e
@@ -135,6 +158,21 @@ def load(split: str, remove_h: bool = False,
   return Qm9Source(source, split=split, remove_h=remove_h, path=builder.data_dir)
 
 
+def load_dataset(dataset: str, split: str, data_dir: str | None = None) -> Qm9Source:
+  """A split of a `--dataset`: the half datasets narrow 'train' to their half.
+
+  Raises:
+    ValueError: unknown dataset or split, or a dataset that is missing or corrupt.
+  """
+  remove_h = remove_h_for(dataset)
+  source = load(split, remove_h, data_dir)
+  half = DATASETS[dataset][1]
+  if split != 'train' or half is None:
+    return source
+  return Qm9Source(source._source, split=f'train[{half}_half]', remove_h=remove_h,  # pylint: disable=protected-access
+                   path=source.path, indices=half_indices(len(source), half))
+
+
 @dataclasses.dataclass(frozen=True)
 class Statistics:
   """Train-split statistics the model needs.
@@ -172,3 +210,27 @@ def statistics(remove_h: bool = False, data_dir: str | None = None) -> Statistic
   except (KeyError, TypeError, ValueError) as e:
     raise ValueError(f'QM9 metadata in {data_dir or default_data_dir()} is '
                      f'corrupt ({e}); delete that folder and run `make data`.') from e
+
+
+def dataset_statistics(dataset: str, data_dir: str | None = None) -> Statistics:
+  """Train statistics of a `--dataset`: recorded ones, or counted on a half."""
+  remove_h = remove_h_for(dataset)
+  if DATASETS[dataset][1] is None:
+    return statistics(remove_h, data_dir)
+  return count_statistics(load_dataset(dataset, 'train', data_dir))
+
+
+def count_statistics(source) -> Statistics:
+  """Type counts and the size histogram of every molecule of `source`."""
+  from edm_zoo.data import batching  # pylint: disable=g-import-not-at-top
+  types = atom_types(source.remove_h)
+  numbers = atomic_numbers(source.remove_h)
+  counts = np.zeros(len(types), np.int64)
+  hist: dict[int, int] = {}
+  for lo in range(0, len(source), 4096):
+    for m in batching.fetch(source, range(lo, min(lo + 4096, len(source)))):
+      z = np.asarray(m['charges'])
+      counts += (z[:, None] == numbers[None]).sum(0)
+      hist[len(z)] = hist.get(len(z), 0) + 1
+  return Statistics(atom_types=types, type_counts=tuple(int(c) for c in counts),
+                    n_nodes_histogram=dict(sorted(hist.items())))

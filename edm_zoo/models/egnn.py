@@ -1,7 +1,8 @@
 """EDM's `EGNN_dynamics_QM9` (mode 'egnn_dynamics') on padded jraph edge lists.
 
-The network sees the noisy state z_t = [x (3), h (F)] of every node and t/T of its
-molecule, and predicts eps: [x_out - x projected to zero CoG, h_out]. Module and
+The network sees the noisy state z_t = [x (3), h (F)] of every node, t/T of its
+molecule and, for a conditional model, its molecule's context (`edm_zoo.conditioning`),
+and predicts eps: [x_out - x projected to zero CoG, h_out]. Module and
 parameter names mirror the PyTorch state dict (`e_block_0/gcl_0/edge_mlp_0` is
 `e_block_0.gcl_0.edge_mlp.0`) so that `edm_zoo.compat.edm_torch` maps 1:1.
 """
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import jraph
 
 from edm_zoo import center_of_gravity
+from edm_zoo import conditioning
 from edm_zoo import masking
 from edm_zoo.config import Config, ModelConfig
 from edm_zoo.models import layers
@@ -114,20 +116,31 @@ class EGNN(hk.Module):
     return h * node_mask[:, None], x
 
 
-def node_time(t: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
-  """[n_node, 1] time of each node's molecule (t: [n_graph] in [0, 1])."""
-  return masking.per_node(t, graph)
+def with_conditioning(h: jax.Array, t: jax.Array, graph: jraph.GraphsTuple,
+                      condition_time: bool) -> tuple[jax.Array, int]:
+  """EDM's input convention, shared by the zoo: h -> [h, t/T, context].
+
+  Returns:
+    The widened features and how many columns were appended (the network's
+    output carries as many, which `finalize_eps` drops).
+  """
+  extra = []
+  if condition_time:
+    extra.append(masking.per_node(t, graph))
+  context = conditioning.node_context(graph)
+  if context is not None:
+    extra.append(context)
+  return jnp.concatenate([h, *extra], axis=-1), sum(e.shape[-1] for e in extra)
 
 
 def finalize_eps(vel: jax.Array, h_out: jax.Array, graph: jraph.GraphsTuple,
-                 condition_time: bool) -> jax.Array:
-  """EDM's output convention, shared by the zoo: zero-CoG velocity, h without t."""
+                 n_extra: int) -> jax.Array:
+  """EDM's output convention, shared by the zoo: zero-CoG velocity, h without the
+  `n_extra` time and context columns."""
   # EDM zeroes the whole velocity when any entry is NaN (and warns); keep that.
   vel = jnp.where(jnp.any(jnp.isnan(vel)), jnp.zeros_like(vel), vel)
   vel = center_of_gravity.remove_mean(vel, graph)
-  if condition_time:
-    h_out = h_out[:, :-1]
-  return jnp.concatenate([vel, h_out], axis=-1)
+  return jnp.concatenate([vel, h_out[:, :h_out.shape[-1] - n_extra]], axis=-1)
 
 
 def net_fn(graph: jraph.GraphsTuple, z_t: jax.Array, t: jax.Array, *,
@@ -137,7 +150,6 @@ def net_fn(graph: jraph.GraphsTuple, z_t: jax.Array, t: jax.Array, *,
   node_mask = masking.node_mask(graph)[:, None]
   z_t = z_t * node_mask
   x, h = z_t[:, :3], z_t[:, 3:]
-  if c.condition_time:
-    h = jnp.concatenate([h, node_time(t, graph)], axis=-1)
+  h, n_extra = with_conditioning(h, t, graph, c.condition_time)
   h_out, x_out = EGNN(config=c, out_node_nf=h.shape[-1])(h, x, graph)
-  return finalize_eps((x_out - x) * node_mask, h_out, graph, c.condition_time)
+  return finalize_eps((x_out - x) * node_mask, h_out, graph, n_extra)

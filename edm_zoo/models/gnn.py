@@ -1,6 +1,6 @@
 """EDM's non-equivariant GDM baseline (`GNN_dynamics`, mode 'gnn_dynamics').
 
-A plain message-passing GNN on [x, h, t/T] that outputs [vel, h] directly. EDM
+A plain message-passing GNN on [x, h, t/T, context] that outputs [vel, h] directly. EDM
 passes no edge mask to this GNN, so every node also sends itself a message (the
 self loops of its dense N x N edge list); we keep those self messages. EDM's dense
 version would also receive messages from padding nodes, which makes its output
@@ -75,7 +75,6 @@ def net_fn(graph: jraph.GraphsTuple, z_t: jax.Array, t: jax.Array, *,
   """Predicted noise eps_hat [n_node, 3 + F] for z_t [n_node, 3 + F], t [n_graph]."""
   c = config.model
   xh = z_t * masking.node_mask(graph)[:, None]
-  if c.condition_time:
-    xh = jnp.concatenate([xh, egnn.node_time(t, graph)], axis=-1)
+  xh, n_extra = egnn.with_conditioning(xh, t, graph, c.condition_time)
   out = GNN(config=c)(xh, graph)
-  return egnn.finalize_eps(out[:, :3], out[:, 3:], graph, c.condition_time)
+  return egnn.finalize_eps(out[:, :3], out[:, 3:], graph, n_extra)

@@ -13,6 +13,7 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from edm_zoo import conditioning
 from edm_zoo import config as config_lib
 from edm_zoo import evaluation
 from edm_zoo.data import batching, qm9
@@ -39,14 +40,18 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   `fold_in(fold_in(key(seed), 1), k)` and the shard index.
   """
   t = config.train
-  remove_h = qm9.remove_h_for(config.dataset)
-  stats = qm9.statistics(remove_h, data_dir)
+  stats = qm9.dataset_statistics(config.dataset, data_dir)
   hist = stats.n_nodes_histogram
-  train_src = qm9.load('train', remove_h, data_dir)
+  train_src = qm9.load_dataset(config.dataset, 'train', data_dir)
   if t.train_molecules:
     train_src = evaluation.Subset(train_src, t.train_molecules)
-  valid_src = qm9.load('valid', remove_h, data_dir)
-  test_src = qm9.load('test', remove_h, data_dir)
+  valid_src = qm9.load_dataset(config.dataset, 'valid', data_dir)
+  test_src = qm9.load_dataset(config.dataset, 'test', data_dir)
+  normalizer = None
+  if config.conditioning:
+    normalizer = conditioning.fit_normalizer(config, data_dir)
+    train_src, valid_src, test_src = (conditioning.ConditionedSource(s, normalizer)
+                                      for s in (train_src, valid_src, test_src))
 
   model = Diffusion(config, hist)
   tx = optimizer.torch_adamw_amsgrad(t.lr, weight_decay=t.weight_decay)
@@ -72,6 +77,8 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   meta = {'config': config_lib.to_dict(config), 'epoch': 0, 'position': 0,
           'statistics': _statistics_meta(stats), 'best_val_nll': None,
           'jax_version': jax.__version__}
+  if normalizer is not None:
+    meta['property_norms'] = normalizer.to_dict()
   if ckpt.latest_step() is not None:
     state, restored = ckpt.restore(state)
     if config_lib.from_dict(restored['config']) != config:
@@ -106,7 +113,7 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
     if position >= len(train_src):
       epoch, position = epoch + 1, 0
     ckpt.save(step, jax.device_get(state), {**meta, 'epoch': epoch, 'position': position},
-              val_nll=val_nll)
+              val=val_nll)
 
   bar = tqdm.tqdm(total=total_steps, initial=step, disable=not progress,
                   desc='train', dynamic_ncols=True)
