@@ -13,22 +13,28 @@ from edm_zoo.diffusion.objective import Diffusion
 
 
 class Subset:
-  """The first `n` items of a source (sized, indexable)."""
+  """`n` items of a source (sized, indexable): the first n, or with `spread` n
+  evenly spaced ones (splits are sorted by gdb id, so their first molecules are
+  the smallest; a spread subset is representative)."""
 
-  def __init__(self, source, n: int):
+  def __init__(self, source, n: int, spread: bool = False):
     self._source, self._n = source, min(n, len(source)) if n > 0 else len(source)
+    self._step = len(source) / self._n if spread and self._n else 1.0
     self.remove_h = getattr(source, 'remove_h', False)
 
   def __len__(self):
     return self._n
 
+  def _index(self, i) -> int:
+    return int(i * self._step)
+
   def __getitem__(self, i):
     if not 0 <= i < self._n:
       raise IndexError(i)
-    return self._source[i]
+    return self._source[self._index(i)]
 
   def __getitems__(self, indices):
-    return batching.fetch(self._source, indices)
+    return batching.fetch(self._source, [self._index(i) for i in indices])
 
 
 def make_nll_fn(model: Diffusion):

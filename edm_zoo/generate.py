@@ -1,8 +1,11 @@
-"""Generating molecules in batches, resumable: sizes from the histogram, the sampler,
-and per-batch partial results on disk."""
+"""Generating molecules in batches, resumable: sizes from the histogram (and, for a
+conditional model, property values), the sampler, and per-batch partial results
+on disk."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from typing import Any
 
@@ -10,6 +13,7 @@ import jax
 import numpy as np
 import tqdm
 
+from edm_zoo import conditioning
 from edm_zoo.data import batching
 from edm_zoo.diffusion import sampler
 from edm_zoo.diffusion.objective import Diffusion
@@ -24,11 +28,51 @@ def sample_sizes(histogram: dict[int, int], n: int, seed: int, batch: int) -> np
   return rng.choice(sizes, size=n, p=probs / probs.sum())
 
 
-def placeholder_graph(sizes, atomic_numbers, budgets):
-  """A padded batch of molecules of the given sizes (their data are never read)."""
+@dataclasses.dataclass(frozen=True)
+class Condition:
+  """What a conditional model is asked for.
+
+  Attributes:
+    normalizer: the model's property normaliser (from its checkpoint).
+    distribution: p(properties | size) of its conditional train split.
+    target: [P] requested values (dataset units); None draws (size, values)
+      pairs jointly from the split as the reference does.
+  """
+  normalizer: conditioning.Normalizer
+  distribution: conditioning.PropertyDistribution
+  target: np.ndarray | None = None
+
+  def size_histogram(self, histogram: dict[int, int]) -> dict[int, float]:
+    """The sizes to draw from: the split's, or p(size | target)."""
+    if self.target is None:
+      return histogram
+    probs = self.distribution.size_probs_given(self.target)
+    if not probs:
+      ranges = ', '.join(
+          f'{p} in [{min(self.distribution.range(n)[0][i] for n in self.distribution.sizes):.4g}, '
+          f'{max(self.distribution.range(n)[1][i] for n in self.distribution.sizes):.4g}]'
+          for i, p in enumerate(self.normalizer.properties))
+      asked = {p: float(v) for p, v in zip(self.normalizer.properties, self.target)}
+      raise ValueError(f'no molecule of the conditional split has properties near '
+                       f'{asked} (dataset units; the split has {ranges}).')
+    return probs
+
+  def values(self, sizes: np.ndarray, seed: int, batch: int) -> np.ndarray:
+    """[len(sizes), P] property values of a batch (dataset units)."""
+    if self.target is not None:
+      return np.tile(self.target, (len(sizes), 1))
+    return self.distribution.sample(sizes, np.random.default_rng([seed, batch, 1]))
+
+
+def placeholder_graph(sizes, atomic_numbers, budgets, context=None):
+  """A padded batch of molecules of the given sizes (their data are never read),
+  with their normalised conditioning `context` [len(sizes), C] when given."""
   molecules = [{'positions': np.zeros((int(n), 3), np.float32),
                 'charges': np.full(int(n), atomic_numbers[0]), 'gdb_index': -1}
                for n in sizes]
+  if context is not None:
+    for m, c in zip(molecules, context):
+      m[conditioning.CONTEXT] = c
   budget = batching.choose_budget(sizes, budgets)
   return batching.build_graph(molecules, atomic_numbers, budget)
 
@@ -42,14 +86,18 @@ def split_molecules(sizes, positions, types, charges) -> list[dict]:
 
 def sample_batch(model: Diffusion, params, sizes: np.ndarray, key: jax.Array, *,
                  atomic_numbers, budgets, jit_steps=None, unroll: int = 1,
-                 fix_noise: bool = False, chain_every: int = 0) -> dict[str, Any]:
+                 fix_noise: bool = False, chain_every: int = 0,
+                 context: np.ndarray | None = None) -> dict[str, Any]:
   """Samples molecules of the given sizes; returns numpy arrays per molecule.
+
+  Args:
+    context: [len(sizes), C] normalised properties, for a conditional model.
 
   Returns:
     {'molecules': [{'positions' [n, 3], 'types' [n], 'charges' [n]}],
      'chain': [frames, n_node, D] of the batch (if chain_every)}.
   """
-  graph = placeholder_graph(sizes, atomic_numbers, budgets)
+  graph = placeholder_graph(sizes, atomic_numbers, budgets, context)
   out = sampler.sample(model, params, graph, key, jit_steps=jit_steps, unroll=unroll,
                        fix_noise=fix_noise, chain_every=chain_every)
   out = jax.device_get(out)
@@ -63,21 +111,44 @@ def sample_batch(model: Diffusion, params, sizes: np.ndarray, key: jax.Array, *,
   return result
 
 
+def _claim_partial_dir(partial_dir: str, request: dict[str, Any]) -> None:
+  """Resuming is only right for the same request: refuse another one's batches."""
+  os.makedirs(partial_dir, exist_ok=True)
+  path = os.path.join(partial_dir, 'request.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    if previous != request:
+      raise ValueError(f'{partial_dir} holds batches sampled for {previous}, not '
+                       f'{request}; use another --out_dir or delete that folder.')
+    return
+  with atomic_path(path) as tmp, open(tmp, 'w') as f:
+    json.dump(request, f)
+
+
 def generate(model: Diffusion, params, n_samples: int, *, histogram: dict[int, int],
              atomic_numbers, batch_size: int = 100, seed: int = 0,
              partial_dir: str | None = None, jit_steps=None, unroll: int = 1,
-             fix_noise: bool = False, progress: bool = True) -> list[dict]:
+             fix_noise: bool = False, progress: bool = True,
+             condition: Condition | None = None) -> list[dict]:
   """`n_samples` molecules in batches; with `partial_dir`, a rerun resumes.
 
-  Batch b draws its sizes from `(seed, b)` and its noise from
-  `fold_in(key(seed), b)`, and is saved as `partial_dir/batch_<b>.npz`, so an
-  interrupted run continues where it stopped with the same molecules.
+  Batch b draws its sizes from `(seed, b)` (and its property values from
+  `(seed, b, 1)`) and its noise from `fold_in(key(seed), b)`, and is saved as
+  `partial_dir/batch_<b>.npz`, so an interrupted run continues where it stopped
+  with the same molecules. With a `condition`, each molecule also holds the
+  `properties` [P] it was asked for (dataset units).
   """
   if n_samples <= 0:
     raise ValueError(f'n_samples must be positive, got {n_samples}.')
   budgets = batching.default_budgets(batch_size, histogram)
+  size_histogram = condition.size_histogram(histogram) if condition else histogram
   if partial_dir:
-    os.makedirs(partial_dir, exist_ok=True)
+    _claim_partial_dir(partial_dir, {
+        'seed': seed, 'batch_size': batch_size, 'fix_noise': fix_noise,
+        'conditioning': list(condition.normalizer.properties) if condition else [],
+        'target': (None if condition is None or condition.target is None
+                   else [float(v) for v in condition.target])})
   n_batches = -(-n_samples // batch_size)
   molecules: list[dict] = []
   bar = tqdm.tqdm(total=n_samples, disable=not progress, desc='sampling', unit='mol')
@@ -87,18 +158,27 @@ def generate(model: Diffusion, params, n_samples: int, *, histogram: dict[int, i
     if path and os.path.exists(path):
       with np.load(path) as f:
         sizes, pos, types, charges = f['sizes'], f['positions'], f['types'], f['charges']
+        values = f['properties'] if 'properties' in f.files else None
       batch = split_molecules(sizes, pos, types, charges)
     else:
-      sizes = sample_sizes(histogram, n, seed, b)
-      batch = sample_batch(model, params, sizes, jax.random.fold_in(
-          jax.random.PRNGKey(seed), b), atomic_numbers=atomic_numbers, budgets=budgets,
-                           jit_steps=jit_steps, unroll=unroll, fix_noise=fix_noise)['molecules']
+      sizes = sample_sizes(size_histogram, n, seed, b)
+      values = condition.values(sizes, seed, b) if condition else None
+      batch = sample_batch(
+          model, params, sizes, jax.random.fold_in(jax.random.PRNGKey(seed), b),
+          atomic_numbers=atomic_numbers, budgets=budgets, jit_steps=jit_steps,
+          unroll=unroll, fix_noise=fix_noise,
+          context=None if values is None else condition.normalizer.normalize(values)
+      )['molecules']
       if path:
+        extra = {} if values is None else {'properties': values}
         with atomic_path(path) as tmp, open(tmp, 'wb') as f:
           np.savez(f, sizes=sizes,
                    positions=np.concatenate([m['positions'] for m in batch]),
                    types=np.concatenate([m['types'] for m in batch]),
-                   charges=np.concatenate([m['charges'] for m in batch]))
+                   charges=np.concatenate([m['charges'] for m in batch]), **extra)
+    if values is not None:
+      for m, v in zip(batch, values):
+        m['properties'] = v
     molecules.extend(batch)
     bar.update(n)
   bar.close()

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from edm_zoo import conditioning
 from edm_zoo import config as config_lib
 from edm_zoo import evaluation, generate
 from edm_zoo.compat import edm_torch
@@ -46,45 +47,72 @@ def load_model(ckpt: str) -> tuple[config_lib.Config, Diffusion, Any, dict]:
   hist = {int(k): int(v) for k, v in meta['statistics']['n_nodes_histogram'].items()}
   model = Diffusion(config, hist)
   try:
-    edm_torch.check_params(model, params, edm_torch.probe_graph(config.dataset == 'qm9_noh'))
+    edm_torch.check_params(model, params, edm_torch.probe_graph(config.remove_h,
+                                                                config.context_nf))
   except ValueError as e:
     raise ValueError(f'--ckpt {ckpt}: its parameters do not fit its config ({e})') from e
+  if config.conditioning and 'property_norms' not in meta:
+    raise ValueError(f'--ckpt {ckpt}: a conditional model without its property_norms.')
   return config, model, params, meta
+
+
+def condition_for(config: config_lib.Config, meta: dict, target: str | None = None,
+                  data_dir: str | None = None) -> generate.Condition | None:
+  """What a conditional checkpoint samples: `target` ('alpha=75.3', dataset units)
+  or, without one, (size, properties) pairs drawn from its train split."""
+  if not config.conditioning:
+    if target:
+      raise ValueError('--condition needs a conditional model; this one is '
+                       'unconditional (trained without --conditioning).')
+    return None
+  normalizer = conditioning.Normalizer.from_dict(meta['property_norms'], config.conditioning)
+  values = None
+  if target:
+    values = np.array(list(conditioning.parse_condition(
+        target, config.conditioning).values()))
+  return generate.Condition(normalizer, conditioning.property_distribution(config, data_dir),
+                            values)
 
 
 def sample_and_export(model: Diffusion, params, config: config_lib.Config,
                       out_dir: str, *, n_samples: int, batch_size: int, seed: int,
                       jit_steps=None, unroll: int = 1, fix_noise: bool = False,
-                      chain: bool = False, progress: bool = True) -> dict[str, Any]:
+                      chain: bool = False, progress: bool = True,
+                      condition: generate.Condition | None = None) -> dict[str, Any]:
   """Samples (resumably, via `out_dir/partial/`), writes SDF/XYZ/pictures."""
-  remove_h = config.dataset == 'qm9_noh'
+  remove_h = config.remove_h
   elements = qm9.atom_types(remove_h)
   start = time.time()
   molecules = generate.generate(
       model, params, n_samples, histogram=model.n_nodes_histogram, batch_size=batch_size,
       atomic_numbers=qm9.atomic_numbers(remove_h), seed=seed,
       partial_dir=os.path.join(out_dir, 'partial'), jit_steps=jit_steps, unroll=unroll,
-      fix_noise=fix_noise, progress=progress)
+      fix_noise=fix_noise, progress=progress, condition=condition)
   timings = {'sampling_seconds': time.time() - start}
-  export.write_sdf(molecules, elements, os.path.join(out_dir, 'samples.sdf'))
-  export.write_xyz(molecules, elements, os.path.join(out_dir, 'samples.xyz'))
+  names = config.conditioning
+  export.write_sdf(molecules, elements, os.path.join(out_dir, 'samples.sdf'), names)
+  export.write_xyz(molecules, elements, os.path.join(out_dir, 'samples.xyz'), names)
   pictures.molecule_grid(molecules, elements, os.path.join(out_dir, 'grid.png'))
   if chain:
-    _chain_pictures(model, params, config, out_dir, seed, elements)
+    _chain_pictures(model, params, config, out_dir, seed, elements, condition)
   return {'molecules': molecules, 'timings': timings}
 
 
-def _chain_pictures(model, params, config, out_dir, seed, elements):
-  remove_h = config.dataset == 'qm9_noh'
-  hist = model.n_nodes_histogram
+def _chain_pictures(model, params, config, out_dir, seed, elements, condition=None):
+  remove_h = config.remove_h
+  hist = condition.size_histogram(model.n_nodes_histogram) if condition else \
+      model.n_nodes_histogram
   size = generate.sample_sizes(hist, 1, seed, 10_000_000)
+  context = (condition.normalizer.normalize(condition.values(size, seed, 10_000_000))
+             if condition else None)
   every = max(1, model.T // 50)
   while model.T % every:
     every -= 1
   out = generate.sample_batch(
       model, params, size, jax.random.PRNGKey(seed + 1),
       atomic_numbers=qm9.atomic_numbers(remove_h),
-      budgets=batching.default_budgets(1, hist), chain_every=every)
+      budgets=batching.default_budgets(1, model.n_nodes_histogram), chain_every=every,
+      context=context)
   d = config.diffusion
   n = int(size[0])
   frames = [f[:n, :3] * d.norm_values[0] for f in out['chain']]
@@ -106,17 +134,35 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, *, n_samples: int, batch_size: 
                         nll_molecules: int = 0, skip_nll: bool = False,
                         seed: int = 0, jit_steps=None, unroll: int = 1,
                         fix_noise: bool = False, chain: bool = False,
-                        data_dir: str | None = None, progress: bool = True
-                        ) -> dict[str, Any]:
-  """Everything EDM reports for a model, written to `out_dir/report.json`."""
+                        data_dir: str | None = None, progress: bool = True,
+                        classifier: str | None = None, atoms_classifier: str | None = None,
+                        mae_molecules: int = 0) -> dict[str, Any]:
+  """Everything EDM reports for a model, written to `out_dir/report.json`.
+
+  For a conditional model the NLL uses each molecule's own properties as context,
+  samples draw (size, properties) pairs from its train split, and with a
+  `classifier` folder the MAE protocol is added (`report['mae']`, and
+  `out_dir/mae_table.md`); `mae_molecules` > 0 limits its real-molecule rows.
+  """
   config, model, params, meta = load_model(ckpt)
-  remove_h = config.dataset == 'qm9_noh'
+  remove_h = config.remove_h
+  if classifier and not config.conditioning:
+    raise ValueError('--classifier needs a conditional model; this one is unconditional.')
+  clf = atoms = None
+  if classifier:  # Fail on a bad classifier before hours of sampling.
+    from edm_zoo.property_prediction import training as clf_training  # pylint: disable=g-import-not-at-top
+    clf = clf_training.load(classifier)
+    atoms = clf_training.load(atoms_classifier) if atoms_classifier else None
+  condition = condition_for(config, meta, None, data_dir)
   report: dict[str, Any] = {'ckpt': os.path.abspath(ckpt), 'config':
                             config_lib.to_dict(config), 'timings': {}}
   if not skip_nll:
     start = time.time()
+    nll_source = qm9.load_dataset(config.dataset, nll_split, data_dir)
+    if condition:
+      nll_source = conditioning.ConditionedSource(nll_source, condition.normalizer)
     report['nll'] = evaluation.nll(
-        model, params, qm9.load(nll_split, remove_h, data_dir), batch_size=nll_batch_size,
+        model, params, nll_source, batch_size=nll_batch_size,
         seed=seed, passes=nll_passes, limit=nll_molecules,
         n_nodes_histogram=model.n_nodes_histogram, progress=progress)
     report['nll']['split'] = nll_split
@@ -124,11 +170,24 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, *, n_samples: int, batch_size: 
   out = sample_and_export(model, params, config, out_dir, n_samples=n_samples,
                           batch_size=batch_size, seed=seed, jit_steps=jit_steps,
                           unroll=unroll, fix_noise=fix_noise, chain=chain,
-                          progress=progress)
+                          progress=progress, condition=condition)
   report['timings'].update(out['timings'])
   report['molecules_per_hour'] = 3600 * n_samples / max(out['timings']['sampling_seconds'], 1e-9)
   reference = rdkit_metrics.training_smiles(remove_h, data_dir, progress)
   molecules = [(m['positions'], m['types']) for m in out['molecules']]
   report['metrics'] = molecule_metrics(molecules, qm9.atom_types(remove_h), reference)
+  if clf is not None:
+    from edm_zoo.property_prediction import protocol  # pylint: disable=g-import-not-at-top
+    start = time.time()
+    report['mae'] = protocol.evaluate(
+        clf, out['molecules'], config.conditioning,
+        second_half=evaluation.Subset(qm9.load_dataset('qm9_second_half', 'train', data_dir),
+                                      mae_molecules, spread=True),
+        first_half=qm9.load_dataset('qm9_first_half', 'train', data_dir),
+        atoms_classifier=atoms, seed=seed, progress=progress)
+    report['mae']['classifier'] = os.path.abspath(classifier)
+    report['timings']['mae_seconds'] = time.time() - start
+    with files.atomic_path(os.path.join(out_dir, 'mae_table.md')) as tmp, open(tmp, 'w') as f:
+      f.write(protocol.format_table(report['mae']) + '\n')
   write_report(report, os.path.join(out_dir, 'report.json'))
   return report

@@ -3,9 +3,11 @@
   python launch/eval.py --ckpt=workdirs/egnn_qm9_published
   python launch/eval.py --ckpt=DIR --n_samples=1000 --nll_passes=1 --chain
   python launch/eval.py --reference_split=test       # metrics of real molecules
+  python launch/eval.py --ckpt=COND_DIR --classifier=CLF_DIR   # + EDM's MAE protocol
 
 Writes to --out_dir (default <ckpt>/eval): report.json (metrics, NLL, config,
-timings), samples.sdf, samples.xyz, grid.png and, with --chain, chain.png/gif.
+timings), samples.sdf, samples.xyz, grid.png and, with --chain, chain.png/gif;
+with --classifier also mae_table.md (the MAE rows beside the paper's).
 Sampling batches are kept in <out_dir>/partial/, so an interrupted run resumes.
 """
 
@@ -33,6 +35,14 @@ _NLL_PASSES = flags.DEFINE_integer('nll_passes', 5, 'passes of the NLL estimator
 _NLL_SPLIT = flags.DEFINE_enum('nll_split', 'test', list(qm9.SPLITS), 'split for the NLL')
 _NLL_MOLECULES = flags.DEFINE_integer('nll_molecules', 0, 'first n molecules only (0: all)')
 _SKIP_NLL = flags.DEFINE_bool('skip_nll', False, 'skip the NLL')
+_CLASSIFIER = flags.DEFINE_string('classifier', None,
+                                  'property classifier folder (launch/train_classifier.py):'
+                                  ' adds the MAE protocol for a conditional --ckpt')
+_ATOMS_CLASSIFIER = flags.DEFINE_string(
+    'atoms_classifier', None, "a --model=numnodes classifier for the '#Atoms' row "
+    '(default: per-size medians of the first half)')
+_MAE_MOLECULES = flags.DEFINE_integer('mae_molecules', 0, 'first n molecules of the second '
+                                      'half for the real-molecule MAE rows (0: all 50,000)')
 
 
 def main(argv):
@@ -67,11 +77,16 @@ def main(argv):
         nll_split=_NLL_SPLIT.value, nll_molecules=_NLL_MOLECULES.value,
         skip_nll=_SKIP_NLL.value, seed=sf.SEED.value, jit_steps=sf.JIT_STEPS.value,
         unroll=sf.UNROLL.value, fix_noise=sf.FIX_NOISE.value, chain=sf.CHAIN.value,
-        data_dir=sf.DATA_DIR.value, progress=sf.PROGRESS.value)
+        data_dir=sf.DATA_DIR.value, progress=sf.PROGRESS.value,
+        classifier=_CLASSIFIER.value, atoms_classifier=_ATOMS_CLASSIFIER.value,
+        mae_molecules=_MAE_MOLECULES.value)
   except ValueError as e:
     sys.exit(f'error: {e}')
   print(json.dumps({k: report[k] for k in ('nll', 'metrics', 'molecules_per_hour')
                     if k in report}, indent=1))
+  if 'mae' in report:
+    from edm_zoo.property_prediction import protocol  # pylint: disable=g-import-not-at-top
+    print(protocol.format_table(report['mae']))
   print(f'wrote {out_dir}/report.json, samples.sdf, samples.xyz, grid.png')
 
 

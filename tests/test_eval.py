@@ -45,16 +45,22 @@ def test_eval_writes_everything_and_resumes(ckpt, tmp_path):
   for name in ('chain.png', 'chain.gif'):
     assert (out / name).stat().st_size > 1000
   # A rerun reuses the sampled batches instead of sampling again.
-  partial = sorted((out / 'partial').iterdir())
+  partial = sorted((out / 'partial').glob('batch_*.npz'))
   assert len(partial) == 2
   stamps = [p.stat().st_mtime_ns for p in partial]
   xyz = (out / 'samples.xyz').read_text()
   (out / 'report.json').unlink()
   _run('sample.py', f'--ckpt={ckpt}', f'--out_dir={out}', '--n_samples=6',
        '--batch_size=3')
-  assert [p.stat().st_mtime_ns for p in sorted((out / 'partial').iterdir())] == stamps
+  assert [p.stat().st_mtime_ns for p in sorted((out / 'partial').glob('batch_*.npz'))
+          ] == stamps
   assert (out / 'samples.xyz').read_text() == xyz
   assert not (out / 'report.json').exists()
+  # Batches of another request are never passed off as this one's.
+  other = _run('sample.py', f'--ckpt={ckpt}', f'--out_dir={out}', '--n_samples=6',
+               '--batch_size=3', '--seed=7', check=False)
+  assert other.returncode != 0 and 'holds batches sampled for' in other.stderr
+  assert 'Traceback' not in other.stderr
 
 
 @pytest.mark.parametrize('args,message', [

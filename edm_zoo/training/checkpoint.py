@@ -32,24 +32,27 @@ class Checkpointer:
   Args:
     workdir: the run's folder.
     keep_last: how many recent checkpoints to keep.
+    best_metric: name of the validation figure (lower is better) that `best/` tracks.
   """
 
-  def __init__(self, workdir: str, keep_last: int = 3):
+  def __init__(self, workdir: str, keep_last: int = 3, best_metric: str = 'val_nll'):
     workdir = os.path.abspath(workdir)
+    self._metric = best_metric
     self._last = _manager(os.path.join(workdir, _LAST), max_to_keep=keep_last)
     self._best = _manager(os.path.join(workdir, _BEST), max_to_keep=1,
-                          best_fn=lambda m: m['val_nll'], best_mode='min')
+                          best_fn=lambda m: m[best_metric], best_mode='min')
 
   def latest_step(self) -> int | None:
     return self._last.latest_step()
 
   def save(self, step: int, state: Any, meta: dict[str, Any],
-           val_nll: float | None = None) -> None:
+           val: float | None = None) -> None:
+    """Saves `step`; with a validation figure `val`, also offers it to `best/`."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               meta=ocp.args.JsonSave(meta))
     self._last.save(step, args=args, force=True)
-    if val_nll is not None:
-      self._best.save(step, args=args, metrics={'val_nll': float(val_nll)}, force=True)
+    if val is not None:
+      self._best.save(step, args=args, metrics={self._metric: float(val)}, force=True)
 
   def restore(self, template: Any, step: int | None = None) -> tuple[Any, dict]:
     """(state, meta) of `step` (default the latest), shaped like `template`."""
@@ -90,21 +93,41 @@ def find(ckpt: str) -> tuple[str, int]:
   return candidates[0]
 
 
-def load_for_inference(ckpt: str) -> tuple[config_lib.Config, Any, dict[str, Any]]:
-  """(config, EMA params, meta) from any checkpoint folder, for eval and sampling."""
+def load_state(ckpt: str, kind: str = 'generative') -> tuple[dict[str, Any], dict[str, Any]]:
+  """(state as a dict, meta) from any checkpoint folder of the given `kind`.
+
+  Args:
+    ckpt: a run folder, its `checkpoints`/`best` folder or a step folder.
+    kind: 'generative' (launch/train.py) or 'classifier' (launch/train_classifier.py).
+
+  Raises:
+    ValueError: one line, for a missing, unreadable or other-kind checkpoint.
+  """
   folder, step = find(ckpt)
   manager = _manager(folder)
   try:
     meta = manager.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore())).meta
-    config = config_lib.from_dict(meta['config'])
+    found = meta.get('kind', 'generative')
+    if found != kind:
+      raise ValueError(f'--ckpt {ckpt} is a {found} checkpoint; a {kind} one is '
+                       'needed here.')
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore()))
-  except (KeyError, TypeError, ValueError, FileNotFoundError) as e:
+  except (KeyError, TypeError, FileNotFoundError) as e:
     raise ValueError(f'--ckpt {ckpt}: unreadable checkpoint at step {step} '
                      f'({type(e).__name__}: {e}).') from e
   finally:
     manager.close()
   state = restored.state
-  ema = state['ema_params'] if isinstance(state, dict) else state.ema_params
-  return config, ema, meta
+  return (state if isinstance(state, dict) else state._asdict()), meta
+
+
+def load_for_inference(ckpt: str) -> tuple[config_lib.Config, Any, dict[str, Any]]:
+  """(config, EMA params, meta) from any generative checkpoint, for eval and sampling."""
+  state, meta = load_state(ckpt, 'generative')
+  try:
+    config = config_lib.from_dict(meta['config'])
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f'--ckpt {ckpt}: unreadable config ({type(e).__name__}: {e}).') from e
+  return config, state['ema_params'], meta
