@@ -1,0 +1,1 @@
+"""Property classifiers and EDM's MAE protocol for conditional generation."""

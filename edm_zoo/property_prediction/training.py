@@ -1,0 +1,225 @@
+"""Training, checkpoints and predictions of property classifiers.
+
+As the reference's `main_qm9_prop.py`: L1 loss on the property normalised by the
+validation split's mean and MAD, Adam (lr 1e-3, L2 weight decay 1e-16) with a
+cosine-annealed learning rate stepped once per epoch, validation and test MAE
+(in the property's units) every epoch, the best-validation model kept. The test
+set is the second half of the train split (EDM's generators train there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from edm_zoo import conditioning
+from edm_zoo import config as config_lib
+from edm_zoo import evaluation
+from edm_zoo import masking
+from edm_zoo.data import batching, qm9
+from edm_zoo.property_prediction import models
+from edm_zoo.training import checkpoint, metrics_log
+
+KIND = 'classifier'
+
+
+class ClassifierState(NamedTuple):
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def epoch_cosine(lr: float, epochs: int, steps_per_epoch: int) -> optax.Schedule:
+  """torch's CosineAnnealingLR(T_max=epochs) stepped at the start of every epoch,
+  as the reference does: epoch e (from 0) trains at lr (1 + cos(pi (e+1) / E)) / 2."""
+  def schedule(step):
+    epoch = step // steps_per_epoch
+    return 0.5 * lr * (1.0 + jnp.cos(jnp.pi * (epoch + 1) / epochs))
+  return schedule
+
+
+def optimizer(config: config_lib.ClassifierConfig,
+              steps_per_epoch: int) -> optax.GradientTransformation:
+  """torch.optim.Adam with (coupled) weight decay and the epoch-wise cosine."""
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay),
+      optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+      optax.scale_by_learning_rate(
+          epoch_cosine(config.lr, config.epochs, steps_per_epoch)))
+
+
+def l1_loss(prediction: jax.Array, graph) -> jax.Array:
+  """Mean |prediction - normalised target| over the batch's real molecules."""
+  mask = masking.graph_mask(graph)
+  target = graph.globals[conditioning.CONTEXT][:, 0]
+  err = jnp.where(mask > 0, jnp.abs(prediction - target), 0.0)
+  return jnp.sum(err) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+  """A trained classifier: config, parameters and its target normaliser."""
+  config: config_lib.ClassifierConfig
+  params: Any
+  normalizer: conditioning.Normalizer
+
+  @functools.cached_property
+  def _apply(self):
+    return jax.jit(models.transform(self.config).apply)
+
+  def predict_graph(self, graph) -> np.ndarray:
+    """Predictions (property units) for the real molecules of one padded batch."""
+    n = int(np.sum(graph.globals[masking.MASK]))
+    pred = np.asarray(self._apply(self.params, graph))[:n]
+    return self.normalizer.denormalize(pred[:, None])[:, 0]
+
+  def predict(self, source, *, batch_size: int = 96, histogram=None,
+              progress: bool = False, desc: str = 'classifier') -> np.ndarray:
+    """[len(source)] predictions for a source of molecule dicts, in order."""
+    budgets = batching.default_budgets(batch_size, histogram or {29: 1})
+    out = []
+    it = batching.batches(source, batch_size, shuffle=False, budgets=budgets,
+                          atomic_numbers=qm9.atomic_numbers(False))
+    for graph in tqdm.tqdm(it, total=-(-len(source) // batch_size), leave=False,
+                           disable=not progress, desc=desc):
+      out.append(self.predict_graph(graph))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def load(ckpt: str) -> Classifier:
+  """The classifier of a `launch/train_classifier.py` folder (best checkpoint first)."""
+  state, meta = checkpoint.load_state(ckpt, KIND)
+  try:
+    config = config_lib.ClassifierConfig(**meta['config'])
+    normalizer = conditioning.Normalizer.from_dict(meta['property_norms'], [config.property])
+  except (KeyError, TypeError) as e:
+    raise ValueError(f'--classifier {ckpt}: unreadable classifier metadata ({e}).') from e
+  return Classifier(config, state['params'], normalizer)
+
+
+def sources(config: config_lib.ClassifierConfig, data_dir: str | None = None):
+  """(normaliser, {train, valid, test} sources whose context is the target).
+
+  The reference tests on the half its classifiers never see: with the default
+  first half for training, the test set is the second half.
+  """
+  train = qm9.load_dataset(config.dataset, 'train', data_dir)
+  if config.train_molecules:
+    train = evaluation.Subset(train, config.train_molecules)
+  other = {'qm9_first_half': 'qm9_second_half',
+           'qm9_second_half': 'qm9_first_half'}.get(config.dataset)
+  test = (qm9.load_dataset(other, 'train', data_dir) if other
+          else qm9.load_dataset(config.dataset, 'test', data_dir))
+  values, _ = conditioning.property_table(
+      qm9.load_dataset(config.dataset, config.norm_split, data_dir), [config.property])
+  normalizer = conditioning.Normalizer.fit(values, [config.property])
+  split = {'train': train, 'valid': qm9.load_dataset(config.dataset, 'valid', data_dir),
+           'test': test}
+  return normalizer, {k: conditioning.ConditionedSource(v, normalizer)
+                      for k, v in split.items()}
+
+
+def mae(classifier: Classifier, source, limit: int = 0, **kwargs) -> float:
+  """Mean |prediction - true property| over `source` (`limit` evenly spread
+  molecules of it if > 0)."""
+  source = evaluation.Subset(source, limit, spread=True)
+  pred = classifier.predict(source, **kwargs)
+  values, _ = conditioning.property_table(source, [classifier.config.property])
+  return float(np.mean(np.abs(pred - values[:, 0])))
+
+
+def train(config: config_lib.ClassifierConfig, workdir: str, *,
+          data_dir: str | None = None, progress: bool = True) -> dict[str, float]:
+  """Trains (or resumes) a classifier in `workdir`; returns the final figures."""
+  normalizer, split = sources(config, data_dir)
+  stats = qm9.dataset_statistics(config.dataset, data_dir)
+  hist = stats.n_nodes_histogram
+  budgets = batching.default_budgets(config.batch_size, hist)
+  steps_per_epoch = math.ceil(len(split['train']) / config.batch_size)
+  total_steps = config.total_steps or config.epochs * steps_per_epoch
+  eval_every = config.eval_every_steps or config.eval_every_epochs * steps_per_epoch
+  net = models.transform(config)
+  tx = optimizer(config, steps_per_epoch)
+  batches = functools.partial(batching.batches, split['train'], config.batch_size,
+                              config.seed, budgets=budgets,
+                              atomic_numbers=qm9.atomic_numbers(False))
+  first = next(batches(epoch=0))
+  params = net.init(jax.random.PRNGKey(config.seed), first)
+  state = ClassifierState(jnp.zeros([], jnp.int32), params, tx.init(params))
+  ckpt = checkpoint.Checkpointer(workdir, config.keep_last, best_metric='val_mae')
+  meta = {'kind': KIND, 'config': dataclasses.asdict(config), 'epoch': 0, 'position': 0,
+          'property_norms': normalizer.to_dict(), 'best_val_mae': None,
+          'test_mae_at_best': None, 'jax_version': jax.__version__}
+  if ckpt.latest_step() is not None:
+    state, restored = ckpt.restore(state)
+    if restored.get('config') != meta['config']:
+      raise ValueError(f'{workdir} holds a classifier with another config; use a new '
+                       '--workdir or the same flags.')
+    meta.update({k: restored[k] for k in ('epoch', 'position', 'best_val_mae',
+                                          'test_mae_at_best')})
+  step = int(state.step)
+
+  @jax.jit
+  def train_step(state, graph):
+    loss, grads = jax.value_and_grad(
+        lambda p: l1_loss(net.apply(p, graph), graph))(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return ClassifierState(state.step + 1, optax.apply_updates(state.params, updates),
+                           opt_state), loss
+
+  writer = metrics_log.MetricsWriter(workdir, resume_step=step)
+  evaluate = functools.partial(mae, limit=config.eval_molecules,
+                               batch_size=config.batch_size, histogram=hist,
+                               progress=progress)
+  bar = tqdm.tqdm(total=total_steps, initial=step, disable=not progress,
+                  desc=f'classifier {config.property}', dynamic_ncols=True)
+  result: dict[str, float] = {}
+  while step < total_steps:
+    for graph in batches(epoch=meta['epoch'], start=meta['position']):
+      state, loss = train_step(state, graph)
+      step += 1
+      meta['position'] += int(np.sum(graph.globals[masking.MASK]))
+      if meta['position'] >= len(split['train']):
+        meta['epoch'], meta['position'] = meta['epoch'] + 1, 0
+      bar.update(1)
+      bar.set_postfix(l1=f'{float(loss):.4f}', epoch=meta['epoch'], refresh=False)
+      if step % config.log_every_steps == 0:
+        writer.write(step, {'train_l1_normalised': float(loss), 'epoch': meta['epoch']})
+      val = None
+      if step % eval_every == 0 or step == total_steps:
+        current = Classifier(config, state.params, normalizer)
+        val = evaluate(current, split['valid'], desc='val MAE')
+        test = evaluate(current, split['test'], desc='test MAE')
+        writer.write(step, {'val_mae': val, 'test_mae': test})
+        bar.write(f'step {step}: {config.property} MAE valid {val:.4f}, test {test:.4f}')
+        if meta['best_val_mae'] is None or val < meta['best_val_mae']:
+          meta['best_val_mae'], meta['test_mae_at_best'] = val, test
+        result.update(val_mae=val, test_mae=test)
+      if step % config.checkpoint_every_steps == 0 or val is not None or step == total_steps:
+        ckpt.save(step, jax.device_get(state), meta, val=val)
+      if step >= total_steps:
+        break
+  bar.close()
+  writer.close()
+  ckpt.close()
+  result.update(step=step, best_val_mae=meta['best_val_mae'],
+                test_mae_at_best=meta['test_mae_at_best'])
+  return result
+
+
+def predictions_for_molecules(classifier: Classifier, molecules: Sequence[dict], *,
+                              batch_size: int = 96, progress: bool = False) -> np.ndarray:
+  """Predictions for generated molecules (their one-hot `types` decide the atoms)."""
+  z = qm9.atomic_numbers(False)
+  source = [{'positions': m['positions'], 'charges': z[np.asarray(m['types'])],
+             'gdb_index': -1} for m in molecules]
+  return classifier.predict(source, batch_size=batch_size, progress=progress,
+                            desc='classifier on samples')
