@@ -101,6 +101,25 @@ def split_indices() -> dict[str, np.ndarray]:
   return {name: np.sort(perm[lo:hi]) for name, (lo, hi) in bounds.items()}
 
 
+HALF_SEED = 42
+HALVES = ('first', 'second')
+
+
+def half_positions(half: str, n_train: int = NUM_TRAIN) -> np.ndarray:
+  """Positions inside the train split of one of the reference's halves.
+
+  `np.random.seed(42); perm = np.random.permutation(n_train)`; the first half is
+  perm[:n // 2] (property classifiers), the second perm[n // 2:] (conditional
+  generators), in permutation order.
+  """
+  perm = np.random.RandomState(HALF_SEED).permutation(n_train)
+  if half == 'first':
+    return perm[:n_train // 2]
+  if half == 'second':
+    return perm[n_train // 2:]
+  raise ValueError(f'unknown half {half!r}; allowed: {list(HALVES)}.')
+
+
 def _parse_elements(text: str, gdb_index: int) -> list[str]:
   elements = [e.strip().strip('\'"') for e in text.strip('[]').split(',')]
   unknown = sorted(set(elements) - set(ATOMIC_NUMBER))
@@ -167,7 +186,8 @@ class EdmQm9Config(tfds.core.BuilderConfig):
   """QM9 with or without hydrogen atoms."""
 
   def __init__(self, *, remove_h: bool, **kwargs):
-    super().__init__(version=tfds.core.Version('1.0.0'), **kwargs)
+    # 1.1.0: statistics of the train halves in the metadata.
+    super().__init__(version=tfds.core.Version('1.1.0'), **kwargs)
     self.remove_h = remove_h
 
 
@@ -210,8 +230,11 @@ class EdmQm9(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # Nothing is downloaded.
     data = read_qm9pack()
     splits = split_indices()
-    self.info.metadata.update(
-        train_statistics(data, splits['train'], self.builder_config.remove_h))
+    remove_h = self.builder_config.remove_h
+    self.info.metadata.update(train_statistics(data, splits['train'], remove_h))
+    self.info.metadata['halves'] = {
+        h: train_statistics(data, splits['train'][half_positions(h)], remove_h)
+        for h in HALVES}
     return {name: self._generate_examples(data, rows)
             for name, rows in splits.items()}
 

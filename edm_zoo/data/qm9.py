@@ -16,7 +16,6 @@ SPLITS = ('train', 'valid', 'test')
 # on the first; valid and test stay whole.
 DATASETS = {'qm9': (False, None), 'qm9_noh': (True, None),
             'qm9_first_half': (False, 'first'), 'qm9_second_half': (False, 'second')}
-HALF_SEED = 42
 DATA_DIR_ENV = 'EDM_ZOO_DATA_DIR'
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -32,17 +31,6 @@ def remove_h_for(dataset: str) -> bool:
   if dataset not in DATASETS:
     raise ValueError(f'unknown dataset {dataset!r}; allowed: {sorted(DATASETS)}.')
   return DATASETS[dataset][0]
-
-
-def half_indices(n_train: int, half: str) -> np.ndarray:
-  """Train positions of a half: `np.random.seed(42); perm = permutation(n)`, then
-  perm[:n // 2] ('first') or perm[n // 2:] ('second'), in permutation order."""
-  perm = np.random.RandomState(HALF_SEED).permutation(n_train)
-  if half == 'first':
-    return perm[:n_train // 2]
-  if half == 'second':
-    return perm[n_train // 2:]
-  raise ValueError(f"unknown half {half!r}; allowed: ['first', 'second'].")
 
 
 def atom_types(remove_h: bool) -> tuple[str, ...]:
@@ -170,7 +158,7 @@ def load_dataset(dataset: str, split: str, data_dir: str | None = None) -> Qm9So
   if split != 'train' or half is None:
     return source
   return Qm9Source(source._source, split=f'train[{half}_half]', remove_h=remove_h,  # pylint: disable=protected-access
-                   path=source.path, indices=half_indices(len(source), half))
+                   path=source.path, indices=edm_qm9.half_positions(half, len(source)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,10 +186,14 @@ class Statistics:
     return counts / counts.sum()
 
 
-def statistics(remove_h: bool = False, data_dir: str | None = None) -> Statistics:
-  """Train statistics recorded when the dataset was built."""
+def statistics(remove_h: bool = False, data_dir: str | None = None,
+               half: str | None = None) -> Statistics:
+  """Train statistics recorded when the dataset was built (of a train `half`:
+  'first' or 'second', when given)."""
   meta = _prepared_builder(remove_h, data_dir).info.metadata
   try:
+    if half is not None:
+      meta = meta['halves'][half]
     return Statistics(
         atom_types=tuple(meta['atom_types']),
         type_counts=tuple(int(c) for c in meta['type_counts']),
@@ -213,24 +205,6 @@ def statistics(remove_h: bool = False, data_dir: str | None = None) -> Statistic
 
 
 def dataset_statistics(dataset: str, data_dir: str | None = None) -> Statistics:
-  """Train statistics of a `--dataset`: recorded ones, or counted on a half."""
-  remove_h = remove_h_for(dataset)
-  if DATASETS[dataset][1] is None:
-    return statistics(remove_h, data_dir)
-  return count_statistics(load_dataset(dataset, 'train', data_dir))
-
-
-def count_statistics(source) -> Statistics:
-  """Type counts and the size histogram of every molecule of `source`."""
-  from edm_zoo.data import batching  # pylint: disable=g-import-not-at-top
-  types = atom_types(source.remove_h)
-  numbers = atomic_numbers(source.remove_h)
-  counts = np.zeros(len(types), np.int64)
-  hist: dict[int, int] = {}
-  for lo in range(0, len(source), 4096):
-    for m in batching.fetch(source, range(lo, min(lo + 4096, len(source)))):
-      z = np.asarray(m['charges'])
-      counts += (z[:, None] == numbers[None]).sum(0)
-      hist[len(z)] = hist.get(len(z), 0) + 1
-  return Statistics(atom_types=types, type_counts=tuple(int(c) for c in counts),
-                    n_nodes_histogram=dict(sorted(hist.items())))
+  """Train statistics of a `--dataset` (of its half for the half datasets)."""
+  half = DATASETS[dataset][1] if dataset in DATASETS else None
+  return statistics(remove_h_for(dataset), data_dir, half)
