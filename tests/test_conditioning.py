@@ -255,3 +255,9 @@ def test_reference_args_of_a_conditional_model():
   assert config_lib.validate(config).context_nf == 1
   with pytest.raises(ValueError, match='not supported'):
     edm_torch.config_from_args({'nf': 8, 'n_layers': 1, 'dataset': 'geom'})
+
+
+def test_a_batch_without_the_models_properties_is_refused(molecules):
+  model = _model('egnn', ('alpha',))
+  with pytest.raises(ValueError, match=r"conditioned on \['alpha'\], the batch carries 0"):
+    model.init(jax.random.PRNGKey(0), _without_context(_graph(molecules)))

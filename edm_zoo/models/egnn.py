@@ -117,17 +117,25 @@ class EGNN(hk.Module):
 
 
 def with_conditioning(h: jax.Array, t: jax.Array, graph: jraph.GraphsTuple,
-                      condition_time: bool) -> tuple[jax.Array, int]:
+                      config: Config) -> tuple[jax.Array, int]:
   """EDM's input convention, shared by the zoo: h -> [h, t/T, context].
 
   Returns:
     The widened features and how many columns were appended (the network's
     output carries as many, which `finalize_eps` drops).
+
+  Raises:
+    ValueError: the batch's context does not have the config's width (a batch
+      without the properties would silently run the model unconditioned).
   """
   extra = []
-  if condition_time:
+  if config.model.condition_time:
     extra.append(masking.per_node(t, graph))
   context = conditioning.node_context(graph)
+  width = 0 if context is None else context.shape[-1]
+  if width != config.context_nf:
+    raise ValueError(f'the model is conditioned on {list(config.conditioning)}, the '
+                     f'batch carries {width} context columns.')
   if context is not None:
     extra.append(context)
   return jnp.concatenate([h, *extra], axis=-1), sum(e.shape[-1] for e in extra)
@@ -150,6 +158,6 @@ def net_fn(graph: jraph.GraphsTuple, z_t: jax.Array, t: jax.Array, *,
   node_mask = masking.node_mask(graph)[:, None]
   z_t = z_t * node_mask
   x, h = z_t[:, :3], z_t[:, 3:]
-  h, n_extra = with_conditioning(h, t, graph, c.condition_time)
+  h, n_extra = with_conditioning(h, t, graph, config)
   h_out, x_out = EGNN(config=c, out_node_nf=h.shape[-1])(h, x, graph)
   return finalize_eps((x_out - x) * node_mask, h_out, graph, n_extra)

@@ -75,6 +75,6 @@ def net_fn(graph: jraph.GraphsTuple, z_t: jax.Array, t: jax.Array, *,
   """Predicted noise eps_hat [n_node, 3 + F] for z_t [n_node, 3 + F], t [n_graph]."""
   c = config.model
   xh = z_t * masking.node_mask(graph)[:, None]
-  xh, n_extra = egnn.with_conditioning(xh, t, graph, c.condition_time)
+  xh, n_extra = egnn.with_conditioning(xh, t, graph, config)
   out = GNN(config=c)(xh, graph)
   return egnn.finalize_eps(out[:, :3], out[:, 3:], graph, n_extra)
