@@ -179,8 +179,10 @@ class PropertyDistribution:
   def sizes(self) -> tuple[int, ...]:
     return tuple(sorted(self._tables))
 
-  def range(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(min [P], max [P]) of the property values of molecules with n atoms."""
+  def range(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(min [P], max [P]) of the property values (of molecules with n atoms)."""
+    if n is None:
+      return self._values.min(0), self._values.max(0)
     lo, hi, _ = self._tables[n]
     return lo, hi
 

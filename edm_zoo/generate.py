@@ -48,10 +48,9 @@ class Condition:
       return histogram
     probs = self.distribution.size_probs_given(self.target)
     if not probs:
-      ranges = ', '.join(
-          f'{p} in [{min(self.distribution.range(n)[0][i] for n in self.distribution.sizes):.4g}, '
-          f'{max(self.distribution.range(n)[1][i] for n in self.distribution.sizes):.4g}]'
-          for i, p in enumerate(self.normalizer.properties))
+      lo, hi = self.distribution.range()
+      ranges = ', '.join(f'{p} in [{a:.4g}, {b:.4g}]'
+                         for p, a, b in zip(self.normalizer.properties, lo, hi))
       asked = {p: float(v) for p, v in zip(self.normalizer.properties, self.target)}
       raise ValueError(f'no molecule of the conditional split has properties near '
                        f'{asked} (dataset units; the split has {ranges}).')
