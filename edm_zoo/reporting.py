@@ -153,6 +153,10 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, *, n_samples: int, batch_size: 
     from edm_zoo.property_prediction import training as clf_training  # pylint: disable=g-import-not-at-top
     clf = clf_training.load(classifier)
     atoms = clf_training.load(atoms_classifier) if atoms_classifier else None
+    for name, c in (('--classifier', clf), ('--atoms_classifier', atoms)):
+      if c is not None and c.config.property not in config.conditioning:
+        raise ValueError(f'{name} predicts {c.config.property}; the model is conditioned '
+                         f'on {list(config.conditioning)}.')
   condition = condition_for(config, meta, None, data_dir)
   report: dict[str, Any] = {'ckpt': os.path.abspath(ckpt), 'config':
                             config_lib.to_dict(config), 'timings': {}}

@@ -68,6 +68,8 @@ def main(argv):
       sys.exit('error: give --ckpt=DIR (or --reference_split=test).')
     sf.check_sampling_flags()
     sf.check_checkpoint()
+    if _MAE_MOLECULES.value < 0:
+      sys.exit(f'error: --mae_molecules must be >= 0, got {_MAE_MOLECULES.value}.')
     if _NLL_PASSES.value <= 0:
       sys.exit(f'error: --nll_passes must be positive, got {_NLL_PASSES.value}.')
     out_dir = sf.writable_out_dir(sf.OUT_DIR.value or os.path.join(sf.CKPT.value, 'eval'))

@@ -64,6 +64,8 @@ def test_eval_runs_the_mae_protocol(runs, tmp_path):
      'no molecule of the conditional split has properties near'),
     ('eval.py', ('--ckpt={gen}', '--classifier={gen}'), 'is a generative checkpoint'),
     ('eval.py', ('--ckpt={clf}',), 'is a classifier checkpoint'),
+    ('eval.py', ('--ckpt={gen}', '--classifier={clf}', '--mae_molecules=-1'),
+     '--mae_molecules must be >= 0'),
     ('train.py', ('--preset=tiny', '--conditioning=alpha,polarity'),
      "unknown property 'polarity'"),
     ('train_classifier.py', ('--property=U1',), "unknown property 'U1'"),
