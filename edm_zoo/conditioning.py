@@ -165,7 +165,7 @@ class PropertyDistribution:
     # {size: (lo [P], hi [P], probs [P, bins])}
     self._tables: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for n in np.unique(self._sizes).tolist():
-      v = values[sizes == n]
+      v = values[self._sizes == n]
       lo, hi = v.min(0), v.max(0)
       # The reference pads the range by 1e-12 and moves a value landing on
       # the upper edge into the last bin.
