@@ -41,8 +41,9 @@ _CLASSIFIER = flags.DEFINE_string('classifier', None,
 _ATOMS_CLASSIFIER = flags.DEFINE_string(
     'atoms_classifier', None, "a --model=numnodes classifier for the '#Atoms' row "
     '(default: per-size medians of the first half)')
-_MAE_MOLECULES = flags.DEFINE_integer('mae_molecules', 0, 'first n molecules of the second '
-                                      'half for the real-molecule MAE rows (0: all 50,000)')
+_MAE_MOLECULES = flags.DEFINE_integer('mae_molecules', 0, 'n evenly spread molecules of the '
+                                      'second half for the real-molecule MAE rows (0: all '
+                                      '50,000)')
 
 
 def main(argv):
