@@ -150,13 +150,10 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, *, n_samples: int, batch_size: 
     raise ValueError('--classifier needs a conditional model; this one is unconditional.')
   clf = atoms = None
   if classifier:  # Fail on a bad classifier before hours of sampling.
-    from edm_zoo.property_prediction import training as clf_training  # pylint: disable=g-import-not-at-top
+    from edm_zoo.property_prediction import protocol, training as clf_training  # pylint: disable=g-import-not-at-top
     clf = clf_training.load(classifier)
     atoms = clf_training.load(atoms_classifier) if atoms_classifier else None
-    for name, c in (('--classifier', clf), ('--atoms_classifier', atoms)):
-      if c is not None and c.config.property not in config.conditioning:
-        raise ValueError(f'{name} predicts {c.config.property}; the model is conditioned '
-                         f'on {list(config.conditioning)}.')
+    protocol.check_classifiers(config.conditioning, clf, atoms)
   condition = condition_for(config, meta, None, data_dir)
   report: dict[str, Any] = {'ckpt': os.path.abspath(ckpt), 'config':
                             config_lib.to_dict(config), 'timings': {}}
@@ -181,7 +178,6 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, *, n_samples: int, batch_size: 
   molecules = [(m['positions'], m['types']) for m in out['molecules']]
   report['metrics'] = molecule_metrics(molecules, qm9.atom_types(remove_h), reference)
   if clf is not None:
-    from edm_zoo.property_prediction import protocol  # pylint: disable=g-import-not-at-top
     start = time.time()
     report['mae'] = protocol.evaluate(
         clf, out['molecules'], config.conditioning,

@@ -28,7 +28,6 @@ import time
 
 from absl import app
 from absl import flags
-from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -161,9 +160,7 @@ def _write_table(path, rows, device, T):
 
 
 def main(argv):
-  del argv
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  runtime.start_main(argv)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from edm_zoo import evaluation, generate  # pylint: disable=g-import-not-at-top

@@ -17,7 +17,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -47,10 +46,7 @@ _MAE_MOLECULES = flags.DEFINE_integer('mae_molecules', 0, 'n evenly spread molec
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  runtime.start_main(argv)
   try:
     if _REFERENCE_SPLIT.value:
       metrics = reporting.reference_split_metrics(

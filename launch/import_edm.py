@@ -7,14 +7,17 @@
 by the PyTorch parameter names does not. `--args` takes args.pickle or JSON.
 """
 
+import os
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
-import edm_zoo  # noqa: F401
-from edm_zoo.compat import edm_torch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
+
+import edm_zoo  # noqa: F401,E402
+from edm_zoo.compat import edm_torch  # noqa: E402
 
 _STATE_DICT = flags.DEFINE_string('state_dict', None, 'EDM state dict (.npy/.pt/.npz)')
 _ARGS = flags.DEFINE_string('args', None, "EDM's args.pickle (or .json)")
@@ -24,9 +27,7 @@ flags.mark_flags_as_required(['state_dict', 'args', 'out'])
 
 
 def main(argv):
-  del argv
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  runtime.start_main(argv)
   try:
     out = edm_torch.import_checkpoint(_STATE_DICT.value, _ARGS.value, _OUT.value,
                                       _DATA_DIR.value)

@@ -4,15 +4,18 @@
   python launch/prepare_data.py --dataset=qm9_noh  # without H
 """
 
+import os
 import sys
 import time
 
 from absl import app
 from absl import flags
-from absl import logging
 
-import edm_zoo  # noqa: F401
-from edm_zoo.data import qm9
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
+
+import edm_zoo  # noqa: F401,E402
+from edm_zoo.data import qm9  # noqa: E402
 
 _DATASET = flags.DEFINE_string('dataset', 'qm9', f'one of {sorted(qm9.DATASETS)}')
 _DATA_DIR = flags.DEFINE_string(
@@ -20,9 +23,7 @@ _DATA_DIR = flags.DEFINE_string(
 
 
 def main(argv):
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax/tfds INFO lines drown the bar.
-  del argv
+  runtime.start_main(argv)
   try:
     remove_h = qm9.remove_h_for(_DATASET.value)
     if qm9.is_prepared(remove_h, _DATA_DIR.value):

@@ -35,3 +35,14 @@ def configure_process() -> None:
   if _has_avx512() and 'xla_cpu_prefer_vector_width' not in xla_flags:
     env['XLA_FLAGS'] = f'{xla_flags} {_AVX512_FLAG}'.strip()
   os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def start_main(argv) -> None:
+  """What every launcher's main does first: refuse stray positional arguments (one
+  line) and keep orbax/TFDS INFO lines out of the progress bars unless
+  --verbosity is given."""
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)

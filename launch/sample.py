@@ -13,7 +13,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -29,10 +28,7 @@ _CONDITION = flags.DEFINE_string('condition', None,
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  runtime.start_main(argv)
   if not sf.CKPT.value:
     sys.exit('error: give --ckpt=DIR.')
   sf.check_sampling_flags()

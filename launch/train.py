@@ -33,10 +33,7 @@ _PROGRESS = flags.DEFINE_bool('progress', True, 'show progress bars')
 
 
 def main(argv):
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax/tfds INFO lines drown the bar.
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments {argv[1:]}')
+  runtime.start_main(argv)
   config = flags_util.config_from_flags()
   if _COORDINATOR.value:
     import jax  # pylint: disable=g-import-not-at-top

@@ -14,7 +14,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -32,10 +31,7 @@ _PROGRESS = flags.DEFINE_bool('progress', True, 'show progress bars')
 
 
 def main(argv):
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments {argv[1:]}')
+  runtime.start_main(argv)
   config = flags_util.classifier_config_from_flags()
   from edm_zoo.property_prediction import training  # pylint: disable=g-import-not-at-top
   workdir = _WORKDIR.value or os.path.join(

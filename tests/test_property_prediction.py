@@ -126,7 +126,7 @@ def test_protocol_rows(labelled, qm9_sources):
   assert result['mae']['#Atoms'] == pytest.approx(np.mean(np.abs(atoms - labels[:, 0])))
   assert result['unit'] == 'Bohr^3' and result['published']['EDM'] == 2.76
   assert '| EDM |' in protocol.format_table(result)
-  with pytest.raises(ValueError, match='the classifier predicts alpha'):
+  with pytest.raises(ValueError, match='--classifier predicts alpha'):
     protocol.evaluate(clf, generated, ('mu',), second_half=second, first_half=first)
 
 

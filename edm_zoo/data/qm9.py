@@ -112,6 +112,14 @@ class Qm9Source:
                        f' {e}); delete that folder and run `make data`.') from e
     return [self._fix(item) for item in items]
 
+  def subset(self, indices: np.ndarray, split: str) -> 'Qm9Source':
+    """A view of the items at `indices` (positions in this source), named `split`."""
+    indices = np.asarray(indices)
+    if self._indices is not None:
+      indices = self._indices[indices]
+    return Qm9Source(self._source, split=split, remove_h=self.remove_h, path=self.path,
+                     indices=indices)
+
   def __repr__(self) -> str:
     return f'Qm9Source(split={self.split!r}, remove_h={self.remove_h}, n={len(self)})'
 
@@ -157,8 +165,7 @@ def load_dataset(dataset: str, split: str, data_dir: str | None = None) -> Qm9So
   half = DATASETS[dataset][1]
   if split != 'train' or half is None:
     return source
-  return Qm9Source(source._source, split=f'train[{half}_half]', remove_h=remove_h,  # pylint: disable=protected-access
-                   path=source.path, indices=edm_qm9.half_positions(half, len(source)))
+  return source.subset(edm_qm9.half_positions(half, len(source)), f'train[{half}_half]')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,5 +213,5 @@ def statistics(remove_h: bool = False, data_dir: str | None = None,
 
 def dataset_statistics(dataset: str, data_dir: str | None = None) -> Statistics:
   """Train statistics of a `--dataset` (of its half for the half datasets)."""
-  half = DATASETS[dataset][1] if dataset in DATASETS else None
-  return statistics(remove_h_for(dataset), data_dir, half)
+  remove_h = remove_h_for(dataset)
+  return statistics(remove_h, data_dir, DATASETS[dataset][1])

@@ -45,6 +45,20 @@ def size_median_predictor(sizes: np.ndarray, values: np.ndarray):
   return lambda query: np.array([medians.get(int(n), fallback) for n in query])
 
 
+def check_classifiers(conditioned_on: Sequence[str], classifier: training.Classifier,
+                      atoms_classifier: training.Classifier | None = None) -> None:
+  """Raises a one-line ValueError unless the classifiers fit the generator: the
+  classifier's property is one it is conditioned on, the '#Atoms' one predicts
+  the same property."""
+  prop = classifier.config.property
+  if prop not in conditioned_on:
+    raise ValueError(f'--classifier predicts {prop}; the model is conditioned on '
+                     f'{list(conditioned_on)}.')
+  if atoms_classifier is not None and atoms_classifier.config.property != prop:
+    raise ValueError(f'--atoms_classifier predicts {atoms_classifier.config.property}, '
+                     f'--classifier {prop}.')
+
+
 def evaluate(classifier: training.Classifier, generated: Sequence[dict],
              conditioned_on: Sequence[str], *, second_half, first_half=None, atoms_classifier: training.Classifier | None = None,
              seed: int = 0, batch_size: int = 96, progress: bool = True) -> dict[str, Any]:
@@ -69,9 +83,7 @@ def evaluate(classifier: training.Classifier, generated: Sequence[dict],
   """
   prop = classifier.config.property
   unit, scale = conditioning.MAE_UNITS[prop]
-  if prop not in conditioned_on:
-    raise ValueError(f'the classifier predicts {prop}, the model is conditioned on '
-                     f'{list(conditioned_on)}.')
+  check_classifiers(conditioned_on, classifier, atoms_classifier)
   requested = np.array([m['properties'] for m in generated], np.float64)
   column = list(conditioned_on).index(prop)
   generated_pred = training.predictions_for_molecules(
@@ -82,9 +94,6 @@ def evaluate(classifier: training.Classifier, generated: Sequence[dict],
                                  desc='classifier on QM9')
   shuffled = labels[np.random.default_rng(seed).permutation(len(labels))]
   if atoms_classifier is not None:
-    if atoms_classifier.config.property != prop:
-      raise ValueError(f'--atoms_classifier predicts {atoms_classifier.config.property}, '
-                       f'--classifier {prop}.')
     atoms_pred = atoms_classifier.predict(second_half, batch_size=batch_size)
     atoms_how = f'{atoms_classifier.config.model} classifier'
   else:
