@@ -31,6 +31,12 @@ def remove_mean(x: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
   return x - mean[masking.node_graph_index(graph)] * mask
 
 
+def remove_mean_positions(z: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
+  """Projects the position columns (the first 3) of z [n_node, 3 + F] to zero CoG;
+  the feature columns pass unchanged."""
+  return jnp.concatenate([remove_mean(z[:, :3], graph), z[:, 3:]], axis=-1)
+
+
 def max_abs_mean(x: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
   """Largest |mean| of x over the real atoms of any molecule (a check)."""
   mask = masking.node_mask(graph)[:, None]

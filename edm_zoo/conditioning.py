@@ -3,9 +3,11 @@
 A conditional model sees, on every node, its molecule's requested properties,
 each normalised as (value - mean) / MAD (mean absolute deviation), appended to
 the node features after t/T (EDM's `prepare_context` and `EGNN_dynamics_QM9`).
-Batches carry the normalised context as `globals['context']` [n_graph, C];
-`jraph.pad_with_graphs` fills padding graphs with zeros and `node_context` masks
-padding nodes. A batch without that key is unconditional.
+Batches carry the normalised context as `globals[features.CONTEXT]` [n_graph, C]
+(`edm_zoo.data.sources.ConditionedSource` adds it to molecules);
+`jraph.pad_with_graphs` fills padding graphs with zeros and
+`edm_zoo.models.conventions.node_context` masks padding nodes. A batch without
+that key is unconditional.
 
 Property values keep the dataset's units (`datasets/qm9/edm_qm9.py`: energies in
 eV); `MAE_UNITS` converts to the units of EDM's MAE table (energies in meV).
@@ -16,13 +18,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-import jax
-import jraph
 import numpy as np
 
-from edm_zoo import masking
+from edm_zoo.config import Config
+from edm_zoo.data import qm9
+from edm_zoo.data import sources
 
-CONTEXT = 'context'
 PROPERTIES = ('alpha', 'gap', 'homo', 'lumo', 'mu', 'Cv')
 # Unit and factor from the dataset's unit to the one of EDM's MAE table.
 MAE_UNITS = {'alpha': ('Bohr^3', 1.0), 'gap': ('meV', 1000.0), 'homo': ('meV', 1000.0),
@@ -99,45 +100,18 @@ class Normalizer:
 def property_table(source, properties: Sequence[str], chunk: int = 4096
                    ) -> tuple[np.ndarray, np.ndarray]:
   """(values [n, P] float64, number of atoms [n]) of every molecule of `source`."""
-  from edm_zoo.data import batching  # pylint: disable=g-import-not-at-top
   values, sizes = [], []
   for lo in range(0, len(source), chunk):
-    for m in batching.fetch(source, range(lo, min(lo + chunk, len(source)))):
+    for m in sources.fetch(source, range(lo, min(lo + chunk, len(source)))):
       values.append([m[p] for p in properties])
       sizes.append(len(m['charges']))
   return (np.array(values, np.float64).reshape(-1, len(properties)),
           np.array(sizes, np.int64))
 
 
-class ConditionedSource:
-  """A source whose molecules carry their normalised `context` [P] (float32)."""
-
-  def __init__(self, source, normalizer: Normalizer):
-    self._source = source
-    self._normalizer = normalizer
-    self.remove_h = getattr(source, 'remove_h', False)
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def _add(self, m: dict) -> dict:
-    m[CONTEXT] = self._normalizer.normalize([m[p] for p in self._normalizer.properties])
-    return m
-
-  def __getitem__(self, index: int) -> dict:
-    return self._add(self._source[index])
-
-  def __getitems__(self, indices) -> list[dict]:
-    from edm_zoo.data import batching  # pylint: disable=g-import-not-at-top
-    return [self._add(m) for m in batching.fetch(self._source, indices)]
-
-
-def node_context(graph: jraph.GraphsTuple) -> jax.Array | None:
-  """[n_node, C] context of each node's molecule (0 on padding), or None."""
-  if not isinstance(graph.globals, Mapping) or CONTEXT not in graph.globals:
-    return None
-  context = graph.globals[CONTEXT]
-  return context[masking.node_graph_index(graph)] * masking.node_mask(graph)[:, None]
+def conditioned(source, normalizer: Normalizer) -> sources.ConditionedSource:
+  """`source` whose molecules carry their normalised properties as context."""
+  return sources.ConditionedSource(source, normalizer.properties, normalizer.normalize)
 
 
 class PropertyDistribution:
@@ -214,17 +188,18 @@ class PropertyDistribution:
     return {int(n): float(c) / float(counts.sum()) for n, c in zip(sizes, counts)}
 
 
-def fit_normalizer(config, data_dir: str | None = None) -> Normalizer:
+def fit_normalizer(config: Config, data_dir: str | None = None) -> Normalizer:
   """The config's property normaliser, fitted on `config.context_norm_split`."""
-  from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
+  properties = parse_properties(config.conditioning)
   source = qm9.load_dataset(config.dataset, config.context_norm_split, data_dir)
-  values, _ = property_table(source, config.conditioning)
-  return Normalizer.fit(values, config.conditioning)
+  values, _ = property_table(source, properties)
+  return Normalizer.fit(values, properties)
 
 
-def property_distribution(config, data_dir: str | None = None) -> PropertyDistribution:
+def property_distribution(config: Config,
+                          data_dir: str | None = None) -> PropertyDistribution:
   """p(properties | size) of the config's train split (its conditional half)."""
-  from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
+  properties = parse_properties(config.conditioning)
   source = qm9.load_dataset(config.dataset, 'train', data_dir)
-  values, sizes = property_table(source, config.conditioning)
-  return PropertyDistribution(values, sizes, config.conditioning)
+  values, sizes = property_table(source, properties)
+  return PropertyDistribution(values, sizes, properties)

@@ -1,4 +1,11 @@
-"""Typed configuration: one dataclass tree that flags fill, plus named presets."""
+"""Typed configuration: dataclass trees that flags fill, plus named presets.
+
+A leaf module: it imports nothing of edm_zoo. It checks what it can see (types,
+ranges, the names of its own choices); each owner checks its own names where
+they are used: the model registry (`edm_zoo.models.get`) when a network is
+built, the dataset registry (`edm_zoo.data.qm9.configure`) when data loads, and
+`edm_zoo.conditioning.parse_properties` when properties are parsed.
+"""
 
 from __future__ import annotations
 
@@ -116,7 +123,7 @@ class Config:
     context_norm_split: split whose mean and mean absolute deviation normalise
       the conditioning properties; the reference uses 'valid' for its half
       datasets (`compute_mean_mad`), 'train' is the alternative.
-    num_atom_types: set from the dataset by `validate`.
+    num_atom_types: set from the dataset by `edm_zoo.data.qm9.configure`.
   """
   model: ModelConfig = ModelConfig()
   diffusion: DiffusionConfig = DiffusionConfig()
@@ -135,11 +142,6 @@ class Config:
   def context_nf(self) -> int:
     """Conditioning columns appended to every node's features."""
     return len(self.conditioning)
-
-  @property
-  def remove_h(self) -> bool:
-    from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
-    return qm9.remove_h_for(self.dataset)
 
 
 # Named presets: overrides of the published defaults, by section.
@@ -201,11 +203,7 @@ def build(preset: str = 'published', **overrides) -> Config:
 
 
 def validate(config: Config) -> Config:
-  """Checks choices and ranges; fixes num_atom_types from the dataset."""
-  from edm_zoo import models  # pylint: disable=g-import-not-at-top
-  from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
-  models.get(config.model.name)
-  remove_h = qm9.remove_h_for(config.dataset)
+  """Checks choices and ranges (one-line ValueErrors); returns the config."""
   d, t, m = config.diffusion, config.train, config.model
   sched = d.noise_schedule
   if not (sched in ('cosine', 'learned') or sched.startswith('polynomial_')):
@@ -230,13 +228,12 @@ def validate(config: Config) -> Config:
     raise ValueError(f'lr must be in (0, 1), got {t.lr}.')
   if not 0 <= t.ema_decay < 1:
     raise ValueError(f'ema_decay must be in [0, 1), got {t.ema_decay}.')
-  from edm_zoo import conditioning  # pylint: disable=g-import-not-at-top
-  props = conditioning.parse_properties(config.conditioning)
   if config.context_norm_split not in ('train', 'valid'):
     raise ValueError(f'unknown context_norm_split {config.context_norm_split!r}; '
                      "allowed: ['train', 'valid'].")
-  return dataclasses.replace(config, num_atom_types=4 if remove_h else 5,
-                             conditioning=props)
+  if config.num_atom_types <= 0:
+    raise ValueError(f'num_atom_types must be positive, got {config.num_atom_types}.')
+  return dataclasses.replace(config, conditioning=tuple(config.conditioning))
 
 
 def to_dict(config: Config) -> dict[str, Any]:
@@ -318,7 +315,8 @@ CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def build_classifier(preset: str = 'published', **overrides) -> ClassifierConfig:
-  """The classifier preset with flag-style overrides; one-line ValueErrors."""
+  """The classifier preset with flag-style overrides; one-line ValueErrors (the
+  property and dataset names are checked by `property_prediction.training.check`)."""
   if preset not in CLASSIFIER_PRESETS:
     raise ValueError(f'unknown preset {preset!r}; allowed: {sorted(CLASSIFIER_PRESETS)}.')
   fields = {f.name for f in dataclasses.fields(ClassifierConfig)}
@@ -329,12 +327,6 @@ def build_classifier(preset: str = 'published', **overrides) -> ClassifierConfig
     if value is not None:
       values[key] = value
   config = ClassifierConfig(**values)
-  from edm_zoo import conditioning  # pylint: disable=g-import-not-at-top
-  from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
-  conditioning.parse_properties([config.property])
-  if qm9.remove_h_for(config.dataset):
-    raise ValueError('property classifiers use molecules with hydrogens; '
-                     f'--dataset={config.dataset} has none.')
   if config.model not in ('egnn', 'numnodes'):
     raise ValueError(f"unknown classifier model {config.model!r}; allowed: "
                      "['egnn', 'numnodes'].")
@@ -348,3 +340,124 @@ def build_classifier(preset: str = 'published', **overrides) -> ClassifierConfig
   if not 0 < config.lr < 1:
     raise ValueError(f'lr must be in (0, 1), got {config.lr}.')
   return config
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How `launch/sample.py` and `launch/eval.py` draw molecules.
+
+  Attributes:
+    n_samples: molecules to generate.
+    batch_size: molecules per sampling batch.
+    seed: batch b draws sizes from (seed, b) and noise from fold_in(key(seed), b).
+    jit_steps: reverse steps per compiled call (0: the whole chain in one call).
+    unroll: `lax.scan` unroll factor inside a call.
+    fix_noise: one noise draw shared by all molecules (EDM's fix_noise).
+    chain: also draw one molecule denoising (PNG strip + GIF).
+  """
+  n_samples: int = 10_000
+  batch_size: int = 100
+  seed: int = 0
+  jit_steps: int = 0
+  unroll: int = 1
+  fix_noise: bool = False
+  chain: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """What `launch/eval.py` measures besides the samples.
+
+  Attributes:
+    nll_passes: passes of the NLL estimator over the split (0 skips the NLL).
+    nll_split: 'train', 'valid' or 'test'.
+    nll_batch_size: molecules per NLL batch.
+    nll_molecules: the first n molecules of the split only (0: all).
+    mae_molecules: n evenly spread molecules of the second half for the MAE
+      protocol's real-molecule rows (0: all 50,000).
+  """
+  nll_passes: int = 5
+  nll_split: str = 'test'
+  nll_batch_size: int = 64
+  nll_molecules: int = 0
+  mae_molecules: int = 0
+
+
+def build_eval(**overrides) -> EvalConfig:
+  """An EvalConfig from flag-style overrides (None keeps the default); one-line
+  ValueErrors."""
+  config = _fill(EvalConfig, 'evaluation', overrides)
+  for name in ('nll_passes', 'nll_molecules', 'mae_molecules'):
+    if getattr(config, name) < 0:
+      raise ValueError(f'{name} must be >= 0, got {getattr(config, name)}.')
+  if config.nll_batch_size <= 0:
+    raise ValueError(f'nll_batch_size must be positive, got {config.nll_batch_size}.')
+  if config.nll_split not in ('train', 'valid', 'test'):
+    raise ValueError(f"unknown nll_split {config.nll_split!r}; allowed: "
+                     "['train', 'valid', 'test'].")
+  return config
+
+
+def _fill(cls, what: str, overrides: dict[str, Any]):
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f'unknown {what} field {unknown[0]!r}; allowed: {sorted(fields)}.')
+  return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def build_sampling(**overrides) -> SamplingConfig:
+  """A SamplingConfig from flag-style overrides (None keeps the default); one-line
+  ValueErrors for unknown fields and bad values."""
+  config = _fill(SamplingConfig, 'sampling', overrides)
+  for name in ('n_samples', 'batch_size', 'unroll'):
+    if getattr(config, name) <= 0:
+      raise ValueError(f'{name} must be positive, got {getattr(config, name)}.')
+  if config.jit_steps < 0:
+    raise ValueError(f'jit_steps must be >= 0 (0: the whole chain), got {config.jit_steps}.')
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+  """What `launch/bench.py` measures (`edm_zoo.benchmarks`).
+
+  Attributes:
+    what: any of 'train', 'nll', 'sample', 'data', 'jit_study'.
+    repeats: timed repetitions after warm-up.
+    sample_molecules: molecules per sampling batch.
+    sample_steps: reverse steps timed (scaled to T for molecules/hour).
+    bench_split: split whose molecules make the train/data batches.
+    data_batches: batches timed by 'data'.
+    jit_study_ks: reverse steps per compiled call of the jit study.
+    jit_study_unrolls: scan unrolls of the jit study.
+  """
+  what: tuple[str, ...] = ('train', 'nll', 'sample', 'data')
+  repeats: int = 10
+  sample_molecules: int = 10
+  sample_steps: int = 50
+  bench_split: str = 'train'
+  data_batches: int = 300
+  jit_study_ks: tuple[int, ...] = (1, 10, 100, 1000)
+  jit_study_unrolls: tuple[int, ...] = (1, 4)
+
+
+BENCH_PARTS = ('train', 'nll', 'sample', 'data', 'jit_study')
+
+
+def build_bench(**overrides) -> BenchConfig:
+  """A BenchConfig from flag-style overrides ('all' in `what` = the first four)."""
+  config = _fill(BenchConfig, 'bench', overrides)
+  what = set(config.what)
+  if 'all' in what:
+    what = (what - {'all'}) | {'train', 'nll', 'sample', 'data'}
+  unknown = sorted(what - set(BENCH_PARTS))
+  if unknown:
+    raise ValueError(f'unknown --what {unknown}; allowed: {list(BENCH_PARTS)} or all.')
+  for name in ('repeats', 'sample_molecules', 'sample_steps', 'data_batches'):
+    if getattr(config, name) <= 0:
+      raise ValueError(f'{name} must be positive, got {getattr(config, name)}.')
+  return dataclasses.replace(config, what=tuple(p for p in BENCH_PARTS if p in what),
+                             jit_study_ks=tuple(int(k) for k in config.jit_study_ks),
+                             jit_study_unrolls=tuple(int(u) for u in
+                                                     config.jit_study_unrolls))

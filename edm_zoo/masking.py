@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-MASK = 'mask'
+from edm_zoo.data import features
+
+MASK = features.MASK
 
 
 def node_mask(graph: jraph.GraphsTuple) -> jax.Array:
@@ -40,13 +42,34 @@ def node_graph_index(graph: jraph.GraphsTuple) -> jax.Array:
 
 def per_node(values: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
   """[n_node, 1]: each node gets its molecule's entry of `values` [n_graph]."""
-  return values[node_graph_index(graph)][:, None]
+  return per_node_rows(values, graph)[:, None]
+
+
+def per_node_rows(values: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
+  """[n_node, ...]: each node gets its molecule's row of `values` [n_graph, ...]."""
+  return values[node_graph_index(graph)]
 
 
 def segment_sum(data: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
   """Sums per-node `data` over the nodes of each graph -> [n_graph, ...]."""
   return jax.ops.segment_sum(data, node_graph_index(graph),
                              num_segments=graph.n_node.shape[0])
+
+
+def graph_sum(values: jax.Array, graph: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
+  """(sum of per-molecule `values` [n_graph] over real molecules, their count).
+
+  Padding graphs may hold NaN or inf (their molecules are empty): they are
+  excluded with `where`, not multiplied by a zero mask.
+  """
+  mask = graph_mask(graph)
+  return jnp.sum(jnp.where(mask > 0, values, 0.0)), jnp.sum(mask)
+
+
+def graph_mean(values: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
+  """Mean of per-molecule `values` [n_graph] over the batch's real molecules."""
+  total, count = graph_sum(values, graph)
+  return total / jnp.maximum(count, 1.0)
 
 
 def jraph_masks(graph: jraph.GraphsTuple) -> tuple[np.ndarray, ...]:

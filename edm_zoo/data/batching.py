@@ -1,10 +1,9 @@
-"""QM9 molecules -> padded `jraph.GraphsTuple` batches.
+"""Molecules -> padded `jraph.GraphsTuple` batches.
 
 Each molecule becomes a fully connected directed graph without self loops (edge
-lists: no padded N x N work). Nodes carry `positions` [3], `one_hot` [n_types]
-(EDM order H, C, N, O, F), `charges` (Z as float) and `mask`; edges carry `mask`;
-globals carry `mask`, `gdb_index` and, for molecules that carry a normalised
-`context` vector (`edm_zoo.conditioning`), `context`. Batches are padded with
+lists: no padded N x N work), with the features that `edm_zoo.data.features`
+names: positions, the one-hot of the dataset's atom types, Z and masks, and the
+normalised context of a conditional batch. Batches are padded with
 `jraph.pad_with_graphs` to one of a few `PaddingBudget`s, so jit compiles at most
 `len(budgets)` shapes (5 for the default ladder, see `default_budgets`).
 
@@ -23,8 +22,8 @@ import jax
 import jraph
 import numpy as np
 
-from edm_zoo import conditioning
-from edm_zoo import masking
+from edm_zoo.data import features
+from edm_zoo.data import sources
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -126,9 +125,9 @@ def build_graph(molecules: Sequence[dict], atomic_numbers: Sequence[int],
   Raises:
     ValueError: an element outside `atomic_numbers`, or a batch too large.
   """
-  sizes = np.array([len(m['charges']) for m in molecules], np.int32)
-  gdb = np.array([int(m.get('gdb_index', -1)) for m in molecules], np.int32)
-  charges = np.concatenate([m['charges'] for m in molecules]).astype(np.int32)
+  sizes = np.array([len(m[features.CHARGES]) for m in molecules], np.int32)
+  gdb = np.array([int(m.get(features.GDB_INDEX, -1)) for m in molecules], np.int32)
+  charges = np.concatenate([m[features.CHARGES] for m in molecules]).astype(np.int32)
   types = _type_lookup(atomic_numbers)[np.clip(charges, 0, 127)]
   if (types < 0).any():
     bad = int(np.argmax(types < 0))
@@ -144,23 +143,24 @@ def build_graph(molecules: Sequence[dict], atomic_numbers: Sequence[int],
   n_node_total = int(sizes.sum())
   one_hot = np.zeros((n_node_total, len(atomic_numbers)), np.float32)
   one_hot[np.arange(n_node_total), types] = 1.0
-  graph_features = {masking.MASK: np.ones(len(sizes), np.float32), 'gdb_index': gdb}
-  with_context = [conditioning.CONTEXT in m for m in molecules]
+  graph_features = {features.MASK: np.ones(len(sizes), np.float32),
+                    features.GDB_INDEX: gdb}
+  with_context = [features.CONTEXT in m for m in molecules]
   if any(with_context):
     if not all(with_context):
       raise ValueError('some molecules of the batch carry a conditioning context and '
                        'some do not.')
-    graph_features[conditioning.CONTEXT] = np.stack(
-        [m[conditioning.CONTEXT] for m in molecules]).astype(np.float32)
+    graph_features[features.CONTEXT] = np.stack(
+        [m[features.CONTEXT] for m in molecules]).astype(np.float32)
   graph = jraph.GraphsTuple(
       nodes={
-          'positions': np.concatenate(
-              [m['positions'] for m in molecules]).astype(np.float32),
-          'one_hot': one_hot,
-          'charges': charges.astype(np.float32),
-          masking.MASK: np.ones(n_node_total, np.float32),
+          features.POSITIONS: np.concatenate(
+              [m[features.POSITIONS] for m in molecules]).astype(np.float32),
+          features.ONE_HOT: one_hot,
+          features.CHARGES: charges.astype(np.float32),
+          features.MASK: np.ones(n_node_total, np.float32),
       },
-      edges={masking.MASK: np.ones(len(senders), np.float32)},
+      edges={features.MASK: np.ones(len(senders), np.float32)},
       globals=graph_features,
       senders=senders.astype(np.int32), receivers=receivers.astype(np.int32),
       n_node=sizes, n_edge=(sizes * (sizes - 1)).astype(np.int32))
@@ -172,16 +172,32 @@ def build_graph(molecules: Sequence[dict], atomic_numbers: Sequence[int],
                                budget.n_graph)
 
 
+def placeholder_graph(sizes: Sequence[int], atomic_numbers: Sequence[int],
+                      budget: PaddingBudget, context: np.ndarray | None = None
+                      ) -> jraph.GraphsTuple:
+  """A padded batch of molecules of the given sizes whose data are never read (the
+  sampler's canvas, shape probes), with a normalised `context` [len(sizes), C]
+  when given."""
+  molecules = [{features.POSITIONS: np.zeros((int(n), 3), np.float32),
+                features.CHARGES: np.full(int(n), atomic_numbers[0])} for n in sizes]
+  if context is not None:
+    for m, c in zip(molecules, context):
+      m[features.CONTEXT] = c
+  return build_graph(molecules, atomic_numbers, budget)
+
+
+def probe_graph(num_atom_types: int, context_nf: int = 0) -> jraph.GraphsTuple:
+  """The smallest padded batch of a dataset's shape (one 3-atom molecule, with a
+  zero context of `context_nf` properties): for initialisation and shape checks,
+  which depend on the number of types, not on which elements they are."""
+  return placeholder_graph(
+      [3], np.arange(1, num_atom_types + 1), PaddingBudget(4, 6, 2),
+      np.zeros((1, context_nf), np.float32) if context_nf else None)
+
+
 def permutation(n: int, seed: int, epoch: int) -> np.ndarray:
   """The order of an epoch: deterministic in (seed, epoch), different across epochs."""
   return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def fetch(source, indices) -> list[dict]:
-  """Items at `indices`, in one batched read when the source supports it."""
-  if hasattr(source, '__getitems__'):
-    return source.__getitems__(list(indices))
-  return [source[int(i)] for i in indices]
 
 
 def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
@@ -207,7 +223,7 @@ def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
     start: molecule position in this epoch's order to resume from.
     budgets: padding ladder for fixed batches; defaults to `default_budgets`.
     budget: the budget of packed mode.
-    atomic_numbers: Z of each one-hot type; defaults from `source.remove_h`.
+    atomic_numbers: Z of each one-hot type; defaults to `source.atomic_numbers`.
     n_nodes_histogram: sizes distribution for the default ladder; defaults to
       the worst case when absent.
 
@@ -216,8 +232,7 @@ def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
     a batch consumed (to track the resume position).
   """
   if atomic_numbers is None:
-    from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
-    atomic_numbers = qm9.atomic_numbers(getattr(source, 'remove_h', False))
+    atomic_numbers = source.atomic_numbers
   n = len(source)
   if not 0 <= start <= n:
     raise ValueError(f'start={start} is outside the epoch of {n} molecules.')
@@ -232,9 +247,9 @@ def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
   if budgets is None:
     budgets = default_budgets(batch_size, n_nodes_histogram or {29: 1})
   for lo in range(start, n, batch_size):
-    molecules = fetch(source, order[lo:lo + batch_size])
-    sizes = [len(m['charges']) for m in molecules]
-    chosen = choose_budget(sizes, budgets, [m['gdb_index'] for m in molecules])
+    molecules = sources.fetch(source, order[lo:lo + batch_size])
+    sizes = [len(m[features.CHARGES]) for m in molecules]
+    chosen = choose_budget(sizes, budgets, [m[features.GDB_INDEX] for m in molecules])
     yield build_graph(molecules, atomic_numbers, chosen)
 
 
@@ -242,12 +257,12 @@ def _packed(source, order, budget, atomic_numbers, chunk: int = 256):
   pending: list[dict] = []
   nodes = edges = 0
   for lo in range(0, len(order), chunk):
-    for molecule in fetch(source, order[lo:lo + chunk]):
-      n = len(molecule['charges'])
+    for molecule in sources.fetch(source, order[lo:lo + chunk]):
+      n = len(molecule[features.CHARGES])
       if (len(pending) + 1 >= budget.n_graph or nodes + n >= budget.n_node or
           edges + n * (n - 1) > budget.n_edge):
         if not pending:
-          choose_budget([n], [budget], [molecule['gdb_index']])  # Raises.
+          choose_budget([n], [budget], [molecule[features.GDB_INDEX]])  # Raises.
         yield build_graph(pending, atomic_numbers, budget)
         pending, nodes, edges = [], 0, 0
       pending.append(molecule)
@@ -290,8 +305,7 @@ def sharded_batches(source, batch_size: int, n_shards: int, seed: int = 0,
     raise ValueError(f'batch_size {batch_size} is not divisible by the '
                      f'{n_shards} devices; pick a multiple of {n_shards}.')
   if atomic_numbers is None:
-    from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
-    atomic_numbers = qm9.atomic_numbers(getattr(source, 'remove_h', False))
+    atomic_numbers = source.atomic_numbers
   per_shard = batch_size // n_shards
   if budgets is None:
     budgets = default_budgets(per_shard, n_nodes_histogram or {29: 1})
@@ -301,11 +315,11 @@ def sharded_batches(source, batch_size: int, n_shards: int, seed: int = 0,
     raise ValueError(f'start={start} is outside the epoch of {n} molecules.')
   order = permutation(n, seed, epoch) if shuffle else np.arange(n)
   for lo in range(start, n, batch_size):
-    molecules = fetch(source, order[lo:lo + batch_size])
+    molecules = sources.fetch(source, order[lo:lo + batch_size])
     parts = [molecules[i * per_shard:(i + 1) * per_shard] for i in range(n_shards)]
-    chosen = max(choose_budget([len(m['charges']) for m in part] or [1], budgets,
-                               [m['gdb_index'] for m in part]) for part in parts)
-    context = molecules[0].get(conditioning.CONTEXT)
+    chosen = max(choose_budget([len(m[features.CHARGES]) for m in part] or [1], budgets,
+                               [m[features.GDB_INDEX] for m in part]) for part in parts)
+    context = molecules[0].get(features.CONTEXT)
     yield stack([build_graph(parts[i], atomic_numbers, chosen) if parts[i] else
                  _empty_graph(atomic_numbers, chosen, context) for i in shards]
                 ), len(molecules)
@@ -317,12 +331,9 @@ def _empty_graph(atomic_numbers, budget: PaddingBudget,
 
   `context` (any molecule's) gives the conditioning width the shard must match.
   """
-  filler = {'positions': np.zeros((1, 3), np.float32), 'charges':
-            np.array([atomic_numbers[0]]), 'gdb_index': -1}
-  if context is not None:
-    filler[conditioning.CONTEXT] = np.zeros_like(context)
-  graph = build_graph([filler], atomic_numbers, budget)
+  graph = placeholder_graph([1], atomic_numbers, budget,
+                            None if context is None else np.zeros_like(context)[None])
   zero = lambda tree: jax.tree.map(np.zeros_like, tree)
-  return graph._replace(nodes={**graph.nodes, masking.MASK: zero(graph.nodes[masking.MASK])},
-                        globals={**graph.globals,
-                                 masking.MASK: zero(graph.globals[masking.MASK])})
+  return graph._replace(
+      nodes={**graph.nodes, features.MASK: zero(graph.nodes[features.MASK])},
+      globals={**graph.globals, features.MASK: zero(graph.globals[features.MASK])})

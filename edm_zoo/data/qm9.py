@@ -1,14 +1,20 @@
-"""The only door to the prepared QM9 dataset (TFDS `edm_qm9`, array_record)."""
+"""The prepared QM9 dataset (TFDS `edm_qm9`, array_record): names, splits, statistics.
+
+The `--dataset` names this module knows (`DATASETS`) are the dataset registry of
+the zoo: `configure` checks a config's dataset and sets its number of atom types.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from datasets.qm9 import edm_qm9
+from edm_zoo.config import Config
+from edm_zoo.data import sources
 
 SPLITS = ('train', 'valid', 'test')
 # --dataset name -> (remove_h, which half of the train split). The halves are the
@@ -31,6 +37,13 @@ def remove_h_for(dataset: str) -> bool:
   if dataset not in DATASETS:
     raise ValueError(f'unknown dataset {dataset!r}; allowed: {sorted(DATASETS)}.')
   return DATASETS[dataset][0]
+
+
+def configure(config: Config) -> Config:
+  """`config` with the atom-type count of its dataset; a one-line ValueError for
+  an unknown dataset name."""
+  return dataclasses.replace(
+      config, num_atom_types=len(atom_types(remove_h_for(config.dataset))))
 
 
 def atom_types(remove_h: bool) -> tuple[str, ...]:
@@ -72,60 +85,15 @@ def _prepared_builder(remove_h: bool, data_dir: str | None):
   return builder
 
 
-class Qm9Source:
-  """A sized, indexable view of one split; items are dicts of numpy arrays.
-
-  Items hold `positions` [n, 3] float32, `charges` [n] int32 (Z), `num_atoms`,
-  `gdb_index`, `smiles` (str) and every property (float64, units in
-  `datasets/qm9/edm_qm9.py`).
-  """
-
-  def __init__(self, source, *, split: str, remove_h: bool, path: str,
-               indices: np.ndarray | None = None):
-    self._source = source
-    self._indices = indices
-    self.split = split
-    self.remove_h = remove_h
-    self.path = path
-
-  def __len__(self) -> int:
-    return len(self._source) if self._indices is None else len(self._indices)
-
-  def _record(self, index: int) -> int:
-    if self._indices is None:
-      return int(index)
-    return int(self._indices[index])
-
-  def _fix(self, item: dict[str, Any]) -> dict[str, Any]:
-    item['smiles'] = item['smiles'].decode()
-    item.update(zip(edm_qm9.PROPERTY_NAMES, item.pop('properties')))
-    return item
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    return self._fix(self._source[self._record(index)])
-
-  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-    try:
-      items = self._source.__getitems__([self._record(i) for i in indices])
-    except Exception as e:  # array_record / proto errors are deep and opaque.
-      raise ValueError(f'QM9 data in {self.path} is corrupt ({type(e).__name__}:'
-                       f' {e}); delete that folder and run `make data`.') from e
-    return [self._fix(item) for item in items]
-
-  def subset(self, indices: np.ndarray, split: str) -> 'Qm9Source':
-    """A view of the items at `indices` (positions in this source), named `split`."""
-    indices = np.asarray(indices)
-    if self._indices is not None:
-      indices = self._indices[indices]
-    return Qm9Source(self._source, split=split, remove_h=self.remove_h, path=self.path,
-                     indices=indices)
-
-  def __repr__(self) -> str:
-    return f'Qm9Source(split={self.split!r}, remove_h={self.remove_h}, n={len(self)})'
+def _decode(item: dict[str, Any]) -> dict[str, Any]:
+  """A stored record -> a molecule dict with each property under its own name."""
+  item['smiles'] = item['smiles'].decode()
+  item.update(zip(edm_qm9.PROPERTY_NAMES, item.pop('properties')))
+  return item
 
 
 def load(split: str, remove_h: bool = False,
-         data_dir: str | None = None) -> Qm9Source:
+         data_dir: str | None = None) -> sources.SplitView:
   """Opens a prepared split.
 
   Args:
@@ -134,7 +102,9 @@ def load(split: str, remove_h: bool = False,
     data_dir: TFDS data dir; defaults to `default_data_dir()`.
 
   Returns:
-    A `Qm9Source`.
+    A `sources.SplitView`; items hold `positions` [n, 3] float32, `charges` [n]
+    int32 (Z), `num_atoms`, `gdb_index`, `smiles` (str) and every property
+    (float64, units in `datasets/qm9/edm_qm9.py`).
 
   Raises:
     ValueError: unknown split, or a dataset that is missing or corrupt.
@@ -151,10 +121,12 @@ def load(split: str, remove_h: bool = False,
   except Exception as e:
     raise ValueError(f'QM9 data in {builder.data_dir} is corrupt ({type(e).__name__}:'
                      f' {e}); delete that folder and run `make data`.') from e
-  return Qm9Source(source, split=split, remove_h=remove_h, path=builder.data_dir)
+  return sources.SplitView(source, split=split, atomic_numbers=atomic_numbers(remove_h),
+                           path=builder.data_dir, decode=_decode, remove_h=remove_h)
 
 
-def load_dataset(dataset: str, split: str, data_dir: str | None = None) -> Qm9Source:
+def load_dataset(dataset: str, split: str,
+                 data_dir: str | None = None) -> sources.SplitView:
   """A split of a `--dataset`: the half datasets narrow 'train' to their half.
 
   Raises:
@@ -180,17 +152,6 @@ class Statistics:
   atom_types: tuple[str, ...]
   type_counts: tuple[int, ...]
   n_nodes_histogram: dict[int, int]
-
-  @property
-  def max_n_nodes(self) -> int:
-    return max(self.n_nodes_histogram)
-
-  def n_nodes_probs(self) -> np.ndarray:
-    """[max_n_nodes + 1] probability of each molecule size (0 where unseen)."""
-    counts = np.zeros(self.max_n_nodes + 1, np.float64)
-    for n, c in self.n_nodes_histogram.items():
-      counts[n] = c
-    return counts / counts.sum()
 
 
 def statistics(remove_h: bool = False, data_dir: str | None = None,
