@@ -1,6 +1,5 @@
 """The shared diffusion objective: schedules, Gaussians, loss / NLL, sampler."""
 
-from edm_zoo.diffusion.objective import Diffusion, log_pn_table, masked_mean
-from edm_zoo.diffusion import sampler, schedules
+from edm_zoo.diffusion.objective import Diffusion, log_pn_table
 
-__all__ = ['Diffusion', 'log_pn_table', 'masked_mean', 'sampler', 'schedules']
+__all__ = ['Diffusion', 'log_pn_table']

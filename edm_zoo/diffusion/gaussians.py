@@ -19,8 +19,7 @@ def sample_noise(rng: jax.Array, graph: jraph.GraphsTuple, n_features: int,
   n_node = masking.node_mask(graph).shape[0]
   z = jax.random.normal(rng, (n_node, 3 + n_features), dtype)
   z = z * masking.node_mask(graph)[:, None]
-  return jnp.concatenate(
-      [center_of_gravity.remove_mean(z[:, :3], graph), z[:, 3:]], axis=-1)
+  return center_of_gravity.remove_mean_positions(z, graph)
 
 
 def subspace_dim(graph: jraph.GraphsTuple) -> jax.Array:

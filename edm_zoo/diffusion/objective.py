@@ -32,6 +32,8 @@ from edm_zoo import center_of_gravity
 from edm_zoo import masking
 from edm_zoo import models
 from edm_zoo.config import Config
+from edm_zoo.data import batching
+from edm_zoo.data import features
 from edm_zoo.diffusion import gaussians
 from edm_zoo.diffusion import schedules
 
@@ -51,6 +53,10 @@ def log_pn_table(n_nodes_histogram: dict[int, int], max_n: int = 64) -> np.ndarr
 class Diffusion:
   """The E(3) equivariant diffusion model around a zoo network.
 
+  Parameters are one flat Haiku dict: the network's modules and the schedule's
+  (empty unless the schedule is learned). They are told apart by the schedule's
+  own module names (`schedule_modules`), never by a name prefix.
+
   Args:
     config: the run configuration.
     n_nodes_histogram: the training {N: count} histogram for log p(N).
@@ -66,12 +72,9 @@ class Diffusion:
     self.T = d.T
     self.n_features = config.in_node_nf
     self._net = models.transform(config)
-    self._learned = d.noise_schedule == 'learned'
-    if self._learned:
-      self._gamma_net = schedules.learned_transform()
-    else:
-      self.gamma_table = jnp.asarray(
-          schedules.gamma_table(d.noise_schedule, d.T, d.noise_precision))
+    self.schedule = schedules.NoiseSchedule(d.noise_schedule, d.T, d.noise_precision)
+    self.schedule_modules = frozenset(
+        jax.eval_shape(self.schedule.init, jax.random.PRNGKey(0)))
     self.log_pn = jnp.asarray(log_pn_table(n_nodes_histogram))
     self.n_nodes_histogram = dict(n_nodes_histogram)
 
@@ -83,22 +86,34 @@ class Diffusion:
     t = jnp.zeros(graph.n_node.shape[0])
     net_rng, gamma_rng = jax.random.split(rng)
     params = dict(self._net.init(net_rng, graph, z, t))
-    if self._learned:
-      params.update(self._gamma_net.init(gamma_rng, t))
+    clash = sorted(self.schedule_modules & set(params))
+    if clash:
+      raise ValueError(f'the network has modules named like the schedule\'s: {clash}.')
+    params.update(self.schedule.init(gamma_rng))
     return params
 
   def gamma(self, params: Params, t: jax.Array) -> jax.Array:
     """gamma(t) for t [n_graph] in [0, 1]."""
-    if self._learned:
-      return self._gamma_net.apply(
-          {k: v for k, v in params.items() if k.startswith('gamma')}, t)
-    return schedules.lookup(self.gamma_table, t)
+    return self.schedule({k: params[k] for k in self.schedule_modules}, t)
 
   def eps(self, params: Params, graph: jraph.GraphsTuple, z_t: jax.Array,
           t: jax.Array) -> jax.Array:
     """The network's predicted noise for z_t [n_node, D] at t [n_graph]."""
-    net_params = {k: v for k, v in params.items() if not k.startswith('gamma')}
+    net_params = {k: v for k, v in params.items() if k not in self.schedule_modules}
     return self._net.apply(net_params, graph, z_t, t)
+
+  def check_params(self, params: Params) -> None:
+    """Raises ValueError unless `params` has exactly this model's names and shapes."""
+    graph = batching.probe_graph(self.config.num_atom_types, self.config.context_nf)
+    expected = jax.eval_shape(self.init, jax.random.PRNGKey(0), graph)
+    want = {(m, k): v.shape for m, d in expected.items() for k, v in d.items()}
+    have = {(m, k): np.shape(v) for m, d in params.items() for k, v in d.items()}
+    if want != have:
+      missing = sorted(set(want) - set(have))[:3]
+      extra = sorted(set(have) - set(want))[:3]
+      wrong = [k for k in set(want) & set(have) if want[k] != have[k]][:3]
+      raise ValueError(f'state dict does not match the config: missing {missing}, '
+                       f'unexpected {extra}, wrong shapes {wrong}.')
 
   # --- Data <-> z.
 
@@ -106,10 +121,10 @@ class Diffusion:
     """(xh [n_node, 3 + F], delta_log_px [n_graph]) from a batch; x made CoG-free."""
     d = self.config.diffusion
     mask = masking.node_mask(graph)[:, None]
-    x = center_of_gravity.remove_mean(graph.nodes['positions'], graph) / d.norm_values[0]
-    h = [(graph.nodes['one_hot'] - d.norm_biases[1]) / d.norm_values[1] * mask]
+    x = center_of_gravity.remove_mean(graph.nodes[features.POSITIONS], graph) / d.norm_values[0]
+    h = [(graph.nodes[features.ONE_HOT] - d.norm_biases[1]) / d.norm_values[1] * mask]
     if d.include_charges:
-      h.append((graph.nodes['charges'][:, None] - d.norm_biases[2])
+      h.append((graph.nodes[features.CHARGES][:, None] - d.norm_biases[2])
                / d.norm_values[2] * mask)
     delta_log_px = -gaussians.subspace_dim(graph) * math.log(d.norm_values[0])
     return jnp.concatenate([x] + h, axis=-1), delta_log_px
@@ -119,13 +134,10 @@ class Diffusion:
 
   # --- Pieces of the objective.
 
-  def alpha_sigma(self, gamma: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return jnp.sqrt(jax.nn.sigmoid(-gamma)), jnp.sqrt(jax.nn.sigmoid(gamma))
-
   def kl_prior(self, params, graph, xh) -> jax.Array:
     """[n_graph] KL(q(z_T | x, h) || N(0, I)) on the CoG-free x space and h."""
     gamma_T = self.gamma(params, jnp.ones(graph.n_node.shape[0]))
-    alpha_T, sigma_T = self.alpha_sigma(gamma_T)
+    alpha_T, sigma_T = schedules.alpha_sigma(gamma_T)
     mu_T = masking.per_node(alpha_T, graph) * xh
     kl_h = gaussians.kl_to_standard_normal(mu_T[:, 3:], masking.per_node(sigma_T, graph),
                                            graph)
@@ -144,17 +156,19 @@ class Diffusion:
     return masking.segment_sum(err * masking.node_mask(graph), graph)
 
   def log_p_xh_given_z0(self, graph, xh, z_0, gamma_0, eps, eps_hat,
-                        *, l2_normalized: bool, padded_n=None) -> dict[str, jax.Array]:
-    """log p(x, h | z_0) without constants: Gaussian x, discretised h. [n_graph]."""
+                        *, l2_normalizer=None) -> dict[str, jax.Array]:
+    """log p(x, h | z_0) without constants: Gaussian x, discretised h. [n_graph].
+
+    Args:
+      l2_normalizer: divides the x error (the l2 training loss's (3 + F) * N).
+    """
     d = self.config.diffusion
     mask = masking.node_mask(graph)
     K = self.config.num_atom_types
     err_x = self._squared_error(eps, eps_hat, graph, slice(0, 3))
-    if l2_normalized:
-      if padded_n is None:
-        padded_n = dense_width(graph)
-      err_x = err_x / ((3 + self.n_features) * padded_n)
-    _, sigma_0 = self.alpha_sigma(gamma_0)
+    if l2_normalizer is not None:
+      err_x = err_x / l2_normalizer
+    _, sigma_0 = schedules.alpha_sigma(gamma_0)
     sigma_0 = masking.per_node(sigma_0, graph)
     cdf = gaussians.standard_normal_cdf
     x_cat = xh[:, 3:3 + K] * d.norm_values[1] + d.norm_biases[1]
@@ -177,16 +191,32 @@ class Diffusion:
     return {'L0_log_p_x': -0.5 * err_x, 'L0_log_p_h_int': log_p_int,
             'L0_log_p_h_cat': log_p_cat}
 
-  # --- The two modes of the objective.
+  def z_and_eps_hat(self, params, graph, xh, t, gamma_t, eps
+                    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(alpha_t, sigma_t, z_t = alpha_t xh + sigma_t eps, the network's eps_hat)."""
+    alpha_t, sigma_t = schedules.alpha_sigma(gamma_t)
+    z_t = masking.per_node(alpha_t, graph) * xh + masking.per_node(sigma_t, graph) * eps
+    return alpha_t, sigma_t, z_t, self.eps(params, graph, z_t, t)
 
-  def _noise_and_predict(self, params, graph, xh, t_int, eps):
-    """z_t = alpha_t xh + sigma_t eps and the network's eps_hat, with t = t_int / T."""
+  # --- The two modes of the objective, one core.
+
+  def _core(self, params, graph, t_int, eps) -> dict[str, jax.Array]:
+    """What both modes compute: z_t at t = t_int / T, the network's eps_hat, the
+    squared error, the prior KL and log p(N)."""
+    xh, delta_log_px = self.normalize(graph)
     t = t_int.astype(jnp.float32) / self.T
     s = (t_int - 1).astype(jnp.float32) / self.T
     gamma_t, gamma_s = self.gamma(params, t), self.gamma(params, s)
-    alpha_t, sigma_t = self.alpha_sigma(gamma_t)
-    z_t = masking.per_node(alpha_t, graph) * xh + masking.per_node(sigma_t, graph) * eps
-    return t, s, gamma_t, gamma_s, alpha_t, sigma_t, z_t, self.eps(params, graph, z_t, t)
+    alpha_t, sigma_t, z_t, net_out = self.z_and_eps_hat(params, graph, xh, t, gamma_t, eps)
+    return dict(xh=xh, delta_log_px=delta_log_px, t=t, s=s, gamma_t=gamma_t,
+                gamma_s=gamma_s, alpha_t=alpha_t, sigma_t=sigma_t, z_t=z_t,
+                net_out=net_out, error=self._squared_error(eps, net_out, graph),
+                kl_prior=self.kl_prior(params, graph, xh),
+                log_pN=self.log_pn[graph.n_node])
+
+  @staticmethod
+  def _loss_term_0(l0: dict[str, jax.Array]) -> jax.Array:
+    return -(l0['L0_log_p_x'] + l0['L0_log_p_h_int'] + l0['L0_log_p_h_cat'])
 
   def eval_terms(self, params: Params, graph: jraph.GraphsTuple, t_int: jax.Array,
                  eps: jax.Array, eps0: jax.Array) -> dict[str, jax.Array]:
@@ -203,36 +233,27 @@ class Diffusion:
       Per-molecule arrays [n_graph] named as in PARITY.md (`nll_per_molecule` is
       -log p(x, h, N)), plus `net_out` / `net_out0` [n_node, D].
     """
-    T = self.T
-    n_graph = graph.n_node.shape[0]
-    xh, delta_log_px = self.normalize(graph)
-    t, s, gamma_t, gamma_s, alpha_t, sigma_t, z_t, net_out = self._noise_and_predict(
-        params, graph, xh, t_int, eps)
-    error = self._squared_error(eps, net_out, graph)
-    snr_weight = jnp.exp(-(gamma_s - gamma_t)) - 1
-    loss_t_gt0 = 0.5 * snr_weight * error
-    estimator = T * loss_t_gt0
-    kl_prior = self.kl_prior(params, graph, xh)
+    c = self._core(params, graph, t_int, eps)
+    xh = c.pop('xh')
+    delta_log_px = c.pop('delta_log_px')
+    snr = schedules.snr_weight(c['gamma_s'], c['gamma_t'])
+    loss_t_gt0 = 0.5 * snr * c['error']
+    estimator = self.T * loss_t_gt0
     neg_log_constants = -self.log_constants_p_x_given_z0(params, graph)
-    zeros = jnp.zeros(n_graph)
+    zeros = jnp.zeros(graph.n_node.shape[0])
     gamma_0 = self.gamma(params, zeros)
-    alpha_0, sigma_0 = self.alpha_sigma(gamma_0)
-    z_0 = masking.per_node(alpha_0, graph) * xh + masking.per_node(sigma_0, graph) * eps0
-    net_out0 = self.eps(params, graph, z_0, zeros)
-    l0 = self.log_p_xh_given_z0(graph, xh, z_0, gamma_0, eps0, net_out0,
-                                l2_normalized=False)
-    loss_term_0 = -(l0['L0_log_p_x'] + l0['L0_log_p_h_int'] + l0['L0_log_p_h_cat'])
-    loss = kl_prior + estimator + neg_log_constants + loss_term_0
+    alpha_0, sigma_0, z_0, net_out0 = self.z_and_eps_hat(params, graph, xh, zeros,
+                                                         gamma_0, eps0)
+    l0 = self.log_p_xh_given_z0(graph, xh, z_0, gamma_0, eps0, net_out0)
+    loss_term_0 = self._loss_term_0(l0)
+    loss = c['kl_prior'] + estimator + neg_log_constants + loss_term_0
     neg_log_pxh = loss - delta_log_px
-    log_pN = self.log_pn[graph.n_node]
     return dict(
-        t=t, s=s, gamma_t=gamma_t, gamma_s=gamma_s, alpha_t=alpha_t, sigma_t=sigma_t,
-        gamma_0=gamma_0, alpha_0=alpha_0, sigma_0=sigma_0, z_t=z_t, z_0=z_0,
-        net_out=net_out, net_out0=net_out0, error=error, SNR_weight=snr_weight,
-        loss_t_gt0=loss_t_gt0, estimator_loss_terms=estimator, kl_prior=kl_prior,
-        neg_log_constants=neg_log_constants, loss_term_0=loss_term_0, loss=loss,
-        neg_log_pxh=neg_log_pxh, log_pN=log_pN,
-        nll_per_molecule=neg_log_pxh - log_pN, **l0)
+        c, gamma_0=gamma_0, alpha_0=alpha_0, sigma_0=sigma_0, z_0=z_0,
+        net_out0=net_out0, SNR_weight=snr, loss_t_gt0=loss_t_gt0,
+        estimator_loss_terms=estimator, neg_log_constants=neg_log_constants,
+        loss_term_0=loss_term_0, loss=loss, neg_log_pxh=neg_log_pxh,
+        nll_per_molecule=neg_log_pxh - c['log_pN'], **l0)
 
   def train_terms(self, params: Params, graph: jraph.GraphsTuple, t_int: jax.Array,
                   eps: jax.Array, padded_n: jax.Array | None = None
@@ -252,54 +273,47 @@ class Diffusion:
       `model.forward` returns in train mode (before subtracting log p(N)).
     """
     l2 = self.config.diffusion.loss_type == 'l2'
-    T = self.T
-    xh, delta_log_px = self.normalize(graph)
-    t, _, gamma_t, gamma_s, _, _, z_t, net_out = self._noise_and_predict(
-        params, graph, xh, t_int, eps)
-    error = self._squared_error(eps, net_out, graph)
-    if padded_n is None:
-      padded_n = dense_width(graph)
+    c = self._core(params, graph, t_int, eps)
+    error, delta_log_px = c['error'], c['delta_log_px']
+    normalizer = None
     if l2:
-      error = error / ((3 + self.n_features) * padded_n)
-      snr_weight = jnp.ones_like(error)
+      normalizer = (3 + self.n_features) * (
+          dense_width(graph) if padded_n is None else padded_n)
+      error = error / normalizer
+      snr = jnp.ones_like(error)
       neg_log_constants = jnp.zeros_like(error)
       delta_log_px = jnp.zeros_like(delta_log_px)
     else:
-      snr_weight = jnp.exp(-(gamma_s - gamma_t)) - 1
+      snr = schedules.snr_weight(c['gamma_s'], c['gamma_t'])
       neg_log_constants = -self.log_constants_p_x_given_z0(params, graph)
-    loss_t_gt0 = 0.5 * snr_weight * error
-    kl_prior = self.kl_prior(params, graph, xh)
-    l0 = self.log_p_xh_given_z0(graph, xh, z_t, gamma_t, eps, net_out,
-                                l2_normalized=l2, padded_n=padded_n)
-    loss_term_0 = -(l0['L0_log_p_x'] + l0['L0_log_p_h_int'] + l0['L0_log_p_h_cat'])
+    loss_t_gt0 = 0.5 * snr * error
+    # In train mode L0 reuses the t = 0 draws of the batch (EDM's t0_always=False).
+    l0 = self.log_p_xh_given_z0(graph, c['xh'], c['z_t'], c['gamma_t'], eps,
+                                c['net_out'], l2_normalizer=normalizer)
+    loss_term_0 = self._loss_term_0(l0)
     loss_t = jnp.where(t_int == 0, loss_term_0, loss_t_gt0)
-    estimator = loss_t if l2 else (T + 1) * loss_t
-    loss = kl_prior + estimator + neg_log_constants
+    estimator = loss_t if l2 else (self.T + 1) * loss_t
+    loss = c['kl_prior'] + estimator + neg_log_constants
     loss_per_molecule = loss - delta_log_px
-    log_pN = self.log_pn[graph.n_node]
-    return dict(t=t, gamma_t=gamma_t, z_t=z_t, net_out=net_out, error=error,
-                loss_term_0=loss_term_0, loss_t=loss_t, kl_prior=kl_prior,
-                loss_per_molecule=loss_per_molecule, log_pN=log_pN,
-                nll_per_molecule=loss_per_molecule - log_pN)
+    return dict(t=c['t'], gamma_t=c['gamma_t'], z_t=c['z_t'], net_out=c['net_out'],
+                error=error, loss_term_0=loss_term_0, loss_t=loss_t,
+                kl_prior=c['kl_prior'], loss_per_molecule=loss_per_molecule,
+                log_pN=c['log_pN'], nll_per_molecule=loss_per_molecule - c['log_pN'])
 
   # --- Batch means over real molecules.
 
   def train_loss(self, params, graph, t_int, eps, padded_n=None) -> jax.Array:
     """The back-propagated scalar: mean over molecules of loss - log p(N)."""
     terms = self.train_terms(params, graph, t_int, eps, padded_n)
-    return masked_mean(terms['nll_per_molecule'], graph)
+    return masking.graph_mean(terms['nll_per_molecule'], graph)
 
   def nll(self, params, graph, t_int, eps, eps0) -> jax.Array:
     """Mean eval NLL -log p(x, h, N) (nats per molecule) of the batch."""
     terms = self.eval_terms(params, graph, t_int, eps, eps0)
-    return masked_mean(terms['nll_per_molecule'], graph)
+    return masking.graph_mean(terms['nll_per_molecule'], graph)
 
 
 def dense_width(graph: jraph.GraphsTuple) -> jax.Array:
   """EDM's dense batch width: the largest real molecule of the batch."""
   return jnp.max(graph.n_node * (masking.graph_mask(graph) > 0))
 
-
-def masked_mean(values: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
-  mask = masking.graph_mask(graph)
-  return jnp.sum(jnp.where(mask > 0, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1.0)

@@ -14,14 +14,8 @@ import jraph
 
 from edm_zoo import center_of_gravity
 from edm_zoo import masking
+from edm_zoo.diffusion import schedules
 from edm_zoo.diffusion.objective import Diffusion, Params
-
-
-def sigma_and_alpha_t_given_s(gamma_t, gamma_s):
-  """(sigma^2_{t|s}, sigma_{t|s}, alpha_{t|s}) in EDM's numerically stable form."""
-  sigma2 = -jnp.expm1(jax.nn.softplus(gamma_s) - jax.nn.softplus(gamma_t))
-  alpha = jnp.exp(0.5 * (jax.nn.log_sigmoid(-gamma_t) - jax.nn.log_sigmoid(-gamma_s)))
-  return sigma2, jnp.sqrt(sigma2), alpha
 
 
 def p_zs_given_zt(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
@@ -41,16 +35,14 @@ def p_zs_given_zt(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
     {'mu', 'sigma' [n_graph], 'z_s'}; z_s has its positions re-centred.
   """
   gamma_s, gamma_t = model.gamma(params, s), model.gamma(params, t)
-  sigma2_ts, sigma_ts, alpha_ts = sigma_and_alpha_t_given_s(gamma_t, gamma_s)
-  _, sigma_s = model.alpha_sigma(gamma_s)
-  _, sigma_t = model.alpha_sigma(gamma_t)
+  sigma2_ts, sigma_ts, alpha_ts = schedules.transition(gamma_t, gamma_s)
+  _, sigma_s = schedules.alpha_sigma(gamma_s)
+  _, sigma_t = schedules.alpha_sigma(gamma_t)
   eps_hat = model.eps(params, graph, z_t, t)
   node = lambda v: masking.per_node(v, graph)
   mu = z_t / node(alpha_ts) - node(sigma2_ts / alpha_ts / sigma_t) * eps_hat
   sigma = sigma_ts * sigma_s / sigma_t
-  z_s = mu + node(sigma) * noise
-  z_s = jnp.concatenate(
-      [center_of_gravity.remove_mean(z_s[:, :3], graph), z_s[:, 3:]], axis=-1)
+  z_s = center_of_gravity.remove_mean_positions(mu + node(sigma) * noise, graph)
   return {'mu': mu, 'sigma': sigma, 'z_s': z_s}
 
 
@@ -67,8 +59,8 @@ def p_xh_given_z0(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
   n_graph = graph.n_node.shape[0]
   zeros = jnp.zeros(n_graph)
   gamma_0 = model.gamma(params, zeros)
-  alpha_0, sigma_0 = model.alpha_sigma(gamma_0)
-  sigma_x = jnp.exp(0.5 * gamma_0)
+  alpha_0, sigma_0 = schedules.alpha_sigma(gamma_0)
+  sigma_x = schedules.sigma_over_alpha(gamma_0)
   eps_hat = model.eps(params, graph, z_0, zeros)
   node = lambda v: masking.per_node(v, graph)
   mu_x = (z_0 - node(sigma_0) * eps_hat) / node(alpha_0)
@@ -92,8 +84,7 @@ def fixed_noise(rng: jax.Array, graph: jraph.GraphsTuple, n_features: int,
   offsets = jnp.cumsum(graph.n_node) - graph.n_node
   within = jnp.arange(index.shape[0]) - offsets[index]
   z = base[jnp.clip(within, 0, max_atoms - 1)] * masking.node_mask(graph)[:, None]
-  return jnp.concatenate(
-      [center_of_gravity.remove_mean(z[:, :3], graph), z[:, 3:]], axis=-1)
+  return center_of_gravity.remove_mean_positions(z, graph)
 
 
 def _noise(model, graph, rng, index, fix_noise):
@@ -135,7 +126,7 @@ def final_step(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
 
 
 def sample(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
-           rng: jax.Array, *, jit_steps: int | None = None, unroll: int = 1,
+           rng: jax.Array, *, jit_steps: int = 0, unroll: int = 1,
            fix_noise: bool = False, chain_every: int = 0) -> dict[str, jax.Array]:
   """The whole chain z_T -> ... -> z_0 -> (x, h), `jit_steps` steps per compiled call.
 
@@ -144,8 +135,8 @@ def sample(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
     params: its (EMA) parameters.
     graph: a padded batch whose `n_node` gives each molecule's size.
     rng: key; reverse step s draws from `fold_in(rng, s)`, z_T from `fold_in(rng, T)`.
-    jit_steps: reverse steps per compiled call (K); T (default, or chain_every)
-      compiles the whole chain once, 1 calls the network step by step.
+    jit_steps: reverse steps per compiled call (K); 0 (default) compiles the
+      whole chain (or `chain_every` steps) once, 1 calls the network step by step.
     unroll: `lax.scan` unroll factor inside a call.
     fix_noise: share one noise draw among all molecules (EDM's fix_noise).
     chain_every: if > 0, also return z every `chain_every` steps (must be a
@@ -155,7 +146,7 @@ def sample(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
     `p_xh_given_z0`'s dict, with x re-centred per molecule.
   """
   T = model.T
-  K = (chain_every or T) if jit_steps is None else max(1, min(int(jit_steps), T))
+  K = max(1, min(int(jit_steps), T)) if jit_steps else (chain_every or T)
   if chain_every and chain_every % K:
     raise ValueError(f'chain_every={chain_every} must be a multiple of jit_steps={K}.')
   z = _noise(model, graph, rng, T, fix_noise)

@@ -1,14 +1,18 @@
-"""Noise schedules gamma(t) = -log(alpha_t^2 / sigma_t^2): the one home of them.
+"""Noise schedules gamma(t) = -log(alpha_t^2 / sigma_t^2) and their algebra.
 
-`polynomial_<p>` and `cosine` are EDM's predefined schedules: a float32 table of
-T + 1 values looked up at round(t * T), exactly as `PredefinedNoiseSchedule`
-does (t = -1/T wraps to gamma[T], as torch indexing does). `learned` is the
-VDM-style monotone network (`GammaNetwork`).
+The one home of the schedule and of everything derived from gamma (as
+google-research/vdm keeps it beside the schedule): alpha and sigma, the SNR
+weight of the loss, the t|s transition of the reverse step, the final step's
+sigma_x. `polynomial_<p>` and `cosine` are EDM's predefined schedules: a float32
+table of T + 1 values looked up at round(t * T), exactly as
+`PredefinedNoiseSchedule` does (t = -1/T wraps to gamma[T], as torch indexing
+does). `learned` is the VDM-style monotone network (`GammaNetwork`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import haiku as hk
 import jax
@@ -104,3 +108,60 @@ class GammaNetwork(hk.Module):
 
 def learned_transform() -> hk.Transformed:
   return hk.without_apply_rng(hk.transform(lambda t: GammaNetwork()(t)))
+
+
+class NoiseSchedule:
+  """gamma(t) of a configured schedule, with its own (possibly empty) parameters.
+
+  Args:
+    name: 'polynomial_<p>', 'cosine' or 'learned'.
+    T: number of diffusion steps.
+    precision: the predefined schedules' precision s.
+  """
+
+  def __init__(self, name: str, T: int, precision: float):
+    self.learned = name == 'learned'
+    if self.learned:
+      self._net = learned_transform()
+      self.table = None
+    else:
+      self.table = jnp.asarray(gamma_table(name, T, precision))
+
+  def init(self, rng: jax.Array) -> dict[str, Any]:
+    """The schedule's parameters (empty for a predefined table)."""
+    if not self.learned:
+      return {}
+    return dict(self._net.init(rng, jnp.zeros(1)))
+
+  def __call__(self, params: dict[str, Any], t: jax.Array) -> jax.Array:
+    """gamma(t) for t [n] in [0, 1] (params: exactly `init`'s modules)."""
+    if self.learned:
+      return self._net.apply(params, t)
+    return lookup(self.table, t)
+
+
+# --- The algebra of gamma.
+
+def alpha_sigma(gamma: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """alpha_t = sqrt(sigmoid(-gamma_t)), sigma_t = sqrt(sigmoid(gamma_t))."""
+  return jnp.sqrt(jax.nn.sigmoid(-gamma)), jnp.sqrt(jax.nn.sigmoid(gamma))
+
+
+def snr_weight(gamma_s: jax.Array, gamma_t: jax.Array) -> jax.Array:
+  """SNR(s) / SNR(t) - 1 with SNR = exp(-gamma): the weight of the L_t term."""
+  return jnp.exp(-(gamma_s - gamma_t)) - 1
+
+
+def transition(gamma_t: jax.Array, gamma_s: jax.Array
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(sigma^2_{t|s}, sigma_{t|s}, alpha_{t|s}) of q(z_t | z_s), s < t, in EDM's
+  numerically stable form (expm1 and softplus of gamma)."""
+  sigma2 = -jnp.expm1(jax.nn.softplus(gamma_s) - jax.nn.softplus(gamma_t))
+  alpha = jnp.exp(0.5 * (jax.nn.log_sigmoid(-gamma_t) - jax.nn.log_sigmoid(-gamma_s)))
+  return sigma2, jnp.sqrt(sigma2), alpha
+
+
+def sigma_over_alpha(gamma: jax.Array) -> jax.Array:
+  """sigma_t / alpha_t = exp(gamma_t / 2) = 1 / sqrt(SNR(t)): the standard deviation
+  of p(x | z_0) in data space."""
+  return jnp.exp(0.5 * gamma)
