@@ -1,10 +1,11 @@
 """EDM's `EGNN_dynamics_QM9` (mode 'egnn_dynamics') on padded jraph edge lists.
 
-The network sees the noisy state z_t = [x (3), h (F)] of every node, t/T of its
-molecule and, for a conditional model, its molecule's context (`edm_zoo.conditioning`),
-and predicts eps: [x_out - x projected to zero CoG, h_out]. Module and
-parameter names mirror the PyTorch state dict (`e_block_0/gcl_0/edge_mlp_0` is
-`e_block_0.gcl_0.edge_mlp.0`) so that `edm_zoo.compat.edm_torch` maps 1:1.
+The network sees the noisy state z_t = [x (3), h (F)] of every node, t of its
+molecule and, for a conditional model, its molecule's context
+(`edm_zoo.models.conventions`), and predicts eps: [x_out - x projected to zero
+CoG, h_out]. Module and parameter names mirror the PyTorch state dict
+(`e_block_0/gcl_0/edge_mlp_0` is `e_block_0.gcl_0.edge_mlp.0`) so that
+`edm_zoo.compat.state_dict` maps 1:1.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import jax
 import jax.numpy as jnp
 import jraph
 
-from edm_zoo import center_of_gravity
-from edm_zoo import conditioning
 from edm_zoo import masking
 from edm_zoo.config import Config, ModelConfig
+from edm_zoo.models import conventions
 from edm_zoo.models import layers
 
 
@@ -27,13 +27,31 @@ def _pairwise(x, graph):
 
 
 class GCL(hk.Module):
-  """Invariant graph convolution: edge MLP, optional attention, residual node MLP."""
+  """Invariant graph convolution: edge MLP, optional attention, residual node MLP.
+
+  Args:
+    config: the network's width, attention and normalisation factor.
+    name: the Haiku module name.
+  """
 
   def __init__(self, *, config: ModelConfig, name: str | None = None):
     super().__init__(name=name)
     self._config = config
 
-  def __call__(self, h, graph, edge_attr, node_mask, edge_mask):
+  def __call__(self, h: jax.Array, *, graph: jraph.GraphsTuple, edge_attr: jax.Array,
+               node_mask: jax.Array, edge_mask: jax.Array) -> jax.Array:
+    """Updated node features.
+
+    Args:
+      h: [n_node, nf] node features.
+      graph: the padded batch (senders, receivers).
+      edge_attr: [n_edge, d_e] edge features.
+      node_mask: [n_node] 1 for real atoms.
+      edge_mask: [n_edge] 1 for real edges.
+
+    Returns:
+      [n_node, nf], zero on padding nodes.
+    """
     c = self._config
     m = jax.nn.silu(layers.EdgeLinear(c.nf, name='edge_mlp_0')(
         h, graph.receivers, graph.senders, edge_attr))
@@ -49,13 +67,34 @@ class GCL(hk.Module):
 
 
 class EquivariantUpdate(hk.Module):
-  """x_i += sum_j (x_i - x_j)/(|x_i - x_j| + C) * tanh(phi(h_i, h_j, e_ij)) * range."""
+  """x_i += sum_j (x_i - x_j)/(|x_i - x_j| + C) * tanh(phi(h_i, h_j, e_ij)) * range.
+
+  Args:
+    config: the network's width, tanh bound and normalisation factor.
+    name: the Haiku module name.
+  """
 
   def __init__(self, *, config: ModelConfig, name: str | None = None):
     super().__init__(name=name)
     self._config = config
 
-  def __call__(self, h, x, graph, coord_diff, edge_attr, node_mask, edge_mask):
+  def __call__(self, h: jax.Array, x: jax.Array, *, graph: jraph.GraphsTuple,
+               coord_diff: jax.Array, edge_attr: jax.Array, node_mask: jax.Array,
+               edge_mask: jax.Array) -> jax.Array:
+    """Updated positions.
+
+    Args:
+      h: [n_node, nf] node features.
+      x: [n_node, 3] positions.
+      graph: the padded batch.
+      coord_diff: [n_edge, 3] normalised x_receiver - x_sender.
+      edge_attr: [n_edge, d_e] edge features.
+      node_mask: [n_node] 1 for real atoms.
+      edge_mask: [n_edge] 1 for real edges.
+
+    Returns:
+      [n_node, 3], zero on padding nodes.
+    """
     c = self._config
     phi = jax.nn.silu(layers.EdgeLinear(c.nf, name='coord_mlp_0')(
         h, graph.receivers, graph.senders, edge_attr))
@@ -71,28 +110,52 @@ class EquivariantUpdate(hk.Module):
 
 
 class EquivariantBlock(hk.Module):
-  """`inv_sublayers` GCLs on [radial, radial_0] edges, then one coordinate update."""
+  """`inv_sublayers` GCLs on [radial, radial_0] edges, then one coordinate update.
+
+  Args:
+    config: the network configuration.
+    name: the Haiku module name.
+  """
 
   def __init__(self, *, config: ModelConfig, name: str | None = None):
     super().__init__(name=name)
     self._config = config
 
-  def __call__(self, h, x, graph, dist0, node_mask, edge_mask):
+  def __call__(self, h: jax.Array, x: jax.Array, *, graph: jraph.GraphsTuple,
+               dist0: jax.Array, node_mask: jax.Array, edge_mask: jax.Array
+               ) -> tuple[jax.Array, jax.Array]:
+    """(h, x) after the block.
+
+    Args:
+      h: [n_node, nf] node features.
+      x: [n_node, 3] positions.
+      graph: the padded batch.
+      dist0: [n_edge, d] the input positions' (embedded) squared distances.
+      node_mask: [n_node] 1 for real atoms.
+      edge_mask: [n_edge] 1 for real edges.
+    """
     c = self._config
     radial, diff = _pairwise(x, graph)
     coord_diff = diff / (jnp.sqrt(radial + 1e-8) + c.norm_constant)
     if c.sin_embedding:
       radial = layers.sinusoidal_distance_embedding(radial)
     edge_attr = jnp.concatenate([radial, dist0], axis=-1)
+    masks = dict(node_mask=node_mask, edge_mask=edge_mask)
     for k in range(c.inv_sublayers):
-      h = GCL(config=c, name=f'gcl_{k}')(h, graph, edge_attr, node_mask, edge_mask)
+      h = GCL(config=c, name=f'gcl_{k}')(h, graph=graph, edge_attr=edge_attr, **masks)
     x = EquivariantUpdate(config=c, name='gcl_equiv')(
-        h, x, graph, coord_diff, edge_attr, node_mask, edge_mask)
+        h, x, graph=graph, coord_diff=coord_diff, edge_attr=edge_attr, **masks)
     return h * node_mask[:, None], x
 
 
 class EGNN(hk.Module):
-  """EDM's `EGNN` (egnn_new.py): embedding, EquivariantBlocks, output embedding."""
+  """EDM's `EGNN` (egnn_new.py): embedding, EquivariantBlocks, output embedding.
+
+  Args:
+    config: the network configuration.
+    out_node_nf: width of the feature output.
+    name: the Haiku module name.
+  """
 
   def __init__(self, *, config: ModelConfig, out_node_nf: int,
                name: str | None = 'egnn'):
@@ -102,7 +165,9 @@ class EGNN(hk.Module):
     self._config = config
     self._out_node_nf = out_node_nf
 
-  def __call__(self, h, x, graph):
+  def __call__(self, h: jax.Array, x: jax.Array, graph: jraph.GraphsTuple
+               ) -> tuple[jax.Array, jax.Array]:
+    """(h_out [n_node, out_node_nf], x_out [n_node, 3]) for features h and positions x."""
     c = self._config
     node_mask, edge_mask = masking.node_mask(graph), masking.edge_mask(graph)
     dist0, _ = _pairwise(x, graph)
@@ -111,53 +176,17 @@ class EGNN(hk.Module):
     h = layers.TorchLinear(c.nf, name='embedding')(h)
     for l in range(c.n_layers):
       h, x = EquivariantBlock(config=c, name=f'e_block_{l}')(
-          h, x, graph, dist0, node_mask, edge_mask)
+          h, x, graph=graph, dist0=dist0, node_mask=node_mask, edge_mask=edge_mask)
     h = layers.TorchLinear(self._out_node_nf, name='embedding_out')(h)
     return h * node_mask[:, None], x
-
-
-def with_conditioning(h: jax.Array, t: jax.Array, graph: jraph.GraphsTuple,
-                      config: Config) -> tuple[jax.Array, int]:
-  """EDM's input convention, shared by the zoo: h -> [h, t/T, context].
-
-  Returns:
-    The widened features and how many columns were appended (the network's
-    output carries as many, which `finalize_eps` drops).
-
-  Raises:
-    ValueError: the batch's context does not have the config's width (a batch
-      without the properties would silently run the model unconditioned).
-  """
-  extra = []
-  if config.model.condition_time:
-    extra.append(masking.per_node(t, graph))
-  context = conditioning.node_context(graph)
-  width = 0 if context is None else context.shape[-1]
-  if width != config.context_nf:
-    raise ValueError(f'the model is conditioned on {list(config.conditioning)}, the '
-                     f'batch carries {width} context columns.')
-  if context is not None:
-    extra.append(context)
-  return jnp.concatenate([h, *extra], axis=-1), sum(e.shape[-1] for e in extra)
-
-
-def finalize_eps(vel: jax.Array, h_out: jax.Array, graph: jraph.GraphsTuple,
-                 n_extra: int) -> jax.Array:
-  """EDM's output convention, shared by the zoo: zero-CoG velocity, h without the
-  `n_extra` time and context columns."""
-  # EDM zeroes the whole velocity when any entry is NaN (and warns); keep that.
-  vel = jnp.where(jnp.any(jnp.isnan(vel)), jnp.zeros_like(vel), vel)
-  vel = center_of_gravity.remove_mean(vel, graph)
-  return jnp.concatenate([vel, h_out[:, :h_out.shape[-1] - n_extra]], axis=-1)
 
 
 def net_fn(graph: jraph.GraphsTuple, z_t: jax.Array, t: jax.Array, *,
            config: Config) -> jax.Array:
   """Predicted noise eps_hat [n_node, 3 + F] for z_t [n_node, 3 + F], t [n_graph]."""
-  c = config.model
   node_mask = masking.node_mask(graph)[:, None]
   z_t = z_t * node_mask
   x, h = z_t[:, :3], z_t[:, 3:]
-  h, n_extra = with_conditioning(h, t, graph, config)
-  h_out, x_out = EGNN(config=c, out_node_nf=h.shape[-1])(h, x, graph)
-  return finalize_eps((x_out - x) * node_mask, h_out, graph, n_extra)
+  h, n_extra = conventions.with_conditioning(h, t, graph, config)
+  h_out, x_out = EGNN(config=config.model, out_node_nf=h.shape[-1])(h, x, graph)
+  return conventions.finalize_eps((x_out - x) * node_mask, h_out, graph, n_extra)

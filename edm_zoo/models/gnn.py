@@ -16,12 +16,17 @@ import jraph
 
 from edm_zoo import masking
 from edm_zoo.config import Config, ModelConfig
-from edm_zoo.models import egnn
+from edm_zoo.models import conventions
 from edm_zoo.models import layers
 
 
 class SelfLoopGCL(hk.Module):
-  """EDM's GCL without edge attributes, over real edges plus one self loop."""
+  """EDM's GCL without edge attributes, over real edges plus one self loop.
+
+  Args:
+    config: the network's width, attention and normalisation factor.
+    name: the Haiku module name.
+  """
 
   def __init__(self, *, config: ModelConfig, name: str | None = None):
     super().__init__(name=name)
@@ -35,7 +40,19 @@ class SelfLoopGCL(hk.Module):
       m = m * jax.nn.sigmoid(layers.TorchLinear(1, name='att_mlp_0')(m))
     return m
 
-  def __call__(self, h, graph, node_mask, edge_mask):
+  def __call__(self, h: jax.Array, *, graph: jraph.GraphsTuple, node_mask: jax.Array,
+               edge_mask: jax.Array) -> jax.Array:
+    """Updated node features.
+
+    Args:
+      h: [n_node, nf] node features.
+      graph: the padded batch.
+      node_mask: [n_node] 1 for real atoms.
+      edge_mask: [n_edge] 1 for real edges.
+
+    Returns:
+      [n_node, nf], zero on padding nodes.
+    """
     c = self._config
     nf = h.shape[-1]
     first = layers.EdgeLinear(c.nf, name='edge_mlp_0')
@@ -53,19 +70,25 @@ class SelfLoopGCL(hk.Module):
 
 
 class GNN(hk.Module):
-  """EDM's `GNN` (egnn_new.py): embedding, GCLs, output embedding."""
+  """EDM's `GNN` (egnn_new.py): embedding, GCLs, output embedding.
+
+  Args:
+    config: the network configuration.
+    name: the Haiku module name.
+  """
 
   def __init__(self, *, config: ModelConfig, name: str | None = 'gnn'):
     super().__init__(name=name)
     self._config = config
 
-  def __call__(self, xh, graph):
+  def __call__(self, xh: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
+    """[n_node, D] output for inputs xh [n_node, D] (positions are plain features)."""
     c = self._config
     node_mask = masking.node_mask(graph)
     h = layers.TorchLinear(c.nf, name='embedding')(xh)
     for l in range(c.n_layers):
       h = SelfLoopGCL(config=c, name=f'gcl_{l}')(
-          h, graph, node_mask, masking.edge_mask(graph))
+          h, graph=graph, node_mask=node_mask, edge_mask=masking.edge_mask(graph))
     out = layers.TorchLinear(xh.shape[-1], name='embedding_out')(h)
     return out * node_mask[:, None]
 
@@ -75,6 +98,6 @@ def net_fn(graph: jraph.GraphsTuple, z_t: jax.Array, t: jax.Array, *,
   """Predicted noise eps_hat [n_node, 3 + F] for z_t [n_node, 3 + F], t [n_graph]."""
   c = config.model
   xh = z_t * masking.node_mask(graph)[:, None]
-  xh, n_extra = egnn.with_conditioning(xh, t, graph, config)
+  xh, n_extra = conventions.with_conditioning(xh, t, graph, config)
   out = GNN(config=c)(xh, graph)
-  return egnn.finalize_eps(out[:, :3], out[:, 3:], graph, n_extra)
+  return conventions.finalize_eps(out[:, :3], out[:, 3:], graph, n_extra)

@@ -75,11 +75,6 @@ def sinusoidal_distance_embedding(radial: jax.Array, *, max_res: float = 15.0,
   return jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], axis=-1)
 
 
-def sinusoidal_embedding_dim(max_res: float = 15.0, min_res: float = 15.0 / 2000.0,
-                             div_factor: float = 4.0) -> int:
-  return 2 * (int(math.log(max_res / min_res, div_factor)) + 1)
-
-
 def aggregate(messages: jax.Array, receivers: jax.Array, num_nodes: int,
               normalization_factor: float) -> jax.Array:
   """Sum of messages at each receiving node, divided by normalization_factor."""

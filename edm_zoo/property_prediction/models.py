@@ -18,6 +18,7 @@ import jraph
 
 from edm_zoo import masking
 from edm_zoo.config import ClassifierConfig, ModelConfig
+from edm_zoo.data import features
 from edm_zoo.models import egnn
 from edm_zoo.models import layers
 
@@ -29,6 +30,7 @@ class EGNNRegressor(hk.Module):
   """Invariant EGNN regressor: one scalar per molecule."""
 
   def __init__(self, *, config: ClassifierConfig, name: str | None = 'egnn'):
+    """Args: config: the classifier configuration; name: the Haiku module name."""
     super().__init__(name=name)
     self._config = config
     # EDM's classifier convolution is the dynamics' GCL with sum aggregation.
@@ -38,12 +40,12 @@ class EGNNRegressor(hk.Module):
   def __call__(self, graph: jraph.GraphsTuple) -> jax.Array:
     c = self._config
     node_mask, edge_mask = masking.node_mask(graph), masking.edge_mask(graph)
-    x = graph.nodes['positions']
+    x = graph.nodes[features.POSITIONS]
     radial = jnp.sum((x[graph.receivers] - x[graph.senders])**2, -1, keepdims=True)
-    h = layers.TorchLinear(c.nf, name='embedding')(graph.nodes['one_hot'])
+    h = layers.TorchLinear(c.nf, name='embedding')(graph.nodes[features.ONE_HOT])
     for l in range(c.n_layers):
       h = egnn.GCL(config=self._gcl_config, name=f'gcl_{l}')(
-          h, graph, radial, node_mask, edge_mask)
+          h, graph=graph, edge_attr=radial, node_mask=node_mask, edge_mask=edge_mask)
     h = jax.nn.silu(layers.TorchLinear(c.nf, name='node_dec_0')(h))
     h = layers.TorchLinear(c.nf, name='node_dec_2')(h) * node_mask[:, None]
     h = masking.segment_sum(h, graph)
