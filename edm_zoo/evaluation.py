@@ -3,38 +3,13 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 
 from edm_zoo import masking
 from edm_zoo.data import batching
+from edm_zoo.data import sources
 from edm_zoo.diffusion.objective import Diffusion
-
-
-class Subset:
-  """`n` items of a source (sized, indexable): the first n, or with `spread` n
-  evenly spaced ones (splits are sorted by gdb id, so their first molecules are
-  the smallest; a spread subset is representative)."""
-
-  def __init__(self, source, n: int, spread: bool = False):
-    self._source, self._n = source, min(n, len(source)) if n > 0 else len(source)
-    self._step = len(source) / self._n if spread and self._n else 1.0
-    self.remove_h = getattr(source, 'remove_h', False)
-
-  def __len__(self):
-    return self._n
-
-  def _index(self, i) -> int:
-    return int(i * self._step)
-
-  def __getitem__(self, i):
-    if not 0 <= i < self._n:
-      raise IndexError(i)
-    return self._source[self._index(i)]
-
-  def __getitems__(self, indices):
-    return batching.fetch(self._source, [self._index(i) for i in indices])
 
 
 def make_nll_fn(model: Diffusion):
@@ -47,8 +22,7 @@ def make_nll_fn(model: Diffusion):
     eps = model.sample_noise(k_eps, graph)
     eps0 = model.sample_noise(k_eps0, graph)
     per = model.eval_terms(params, graph, t_int, eps, eps0)['nll_per_molecule']
-    mask = masking.graph_mask(graph)
-    return jnp.sum(jnp.where(mask > 0, per, 0.0)), jnp.sum(mask)
+    return masking.graph_sum(per, graph)
 
   return fn
 
@@ -61,7 +35,7 @@ def nll(model: Diffusion, params, source, *, batch_size: int = 64, seed: int = 0
   Returns:
     {'nll': mean over molecules and passes, 'nll_std_over_passes', 'molecules'}.
   """
-  source = Subset(source, limit)
+  source = sources.Subset(source, limit)
   nll_fn = nll_fn or make_nll_fn(model)
   budgets = batching.default_budgets(batch_size, n_nodes_histogram or {29: 1})
   means = []

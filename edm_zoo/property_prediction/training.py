@@ -22,11 +22,10 @@ import tqdm
 
 from edm_zoo import conditioning
 from edm_zoo import config as config_lib
-from edm_zoo import evaluation
 from edm_zoo import masking
-from edm_zoo.data import batching, qm9
+from edm_zoo.data import batching, features, qm9, sources
 from edm_zoo.property_prediction import models
-from edm_zoo.training import checkpoint, metrics_log
+from edm_zoo.training import checkpoint, skeleton
 
 KIND = 'classifier'
 
@@ -56,12 +55,20 @@ def optimizer(config: config_lib.ClassifierConfig,
           epoch_cosine(config.lr, config.epochs, steps_per_epoch)))
 
 
+def check(config: config_lib.ClassifierConfig) -> config_lib.ClassifierConfig:
+  """The names a ClassifierConfig cannot check itself: its property and dataset
+  (one-line ValueErrors)."""
+  conditioning.parse_properties([config.property])
+  if qm9.remove_h_for(config.dataset):
+    raise ValueError('property classifiers use molecules with hydrogens; '
+                     f'--dataset={config.dataset} has none.')
+  return config
+
+
 def l1_loss(prediction: jax.Array, graph) -> jax.Array:
   """Mean |prediction - normalised target| over the batch's real molecules."""
-  mask = masking.graph_mask(graph)
-  target = graph.globals[conditioning.CONTEXT][:, 0]
-  err = jnp.where(mask > 0, jnp.abs(prediction - target), 0.0)
-  return jnp.sum(err) / jnp.maximum(jnp.sum(mask), 1.0)
+  target = graph.globals[features.CONTEXT][:, 0]
+  return masking.graph_mean(jnp.abs(prediction - target), graph)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +112,7 @@ def load(ckpt: str) -> Classifier:
   return Classifier(config, state['params'], normalizer)
 
 
-def sources(config: config_lib.ClassifierConfig, data_dir: str | None = None):
+def classifier_splits(config: config_lib.ClassifierConfig, data_dir: str | None = None):
   """(normaliser, {train, valid, test} sources whose context is the target).
 
   The reference tests on the half its classifiers never see: with the default
@@ -113,7 +120,7 @@ def sources(config: config_lib.ClassifierConfig, data_dir: str | None = None):
   """
   train = qm9.load_dataset(config.dataset, 'train', data_dir)
   if config.train_molecules:
-    train = evaluation.Subset(train, config.train_molecules)
+    train = sources.Subset(train, config.train_molecules)
   other = {'qm9_first_half': 'qm9_second_half',
            'qm9_second_half': 'qm9_first_half'}.get(config.dataset)
   test = (qm9.load_dataset(other, 'train', data_dir) if other
@@ -123,14 +130,14 @@ def sources(config: config_lib.ClassifierConfig, data_dir: str | None = None):
   normalizer = conditioning.Normalizer.fit(values, [config.property])
   split = {'train': train, 'valid': qm9.load_dataset(config.dataset, 'valid', data_dir),
            'test': test}
-  return normalizer, {k: conditioning.ConditionedSource(v, normalizer)
+  return normalizer, {k: conditioning.conditioned(v, normalizer)
                       for k, v in split.items()}
 
 
-def mae(classifier: Classifier, source, limit: int = 0, **kwargs) -> float:
-  """Mean |prediction - true property| over `source` (`limit` evenly spread
-  molecules of it if > 0)."""
-  source = evaluation.Subset(source, limit, spread=True)
+def source_mae(classifier: Classifier, source, limit: int = 0, **kwargs) -> float:
+  """Mean |prediction - true property| over the molecules of `source` (`limit`
+  evenly spread ones if > 0)."""
+  source = sources.Subset(source, limit, spread=True)
   pred = classifier.predict(source, **kwargs)
   values, _ = conditioning.property_table(source, [classifier.config.property])
   return float(np.mean(np.abs(pred - values[:, 0])))
@@ -138,34 +145,20 @@ def mae(classifier: Classifier, source, limit: int = 0, **kwargs) -> float:
 
 def train(config: config_lib.ClassifierConfig, workdir: str, *,
           data_dir: str | None = None, progress: bool = True) -> dict[str, float]:
-  """Trains (or resumes) a classifier in `workdir`; returns the final figures."""
-  normalizer, split = sources(config, data_dir)
-  stats = qm9.dataset_statistics(config.dataset, data_dir)
-  hist = stats.n_nodes_histogram
-  budgets = batching.default_budgets(config.batch_size, hist)
+  """Trains (or resumes) a classifier in `workdir` on the shared skeleton; returns
+  the final figures."""
+  check(config)
+  normalizer, split = classifier_splits(config, data_dir)
+  hist = qm9.dataset_statistics(config.dataset, data_dir).n_nodes_histogram
   steps_per_epoch = math.ceil(len(split['train']) / config.batch_size)
-  total_steps = config.total_steps or config.epochs * steps_per_epoch
-  eval_every = config.eval_every_steps or config.eval_every_epochs * steps_per_epoch
   net = models.transform(config)
   tx = optimizer(config, steps_per_epoch)
   batches = functools.partial(batching.batches, split['train'], config.batch_size,
-                              config.seed, budgets=budgets,
+                              config.seed,
+                              budgets=batching.default_budgets(config.batch_size, hist),
                               atomic_numbers=qm9.atomic_numbers(False))
-  first = next(batches(epoch=0))
-  params = net.init(jax.random.PRNGKey(config.seed), first)
+  params = net.init(jax.random.PRNGKey(config.seed), next(batches(epoch=0)))
   state = ClassifierState(jnp.zeros([], jnp.int32), params, tx.init(params))
-  ckpt = checkpoint.Checkpointer(workdir, config.keep_last, best_metric='val_mae')
-  meta = {'kind': KIND, 'config': dataclasses.asdict(config), 'epoch': 0, 'position': 0,
-          'property_norms': normalizer.to_dict(), 'best_val_mae': None,
-          'test_mae_at_best': None, 'jax_version': jax.__version__}
-  if ckpt.latest_step() is not None:
-    state, restored = ckpt.restore(state)
-    if restored.get('config') != meta['config']:
-      raise ValueError(f'{workdir} holds a classifier with another config; use a new '
-                       '--workdir or the same flags.')
-    meta.update({k: restored[k] for k in ('epoch', 'position', 'best_val_mae',
-                                          'test_mae_at_best')})
-  step = int(state.step)
 
   @jax.jit
   def train_step(state, graph):
@@ -175,43 +168,36 @@ def train(config: config_lib.ClassifierConfig, workdir: str, *,
     return ClassifierState(state.step + 1, optax.apply_updates(state.params, updates),
                            opt_state), loss
 
-  writer = metrics_log.MetricsWriter(workdir, resume_step=step)
-  evaluate = functools.partial(mae, limit=config.eval_molecules,
+  def step(state, graph):
+    state, loss = train_step(state, graph)
+    return state, {'l1': float(loss)}
+
+  evaluate = functools.partial(source_mae, limit=config.eval_molecules,
                                batch_size=config.batch_size, histogram=hist,
                                progress=progress)
-  bar = tqdm.tqdm(total=total_steps, initial=step, disable=not progress,
-                  desc=f'classifier {config.property}', dynamic_ncols=True)
-  result: dict[str, float] = {}
-  while step < total_steps:
-    for graph in batches(epoch=meta['epoch'], start=meta['position']):
-      state, loss = train_step(state, graph)
-      step += 1
-      meta['position'] += int(np.sum(graph.globals[masking.MASK]))
-      if meta['position'] >= len(split['train']):
-        meta['epoch'], meta['position'] = meta['epoch'] + 1, 0
-      bar.update(1)
-      bar.set_postfix(l1=f'{float(loss):.4f}', epoch=meta['epoch'], refresh=False)
-      if step % config.log_every_steps == 0:
-        writer.write(step, {'train_l1_normalised': float(loss), 'epoch': meta['epoch']})
-      val = None
-      if step % eval_every == 0 or step == total_steps:
-        current = Classifier(config, state.params, normalizer)
-        val = evaluate(current, split['valid'], desc='val MAE')
-        test = evaluate(current, split['test'], desc='test MAE')
-        writer.write(step, {'val_mae': val, 'test_mae': test})
-        bar.write(f'step {step}: {config.property} MAE valid {val:.4f}, test {test:.4f}')
-        if meta['best_val_mae'] is None or val < meta['best_val_mae']:
-          meta['best_val_mae'], meta['test_mae_at_best'] = val, test
-        result.update(val_mae=val, test_mae=test)
-      if step % config.checkpoint_every_steps == 0 or val is not None or step == total_steps:
-        ckpt.save(step, jax.device_get(state), meta, val=val)
-      if step >= total_steps:
-        break
-  bar.close()
-  writer.close()
-  ckpt.close()
-  result.update(step=step, best_val_mae=meta['best_val_mae'],
-                test_mae_at_best=meta['test_mae_at_best'])
+
+  def validate(state):
+    current = Classifier(config, state.params, normalizer)
+    val = evaluate(current, split['valid'], desc='val MAE')
+    test = evaluate(current, split['test'], desc='test MAE')
+    return ({'val_mae': val, 'test_mae': test},
+            f'{config.property} MAE valid {val:.4f}, test {test:.4f}')
+
+  trainer = skeleton.Trainer(
+      batches=lambda epoch, start: (
+          (g, int(np.sum(g.globals[features.MASK])))
+          for g in batches(epoch=epoch, start=start)),
+      step=step, evaluate=validate, best_metric='val_mae',
+      meta={'kind': KIND, 'config': dataclasses.asdict(config),
+            'property_norms': normalizer.to_dict()},
+      desc=f'classifier {config.property}')
+  schedule = skeleton.Schedule(
+      total_steps=config.total_steps or config.epochs * steps_per_epoch,
+      epoch_size=len(split['train']),
+      eval_every=config.eval_every_steps or config.eval_every_epochs * steps_per_epoch,
+      checkpoint_every=config.checkpoint_every_steps, log_every=config.log_every_steps,
+      keep_last=config.keep_last)
+  _, result = skeleton.run(workdir, state, trainer, schedule, progress=progress)
   return result
 
 

@@ -1,14 +1,22 @@
-"""The train state and the pure train step."""
+"""The train state and the pure train step.
+
+Randomness is explicit, as in the objective: `draw_noise` turns the step's key
+into t and eps for every shard, `train_step` takes them as inputs. Training
+jits both (`make_step_fns`); the parity replay feeds the reference's t and eps
+to the same jitted step.
+"""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import jraph
 import optax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from edm_zoo import masking
 from edm_zoo.diffusion.objective import Diffusion, dense_width
@@ -34,14 +42,21 @@ class TrainState(NamedTuple):
   nonfinite: jax.Array
 
 
-def init_state(model: Diffusion, tx: optax.GradientTransformation, rng: jax.Array,
-               graph: jraph.GraphsTuple) -> TrainState:
-  params = model.init(rng, graph)
+def new_state(params, tx: optax.GradientTransformation,
+              clip_queue: optimizer.ClipQueue | None = None) -> TrainState:
+  """Step 0 of a run from `params` (the EMA starts as their copy)."""
   # A copy: params and EMA are donated to the step as separate buffers.
   return TrainState(step=jnp.zeros([], jnp.int32), params=params,
                     ema_params=jax.tree.map(jnp.copy, params),
-                    opt_state=tx.init(params), clip_queue=optimizer.init_clip_queue(),
+                    opt_state=tx.init(params),
+                    clip_queue=optimizer.init_clip_queue() if clip_queue is None
+                    else clip_queue,
                     nonfinite=jnp.zeros([], jnp.int32))
+
+
+def init_state(model: Diffusion, tx: optax.GradientTransformation, rng: jax.Array,
+               graph: jraph.GraphsTuple) -> TrainState:
+  return new_state(model.init(rng, graph), tx)
 
 
 def _shard(graphs: jraph.GraphsTuple, d: int) -> jraph.GraphsTuple:
@@ -59,6 +74,30 @@ def draw(model: Diffusion, graph: jraph.GraphsTuple, key: jax.Array, shard: jax.
   return t_int, model.sample_noise(k_eps, graph)
 
 
+def _on_mesh(fn, mesh: Mesh | None, n_shards: int, in_specs, out_specs):
+  """`fn(offset, *args)` on each device's shards (shard_map), or on all of them."""
+  if mesh is None or mesh.size == 1:
+    return functools.partial(fn, 0, all_reduce=False)
+
+  def per_device(*args):
+    offset = jax.lax.axis_index('data') * (n_shards // mesh.size)
+    return fn(offset, *args, all_reduce=True)
+  return jax.shard_map(per_device, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                       check_vma=False)
+
+
+def draw_noise(model: Diffusion, graphs: jraph.GraphsTuple, key: jax.Array,
+               mesh: Mesh | None = None) -> tuple[jax.Array, jax.Array]:
+  """(t_int [S, n_graph], eps [S, n_node, D]) for the stacked shards [S, ...]."""
+  def local(offset, graphs, all_reduce):
+    del all_reduce
+    draws = [draw(model, _shard(graphs, d), key, offset + d)
+             for d in range(graphs.n_node.shape[0])]
+    return jnp.stack([t for t, _ in draws]), jnp.stack([e for _, e in draws])
+  return _on_mesh(local, mesh, graphs.n_node.shape[0], P('data'),
+                  (P('data'), P('data')))(graphs)
+
+
 def _local_sums(model: Diffusion, params, graphs, t_int, eps, width):
   """(sum of per-molecule objectives, molecules) over the shards held here.
 
@@ -69,9 +108,9 @@ def _local_sums(model: Diffusion, params, graphs, t_int, eps, width):
   for d in range(graphs.n_node.shape[0]):
     graph = _shard(graphs, d)
     terms = model.train_terms(params, graph, t_int[d], eps[d], padded_n=width)
-    mask = masking.graph_mask(graph)
-    total += jnp.sum(jnp.where(mask > 0, terms['nll_per_molecule'], 0.0))
-    count += jnp.sum(mask)
+    s, c = masking.graph_sum(terms['nll_per_molecule'], graph)
+    total += s
+    count += c
   return total, count
 
 
@@ -80,27 +119,19 @@ def _local_width(graphs):
                             for d in range(graphs.n_node.shape[0])]))
 
 
-def loss_fn(model: Diffusion, params, graphs: jraph.GraphsTuple, t_int, eps):
-  """Mean over every real molecule of the stacked shards [S, ...] (one device)."""
-  total, count = _local_sums(model, params, graphs, t_int, eps, _local_width(graphs))
-  return total / jnp.maximum(count, 1.0)
+def loss_and_grads(model: Diffusion, params, graphs: jraph.GraphsTuple, t_int: jax.Array,
+                   eps: jax.Array, mesh: Mesh | None = None):
+  """(loss, grads) of a global batch [S, ...] for the given t_int [S, n_graph] and
+  eps [S, n_node, D]: the mean over every real molecule of the batch.
 
-
-def loss_and_grads(model: Diffusion, params, graphs: jraph.GraphsTuple, key: jax.Array,
-                   mesh: Mesh | None = None):
-  """(loss, grads) of a global batch [S, ...] with noise drawn from `key`.
-
-  With a mesh, each device draws for and differentiates its own shards
-  (`shard_map`), then the sums are all-reduced: the result equals the
-  single-device one up to float summation order.
+  With a mesh, each device differentiates its own shards (`shard_map`), then the
+  sums are all-reduced: the result equals the single-device one up to float
+  summation order. EDM's l2 normaliser uses the global batch's largest molecule.
   """
-  def per_device(params, graphs, offset, all_reduce: bool):
-    n_local = graphs.n_node.shape[0]
-    draws = [draw(model, _shard(graphs, d), key, offset + d) for d in range(n_local)]
-    t_int = [t for t, _ in draws]
-    eps = [e for _, e in draws]
+  def local(offset, params, graphs, t_int, eps, all_reduce):
+    del offset
     width = _local_width(graphs)
-    count = jnp.sum(graphs.globals[masking.MASK])
+    count = jnp.sum(masking.graph_mask(graphs))
     if all_reduce:
       width = jax.lax.pmax(width, 'data')
       count = jax.lax.psum(count, 'data')
@@ -112,16 +143,9 @@ def loss_and_grads(model: Diffusion, params, graphs: jraph.GraphsTuple, key: jax
     if all_reduce:
       loss, grads = jax.lax.psum((loss, grads), 'data')
     return loss, grads
-
-  if mesh is None or mesh.size == 1:
-    return per_device(params, graphs, 0, False)
-  n_shards = graphs.n_node.shape[0]
-
-  def sharded(params, graphs):
-    offset = jax.lax.axis_index('data') * (n_shards // mesh.size)
-    return per_device(params, graphs, offset, True)
-  return jax.shard_map(sharded, mesh=mesh, in_specs=(P(), P('data')),
-                       out_specs=(P(), P()), check_vma=False)(params, graphs)
+  return _on_mesh(local, mesh, graphs.n_node.shape[0],
+                  (P(), P('data'), P('data'), P('data')), (P(), P()))(
+                      params, graphs, t_int, eps)
 
 
 def apply_gradients(state: TrainState, grads, loss, *, tx, ema_decay: float,
@@ -146,11 +170,35 @@ def apply_gradients(state: TrainState, grads, loss, *, tx, ema_decay: float,
   return new, {'loss': loss, 'finite': finite, **info}
 
 
-def train_step(state: TrainState, graphs: jraph.GraphsTuple, base_key: jax.Array, *,
-               model: Diffusion, tx, ema_decay: float, clip_grad: bool = True,
-               mesh: Mesh | None = None):
-  """One step on stacked shards [S, ...]: draws from fold_in(base_key, step)."""
-  loss, grads = loss_and_grads(model, state.params, graphs,
-                               jax.random.fold_in(base_key, state.step), mesh)
+def train_step(state: TrainState, graphs: jraph.GraphsTuple, t_int: jax.Array,
+               eps: jax.Array, *, model: Diffusion, tx, ema_decay: float,
+               clip_grad: bool = True, mesh: Mesh | None = None):
+  """One optimizer step on stacked shards [S, ...] with explicit t and noise."""
+  loss, grads = loss_and_grads(model, state.params, graphs, t_int, eps, mesh)
   return apply_gradients(state, grads, loss, tx=tx, ema_decay=ema_decay,
                          clip_grad=clip_grad)
+
+
+def make_step_fns(model: Diffusion, tx: optax.GradientTransformation, *,
+                  ema_decay: float, clip_grad: bool = True, mesh: Mesh | None = None):
+  """(draw_fn, step_fn), jitted once: what training runs every step.
+
+  `draw_fn(graphs, key, step)` -> (t_int, eps) from `fold_in(key, step)`;
+  `step_fn(state, graphs, t_int, eps)` -> (state, metrics), donating `state`.
+  With a mesh, the batch axis is sharded over it and the state replicated.
+  """
+  shardings = {}
+  if mesh is not None:
+    replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+    shardings = dict(draw=dict(in_shardings=(data, replicated, replicated),
+                               out_shardings=(data, data)),
+                     step=dict(in_shardings=(replicated, data, data, data),
+                               out_shardings=replicated))
+  draw_fn = jax.jit(
+      lambda graphs, key, step: draw_noise(model, graphs, jax.random.fold_in(key, step),
+                                           mesh), **shardings.get('draw', {}))
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, ema_decay=ema_decay,
+                        clip_grad=clip_grad, mesh=mesh),
+      donate_argnums=0, **shardings.get('step', {}))
+  return draw_fn, step_fn

@@ -1,124 +1,27 @@
-"""Bridges to the original PyTorch EDM: state dicts, args, parity reports.
+"""Parity replays: vectors written by the original PyTorch EDM (PARITY.md,
+TRAIN_PARITY.md) run through our model, objective, sampler and train step.
 
-* `params_from_state_dict` maps EDM parameter names to our Haiku params
-  (`dynamics.egnn.e_block_0.gcl_0.edge_mlp.0.weight` -> module
-  `egnn/e_block_0/gcl_0/edge_mlp_0`, param `w` = weight.T).
-* `config_from_args` maps EDM's `args` (args.pickle or PARITY.md's `config_json`).
-* `parity_report(path)` replays any vectors file in the PARITY.md format through our
-  model, objective and sampler and returns the error of every checked array.
+`parity_report(path)` and `train_parity_report(path)` return the error of every
+checked array; nothing about width, depth, attention, molecule count or padding
+is assumed beyond what the file's `config_json`, `param/*` and `input/*` say.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import jraph
 import numpy as np
+from jax.sharding import Mesh
 
-from edm_zoo import conditioning
-from edm_zoo.config import Config, DiffusionConfig, ModelConfig
-from edm_zoo.data import batching
+from edm_zoo.compat import edm_args, state_dict as state_dict_lib
+from edm_zoo.data import batching, qm9
 from edm_zoo.diffusion import sampler
 from edm_zoo.diffusion.objective import Diffusion
-
-_MODEL_NAMES = {'egnn_dynamics': 'egnn', 'gnn_dynamics': 'gnn'}
-_SKIP = {'buffer', 'gamma.gamma'}  # A dummy buffer; the predefined table is rebuilt.
-
-
-def config_from_args(args: Mapping[str, Any]) -> Config:
-  """Our Config from EDM's training args (a dict)."""
-  model = args.get('model', 'egnn_dynamics')
-  if model not in _MODEL_NAMES:
-    raise ValueError(f'EDM model {model!r} is not supported; allowed: '
-                     f'{sorted(_MODEL_NAMES)}.')
-  remove_h = bool(args.get('remove_h', False))
-  dataset = args.get('dataset', 'qm9')
-  if dataset not in ('qm9', 'qm9_first_half', 'qm9_second_half'):
-    raise ValueError(f'EDM dataset {dataset!r} is not supported; allowed: qm9, '
-                     'qm9_first_half, qm9_second_half.')
-  if remove_h and dataset != 'qm9':
-    raise ValueError(f'EDM has no {dataset} without hydrogens.')
-  return Config(
-      model=ModelConfig(
-          name=_MODEL_NAMES[model], nf=int(args['nf']), n_layers=int(args['n_layers']),
-          inv_sublayers=int(args.get('inv_sublayers', 1)),
-          attention=bool(args.get('attention', True)),
-          tanh=bool(args.get('tanh', True)),
-          coords_range=float(args.get('coords_range', 15.0)),
-          norm_constant=float(args.get('norm_constant', 1.0)),
-          normalization_factor=float(args.get('normalization_factor', 1.0)),
-          aggregation=args.get('aggregation_method', 'sum'),
-          sin_embedding=bool(args.get('sin_embedding', False)),
-          condition_time=bool(args.get('condition_time', True))),
-      diffusion=DiffusionConfig(
-          T=int(args.get('diffusion_steps', 1000)),
-          noise_schedule=args.get('diffusion_noise_schedule', 'polynomial_2'),
-          noise_precision=float(args.get('diffusion_noise_precision', 1e-5)),
-          loss_type=args.get('diffusion_loss_type', 'l2'),
-          norm_values=tuple(float(v) for v in args.get('normalize_factors', (1, 4, 1))),
-          include_charges=bool(args.get('include_charges', True))),
-      dataset='qm9_noh' if remove_h else dataset,
-      conditioning=tuple(args.get('conditioning') or ()),
-      num_atom_types=int(args.get('num_classes', 4 if remove_h else 5)))
-
-
-def haiku_name(torch_name: str) -> tuple[str, str, bool]:
-  """(module path, param name, transpose?) of one EDM state-dict entry."""
-  parts = torch_name.split('.')
-  if parts[0] == 'dynamics':
-    parts = parts[1:]
-  *path, leaf = parts
-  merged: list[str] = []
-  for p in path:
-    if re.fullmatch(r'\d+', p) and merged:
-      merged[-1] += f'_{p}'
-    else:
-      merged.append(p)
-  if leaf == 'weight':
-    return '/'.join(merged), 'w', True
-  if leaf == 'bias':
-    return '/'.join(merged), 'b', False
-  return '/'.join(merged), leaf, False  # e.g. gamma.gamma_0
-
-
-def params_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
-  """Haiku params from an EDM state dict (arrays keyed by PyTorch names)."""
-  params: dict[str, dict[str, jax.Array]] = {}
-  for name, value in state_dict.items():
-    if name in _SKIP:
-      continue
-    module, leaf, transpose = haiku_name(name)
-    value = np.asarray(value, np.float32)
-    params.setdefault(module, {})[leaf] = jnp.asarray(value.T if transpose else value)
-  return params
-
-
-def probe_graph(remove_h: bool, context_nf: int = 0) -> jraph.GraphsTuple:
-  """A one-molecule padded batch, for shape checks and initialisation (with a
-  zero context of `context_nf` properties for a conditional model)."""
-  from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
-  z = qm9.atomic_numbers(remove_h)
-  molecule = {'positions': np.zeros((3, 3), np.float32), 'charges': np.full(3, z[0])}
-  if context_nf:
-    molecule[conditioning.CONTEXT] = np.zeros(context_nf, np.float32)
-  return batching.build_graph([molecule], z, batching.PaddingBudget(4, 6, 2))
-
-
-def check_params(model: Diffusion, params: dict, graph: jraph.GraphsTuple) -> None:
-  """Raises ValueError unless `params` has exactly the model's names and shapes."""
-  expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), graph)
-  want = {(m, k): v.shape for m, d in expected.items() for k, v in d.items()}
-  have = {(m, k): v.shape for m, d in params.items() for k, v in d.items()}
-  if want != have:
-    missing = sorted(set(want) - set(have))[:3]
-    extra = sorted(set(have) - set(want))[:3]
-    wrong = [k for k in set(want) & set(have) if want[k] != have[k]][:3]
-    raise ValueError(f'state dict does not match the config: missing {missing}, '
-                     f'unexpected {extra}, wrong shapes {wrong}.')
+from edm_zoo.training import optimizer, state as train_state
 
 
 # --- Dense (B, N, .) <-> our padded graphs.
@@ -175,22 +78,21 @@ def load_vectors(path: str) -> dict[str, np.ndarray]:
 def setup_from_vectors(vectors: Mapping[str, np.ndarray], prefix: str = 'param/',
                        n_nodes_histogram: dict[int, int] | None = None):
   """(config, model, params, graph) rebuilt from a PARITY.md-format file."""
-  from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
   args = json.loads(str(vectors['config_json']))
-  config = config_from_args(args)
-  remove_h = config.remove_h
+  config = edm_args.config_from_args(args)
+  remove_h = qm9.remove_h_for(config.dataset)
   if n_nodes_histogram is None:
     n_nodes_histogram = qm9.statistics(remove_h).n_nodes_histogram
   model = Diffusion(config, n_nodes_histogram)
   state = {k[len(prefix):]: v for k, v in vectors.items() if k.startswith(prefix)}
-  params = params_from_state_dict(state)
+  params = state_dict_lib.params_from_state_dict(state)
   graph = graph_from_dense(vectors['input/one_hot'], vectors['input/charges'],
                            vectors['input/x'], vectors['input/node_mask'],
                            qm9.atomic_numbers(remove_h))
-  check_params(model, params, graph)
+  model.check_params(params)
   table = state.get('gamma.gamma')
   if table is not None and config.diffusion.noise_schedule != 'learned':
-    if not np.allclose(model.gamma_table, table, rtol=1e-6, atol=1e-6):
+    if not np.allclose(model.schedule.table, table, rtol=1e-6, atol=1e-6):
       raise ValueError('the gamma table of the file differs from our schedule.')
   return config, model, params, graph
 
@@ -259,18 +161,12 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
   return report
 
 
-def _torch_view(tree: dict, name: str) -> np.ndarray:
-  module, leaf, transpose = haiku_name(name)
-  value = np.asarray(tree[module][leaf])
-  return value.T if transpose else value
-
-
 def _tree_error(tree: dict, v: Mapping[str, np.ndarray], prefix: str, names,
                 rtol: float, atol: float) -> dict[str, float]:
   """Max errors over every named parameter-shaped array `prefix + name`."""
   worst = {'max_abs': 0.0, 'max_rel': 0.0, 'ok': True, 'rtol': rtol, 'atol': atol}
   for name in names:
-    ours = _torch_view(tree, name).astype(np.float64)
+    ours = state_dict_lib.torch_view(tree, name).astype(np.float64)
     ref = v[prefix + name].astype(np.float64)
     diff = np.abs(ours - ref)
     worst['max_abs'] = max(worst['max_abs'], float(diff.max(initial=0)))
@@ -288,13 +184,14 @@ def _scalar_error(ours, ref, rtol: float, atol: float = 0.0) -> dict[str, float]
 
 
 def train_parity_report(path: str) -> dict[str, dict[str, float]]:
-  """Replays a TRAIN_PARITY.md file end to end: our loss and gradients, clipping,
-  AdamW-amsgrad and EMA, for both queue variants.
+  """Replays a TRAIN_PARITY.md file end to end, for both queue variants: each step
+  runs the jitted step that training runs (`train_state.make_step_fns`, on a
+  one-device mesh) with the reference's t and eps; the gradients are checked
+  through `loss_and_grads`, the function that step differentiates with.
 
   Returns {array: {max_abs, max_rel, ok, rtol, atol}} with the tolerances that
   TRAIN_PARITY.md suggests for an end-to-end float32 reimplementation.
   """
-  from edm_zoo.training import optimizer, state as train_state  # pylint: disable=g-import-not-at-top
   v = load_vectors(path)
   args = json.loads(str(v['config_json']))
   _, model, params, graph = setup_from_vectors(v, prefix='init/param/')
@@ -311,31 +208,28 @@ def train_parity_report(path: str) -> dict[str, dict[str, float]]:
   graphs = jax.tree.map(lambda a: jnp.asarray(a)[None], graph)
   with_grad = sorted({k[len('step0/grad/'):] for k in v if k.startswith('step0/grad/')})
   all_params = [n for n in (k[len('init/param/'):] for k in v if k.startswith('init/param/'))
-                if n not in _SKIP]
+                if n not in state_dict_lib.SKIP]
 
-  def loss(p, t_int, eps):
-    return train_state.loss_fn(model, p, graphs, t_int, eps)
-  grad_fn = jax.jit(jax.value_and_grad(loss))
-  apply = jax.jit(lambda s, g, l: train_state.apply_gradients(
-      s, g, l, tx=tx, ema_decay=ema_decay))
+  mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
+  _, step_fn = train_state.make_step_fns(model, tx, ema_decay=ema_decay, mesh=mesh)
+  grad_fn = jax.jit(lambda p, t_int, eps: train_state.loss_and_grads(
+      model, p, graphs, t_int, eps, mesh))
   report = {}
   for prefix in ('', 'clipped/'):
     if f'{prefix}step0/loss' not in v:
       continue
-    state = train_state.TrainState(
-        step=jnp.zeros([], jnp.int32), params=params, ema_params=params,
-        opt_state=tx.init(params),
-        clip_queue=optimizer.init_clip_queue(v[f'{prefix}queue_init_items'], max_len),
-        nonfinite=jnp.zeros([], jnp.int32))
+    state = train_state.new_state(
+        jax.tree.map(jnp.copy, params), tx,  # The step donates its state.
+        optimizer.init_clip_queue(v[f'{prefix}queue_init_items'], max_len))
     for k in range(K):
       sp = f'{prefix}step{k}/'
       t_int = jnp.concatenate([jnp.asarray(v[sp + 't_int'], jnp.int32),
                                jnp.zeros(1, jnp.int32)])[None]
       eps = nodes_from_dense(v[sp + 'eps'], mask, n_total)[None]
-      value, grads = grad_fn(state.params, t_int, eps)
-      report[sp + 'loss'] = _scalar_error(value, v[sp + 'loss'], 2e-6)
+      _, grads = grad_fn(state.params, t_int, eps)
       report[sp + 'grad'] = _tree_error(grads, v, sp + 'grad/', with_grad, 1e-4, 2e-5)
-      state, info = apply(state, grads, value)
+      state, info = step_fn(state, graphs, t_int, eps)
+      report[sp + 'loss'] = _scalar_error(info['loss'], v[sp + 'loss'], 2e-6)
       report[sp + 'grad_norm'] = _scalar_error(info['grad_norm'], v[sp + 'grad_norm'], 1e-5)
       report[sp + 'max_grad_norm'] = _scalar_error(
           info['max_grad_norm'], v[sp + 'max_grad_norm'], 1e-6)
@@ -359,78 +253,3 @@ def train_parity_report(path: str) -> dict[str, dict[str, float]]:
   return report
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """An EDM state dict from `.npz` (no torch needed) or a torch file (`.npy`/`.pt`)."""
-  import os  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(path):
-    raise ValueError(f'--state_dict {path}: no such file.')
-  if path.endswith('.npz'):
-    return load_vectors(path)
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ValueError(
-        f'{path} is a PyTorch file (EDM saves generative_model_ema.npy with '
-        'torch.save); reading it needs torch (`pip install torch==2.13.0`), or '
-        'save its state dict as .npz.') from None
-  try:
-    state = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # torch raises many types for a bad file.
-    raise ValueError(f'{path} is not a readable PyTorch state dict ({e}).') from e
-  return {k: v.detach().cpu().numpy() for k, v in state.items()}
-
-
-def read_args(path: str) -> dict[str, Any]:
-  """EDM's args from `args.pickle` (an argparse.Namespace) or a JSON file."""
-  import os  # pylint: disable=g-import-not-at-top
-  import pickle  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(path):
-    raise ValueError(f'--args {path}: no such file.')
-  try:
-    if path.endswith('.json'):
-      with open(path) as f:
-        return json.load(f)
-    with open(path, 'rb') as f:
-      args = pickle.load(f)  # The user's own EDM run folder.
-  except Exception as e:
-    raise ValueError(f'--args {path}: not an EDM args.pickle or JSON ({e}).') from e
-  return dict(vars(args)) if not isinstance(args, dict) else args
-
-
-def import_checkpoint(state_dict_path: str, args_path: str, out: str,
-                      data_dir: str | None = None) -> str:
-  """Converts an original EDM model into an edm_zoo checkpoint folder.
-
-  The imported weights become both params and EMA params of a fresh train state
-  (step 0); `launch/eval.py --ckpt=OUT` and `edm_zoo.training.checkpoint.
-  load_for_inference` read it like one of ours.
-
-  Returns:
-    The checkpoint folder.
-  """
-  from edm_zoo import config as config_lib  # pylint: disable=g-import-not-at-top
-  from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
-  from edm_zoo.training import checkpoint, optimizer, state as train_state  # pylint: disable=g-import-not-at-top
-  state_dict = read_state_dict(state_dict_path)
-  args = read_args(args_path)
-  config = config_lib.validate(config_from_args(args))
-  remove_h = config.remove_h
-  stats = qm9.dataset_statistics(config.dataset, data_dir)
-  model = Diffusion(config, stats.n_nodes_histogram)
-  params = params_from_state_dict(state_dict)
-  check_params(model, params, probe_graph(remove_h, config.context_nf))
-  tx = optimizer.torch_adamw_amsgrad(float(args.get('lr', 1e-4)))
-  state = train_state.TrainState(
-      step=jnp.zeros([], jnp.int32), params=params,
-      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
-      clip_queue=optimizer.init_clip_queue(), nonfinite=jnp.zeros([], jnp.int32))
-  meta = {'config': config_lib.to_dict(config), 'epoch': 0, 'position': 0,
-          'statistics': {'n_nodes_histogram': {str(k): v for k, v in
-                                               stats.n_nodes_histogram.items()}},
-          'best_val_nll': None, 'imported_from': [state_dict_path, args_path]}
-  if config.conditioning:
-    meta['property_norms'] = conditioning.fit_normalizer(config, data_dir).to_dict()
-  ckpt = checkpoint.Checkpointer(out, keep_last=1)
-  ckpt.save(0, state, meta)
-  ckpt.close()
-  return out

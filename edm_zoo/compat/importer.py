@@ -1,0 +1,42 @@
+"""An original EDM model (state dict + args) as an edm_zoo checkpoint."""
+
+from __future__ import annotations
+
+from edm_zoo import conditioning
+from edm_zoo import config as config_lib
+from edm_zoo.compat import edm_args, state_dict as state_dict_lib
+from edm_zoo.data import qm9
+from edm_zoo.diffusion.objective import Diffusion
+from edm_zoo.training import checkpoint, optimizer, state as train_state
+
+
+def import_checkpoint(state_dict_path: str, args_path: str, out: str,
+                      data_dir: str | None = None) -> str:
+  """Converts an original EDM model into an edm_zoo checkpoint folder.
+
+  The imported weights become both params and EMA params of a fresh train state
+  (step 0); `launch/eval.py --ckpt=OUT` and `edm_zoo.training.checkpoint.
+  load_for_inference` read it like one of ours.
+
+  Returns:
+    The checkpoint folder.
+  """
+  state_dict = state_dict_lib.read_state_dict(state_dict_path)
+  args = edm_args.read_args(args_path)
+  config = config_lib.validate(edm_args.config_from_args(args))
+  stats = qm9.dataset_statistics(config.dataset, data_dir)
+  model = Diffusion(config, stats.n_nodes_histogram)
+  params = state_dict_lib.params_from_state_dict(state_dict)
+  model.check_params(params)
+  tx = optimizer.torch_adamw_amsgrad(float(args.get('lr', 1e-4)))
+  state = train_state.new_state(params, tx)
+  meta = {'config': config_lib.to_dict(config), 'epoch': 0, 'position': 0,
+          'statistics': {'n_nodes_histogram': {str(k): v for k, v in
+                                               stats.n_nodes_histogram.items()}},
+          'best_val_nll': None, 'imported_from': [state_dict_path, args_path]}
+  if config.conditioning:
+    meta['property_norms'] = conditioning.fit_normalizer(config, data_dir).to_dict()
+  ckpt = checkpoint.Checkpointer(out, keep_last=1)
+  ckpt.save(0, state, meta)
+  ckpt.close()
+  return out

@@ -1,0 +1,182 @@
+"""The training skeleton shared by every trainer: resume, bookkeeping, evaluation,
+checkpoints, logs and the progress bar, around a trainer's own step.
+
+A trainer (the generator in `training/loop.py`, the property classifier in
+`property_prediction/training.py`) supplies a `Trainer`: how to take one step,
+how to evaluate, and its data. The skeleton owns everything else:
+
+* resume: the latest checkpoint of `workdir` is restored if its config equals
+  this run's (else a one-line error), with the data position (epoch, molecule).
+* bookkeeping: the position advances by the molecules each batch consumed; a
+  finished epoch moves to the next one at molecule 0.
+* logs: `metrics.jsonl` + TensorBoard every `log_every` steps, evaluations and
+  the final figures; the progress bar shows the step's scalars.
+* checkpoints: every `checkpoint_every` steps and after every evaluation (the
+  last `keep_last` kept), the lowest `best_metric` in `best/`, and the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import tqdm
+
+from edm_zoo.training import checkpoint, metrics_log
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot go on (another run's workdir, repeated non-finite steps)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When the skeleton does what, in steps.
+
+  Attributes:
+    total_steps: the run ends after this step.
+    epoch_size: molecules per epoch (the train split's size).
+    eval_every: evaluation interval (and always at the last step).
+    checkpoint_every: checkpoint interval.
+    log_every: JSONL / TensorBoard interval of the step scalars.
+    keep_last: checkpoints kept besides the best one.
+  """
+  total_steps: int
+  epoch_size: int
+  eval_every: int
+  checkpoint_every: int
+  log_every: int
+  keep_last: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """What a trainer brings to the skeleton.
+
+  Attributes:
+    batches: (epoch, start molecule) -> iterator of (batch, molecules consumed).
+    step: (state, batch) -> (state, scalars): one step; the scalars are host
+      floats, logged every `log_every` steps and shown on the progress bar.
+    evaluate: state -> (figures, message): the validation figures (with the
+      best metric among them) and a line for the console.
+    finish: state -> figures computed once at the end (e.g. the test NLL).
+    best_metric: the figure of `evaluate` that `best/` minimises.
+    meta: JSON facts saved with every checkpoint; its 'config' must match on
+      resume.
+    desc: the progress bar's label.
+  """
+  batches: Callable[[int, int], Iterator[tuple[Any, int]]]
+  step: Callable[[Any, Any], tuple[Any, dict[str, float]]]
+  evaluate: Callable[[Any], tuple[dict[str, float], str]]
+  best_metric: str
+  meta: dict[str, Any]
+  finish: Callable[[Any], dict[str, float]] | None = None
+  desc: str = 'train'
+
+
+def _as_json(value: Any) -> Any:
+  """The value as it reads back from a JSON checkpoint (tuples become lists)."""
+  return json.loads(json.dumps(value))
+
+
+def resume(workdir: str, state: Any, trainer: Trainer, keep_last: int
+           ) -> tuple[checkpoint.Checkpointer, Any, dict[str, Any]]:
+  """(checkpointer, state, meta with bookkeeping) of `workdir`, resumed if it holds
+  a run; raises TrainingError for a run of another config."""
+  ckpt = checkpoint.Checkpointer(workdir, keep_last, best_metric=trainer.best_metric)
+  best = f'best_{trainer.best_metric}'
+  meta = {**trainer.meta, 'epoch': 0, 'position': 0, best: None,
+          'jax_version': jax.__version__}
+  if ckpt.latest_step() is not None:
+    state, restored = ckpt.restore(state)
+    if restored.get('config') != _as_json(meta['config']):
+      ckpt.close()
+      raise TrainingError(f'{workdir} holds a run with another config; use a new '
+                          '--workdir or the same flags.')
+    for key, value in restored.items():
+      if key not in trainer.meta:  # Bookkeeping and what the trainer added since.
+        meta[key] = value
+    logging.info('resumed from step %d (epoch %d, molecule %d)',
+                 int(jax.device_get(state.step)), meta['epoch'], meta['position'])
+  return ckpt, state, meta
+
+
+def run(workdir: str, state: Any, trainer: Trainer, schedule: Schedule, *,
+        progress: bool = True) -> tuple[Any, dict[str, Any]]:
+  """Trains (or resumes) in `workdir` until `schedule.total_steps`.
+
+  Args:
+    workdir: the run's folder.
+    state: a freshly initialised state (a pytree with a scalar `step`); the
+      latest checkpoint replaces it when there is one.
+    trainer: the trainer's step, evaluation, data and metadata.
+    schedule: the intervals.
+    progress: show a progress bar.
+
+  Returns:
+    (final state, result): the last evaluation's figures, `finish`'s figures,
+    `step` and the best metric.
+  """
+  ckpt, state, meta = resume(workdir, state, trainer, schedule.keep_last)
+  best = f'best_{trainer.best_metric}'
+  step = int(jax.device_get(state.step))
+  writer = metrics_log.MetricsWriter(workdir, resume_step=step)
+  saved = [None]
+
+  def save(val=None):
+    if saved[0] == step and val is None:
+      return
+    saved[0] = step
+    ckpt.save(step, jax.device_get(state), meta, val=val)
+
+  bar = tqdm.tqdm(total=schedule.total_steps, initial=step, disable=not progress,
+                  desc=trainer.desc, dynamic_ncols=True)
+  last_time, last_step = time.time(), step
+  result: dict[str, Any] = {}
+  try:
+    while step < schedule.total_steps:
+      for batch, consumed in trainer.batches(meta['epoch'], meta['position']):
+        state, scalars = trainer.step(state, batch)
+        step += 1
+        meta['position'] += consumed
+        if meta['position'] >= schedule.epoch_size:
+          meta['epoch'], meta['position'] = meta['epoch'] + 1, 0
+        bar.update(1)
+        bar.set_postfix({k: f'{v:.4f}' for k, v in scalars.items()
+                         if k in ('loss', 'l1')}, epoch=meta['epoch'], refresh=False)
+        if step % schedule.log_every == 0:
+          now = time.time()
+          writer.write(step, {**scalars, 'epoch': meta['epoch'], 'steps_per_s':
+                              (step - last_step) / max(now - last_time, 1e-9)})
+          last_time, last_step = now, step
+        val = None
+        if step % schedule.eval_every == 0 or step == schedule.total_steps:
+          figures, message = trainer.evaluate(state)
+          writer.write(step, figures)
+          bar.write(f'step {step}: {message}')
+          val = figures[trainer.best_metric]
+          if meta[best] is None or val < meta[best]:
+            meta[best] = val
+            meta.update({f'{k}_at_best': v for k, v in figures.items()
+                         if k != trainer.best_metric})
+          result.update(figures)
+        if step % schedule.checkpoint_every == 0 or val is not None:
+          save(val)
+        if step >= schedule.total_steps:
+          break
+    bar.close()
+    if trainer.finish is not None:
+      final = trainer.finish(state)
+      writer.write(step, final)
+      result.update(final)
+    save()
+  finally:
+    writer.close()
+    ckpt.close()
+  result.update(step=step, **{best: meta[best]},
+                **{k: v for k, v in meta.items() if k.endswith('_at_best')})
+  return state, result
