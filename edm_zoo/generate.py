@@ -14,6 +14,7 @@ import numpy as np
 import tqdm
 
 from edm_zoo import conditioning
+from edm_zoo.config import SamplingConfig
 from edm_zoo.data import batching
 from edm_zoo.diffusion import sampler
 from edm_zoo.diffusion.objective import Diffusion
@@ -63,20 +64,7 @@ class Condition:
     return self.distribution.sample(sizes, np.random.default_rng([seed, batch, 1]))
 
 
-def placeholder_graph(sizes, atomic_numbers, budgets, context=None):
-  """A padded batch of molecules of the given sizes (their data are never read),
-  with their normalised conditioning `context` [len(sizes), C] when given."""
-  molecules = [{'positions': np.zeros((int(n), 3), np.float32),
-                'charges': np.full(int(n), atomic_numbers[0]), 'gdb_index': -1}
-               for n in sizes]
-  if context is not None:
-    for m, c in zip(molecules, context):
-      m[conditioning.CONTEXT] = c
-  budget = batching.choose_budget(sizes, budgets)
-  return batching.build_graph(molecules, atomic_numbers, budget)
-
-
-def split_molecules(sizes, positions, types, charges) -> list[dict]:
+def unflatten_molecules(sizes, positions, types, charges) -> list[dict]:
   """Flat per-node arrays of consecutive molecules -> one dict per molecule."""
   bounds = np.cumsum(sizes)[:-1]
   return [{'positions': p, 'types': t, 'charges': c} for p, t, c in zip(
@@ -84,24 +72,33 @@ def split_molecules(sizes, positions, types, charges) -> list[dict]:
 
 
 def sample_batch(model: Diffusion, params, sizes: np.ndarray, key: jax.Array, *,
-                 atomic_numbers, budgets, jit_steps=None, unroll: int = 1,
-                 fix_noise: bool = False, chain_every: int = 0,
-                 context: np.ndarray | None = None) -> dict[str, Any]:
+                 atomic_numbers, budgets, sampling: SamplingConfig = SamplingConfig(),
+                 chain_every: int = 0, context: np.ndarray | None = None
+                 ) -> dict[str, Any]:
   """Samples molecules of the given sizes; returns numpy arrays per molecule.
 
   Args:
+    model, params: the diffusion model and its (EMA) parameters.
+    sizes: [n] atoms of each molecule.
+    key: the batch's key.
+    atomic_numbers: Z of each one-hot type.
+    budgets: the padding ladder the batch is padded to.
+    sampling: jit_steps, unroll and fix_noise of the sampler.
+    chain_every: also return the state every this many steps.
     context: [len(sizes), C] normalised properties, for a conditional model.
 
   Returns:
     {'molecules': [{'positions' [n, 3], 'types' [n], 'charges' [n]}],
      'chain': [frames, n_node, D] of the batch (if chain_every)}.
   """
-  graph = placeholder_graph(sizes, atomic_numbers, budgets, context)
-  out = sampler.sample(model, params, graph, key, jit_steps=jit_steps, unroll=unroll,
-                       fix_noise=fix_noise, chain_every=chain_every)
+  graph = batching.placeholder_graph(
+      sizes, atomic_numbers, batching.choose_budget(sizes, budgets), context)
+  out = sampler.sample(model, params, graph, key, jit_steps=sampling.jit_steps,
+                       unroll=sampling.unroll, fix_noise=sampling.fix_noise,
+                       chain_every=chain_every)
   out = jax.device_get(out)
   n = int(np.sum(sizes))
-  result = {'molecules': split_molecules(
+  result = {'molecules': unflatten_molecules(
       sizes, np.asarray(out['x'][:n], np.float32),
       np.argmax(out['h_cat'][:n], -1).astype(np.int32),
       np.asarray(out['h_int'][:n, 0]).astype(np.int32))}
@@ -125,12 +122,10 @@ def _claim_partial_dir(partial_dir: str, request: dict[str, Any]) -> None:
     json.dump(request, f)
 
 
-def generate(model: Diffusion, params, n_samples: int, *, histogram: dict[int, int],
-             atomic_numbers, batch_size: int = 100, seed: int = 0,
-             partial_dir: str | None = None, jit_steps=None, unroll: int = 1,
-             fix_noise: bool = False, progress: bool = True,
-             condition: Condition | None = None) -> list[dict]:
-  """`n_samples` molecules in batches; with `partial_dir`, a rerun resumes.
+def generate(model: Diffusion, params, sampling: SamplingConfig, *,
+             histogram: dict[int, int], atomic_numbers, partial_dir: str | None = None,
+             progress: bool = True, condition: Condition | None = None) -> list[dict]:
+  """`sampling.n_samples` molecules in batches; with `partial_dir`, a rerun resumes.
 
   Batch b draws its sizes from `(seed, b)` (and its property values from
   `(seed, b, 1)`) and its noise from `fold_in(key(seed), b)`, and is saved as
@@ -138,13 +133,14 @@ def generate(model: Diffusion, params, n_samples: int, *, histogram: dict[int, i
   with the same molecules. With a `condition`, each molecule also holds the
   `properties` [P] it was asked for (dataset units).
   """
+  n_samples, batch_size, seed = sampling.n_samples, sampling.batch_size, sampling.seed
   if n_samples <= 0:
     raise ValueError(f'n_samples must be positive, got {n_samples}.')
   budgets = batching.default_budgets(batch_size, histogram)
   size_histogram = condition.size_histogram(histogram) if condition else histogram
   if partial_dir:
     _claim_partial_dir(partial_dir, {
-        'seed': seed, 'batch_size': batch_size, 'fix_noise': fix_noise,
+        'seed': seed, 'batch_size': batch_size, 'fix_noise': sampling.fix_noise,
         'conditioning': list(condition.normalizer.properties) if condition else [],
         'target': (None if condition is None or condition.target is None
                    else [float(v) for v in condition.target])})
@@ -158,14 +154,13 @@ def generate(model: Diffusion, params, n_samples: int, *, histogram: dict[int, i
       with np.load(path) as f:
         sizes, pos, types, charges = f['sizes'], f['positions'], f['types'], f['charges']
         values = f['properties'] if 'properties' in f.files else None
-      batch = split_molecules(sizes, pos, types, charges)
+      batch = unflatten_molecules(sizes, pos, types, charges)
     else:
       sizes = sample_sizes(size_histogram, n, seed, b)
       values = condition.values(sizes, seed, b) if condition else None
       batch = sample_batch(
           model, params, sizes, jax.random.fold_in(jax.random.PRNGKey(seed), b),
-          atomic_numbers=atomic_numbers, budgets=budgets, jit_steps=jit_steps,
-          unroll=unroll, fix_noise=fix_noise,
+          atomic_numbers=atomic_numbers, budgets=budgets, sampling=sampling,
           context=None if values is None else condition.normalizer.normalize(values)
       )['molecules']
       if path:

@@ -13,11 +13,13 @@ import numpy as np
 from edm_zoo import conditioning
 from edm_zoo import config as config_lib
 from edm_zoo import evaluation, generate
-from edm_zoo.compat import edm_torch
-from edm_zoo.data import batching, qm9
+from edm_zoo.config import SamplingConfig
+from edm_zoo.data import batching, qm9, sources
 from edm_zoo.diffusion.objective import Diffusion
 from edm_zoo.io import export, files, pictures
 from edm_zoo.metrics import rdkit_metrics, stability
+from edm_zoo.property_prediction import protocol
+from edm_zoo.property_prediction import training as clf_training
 from edm_zoo.training import checkpoint
 
 
@@ -37,7 +39,7 @@ def reference_split_metrics(split: str, remove_h: bool = False,
                             data_dir: str | None = None) -> dict[str, float]:
   """The metrics of a real split (the 'Data' row of EDM's tables)."""
   source = qm9.load(split, remove_h, data_dir)
-  molecules = rdkit_metrics.split_molecules(source)
+  molecules = rdkit_metrics.source_molecules(source)
   return molecule_metrics(molecules, qm9.atom_types(remove_h))
 
 
@@ -47,8 +49,7 @@ def load_model(ckpt: str) -> tuple[config_lib.Config, Diffusion, Any, dict]:
   hist = {int(k): int(v) for k, v in meta['statistics']['n_nodes_histogram'].items()}
   model = Diffusion(config, hist)
   try:
-    edm_torch.check_params(model, params, edm_torch.probe_graph(config.remove_h,
-                                                                config.context_nf))
+    model.check_params(params)
   except ValueError as e:
     raise ValueError(f'--ckpt {ckpt}: its parameters do not fit its config ({e})') from e
   if config.conditioning and 'property_norms' not in meta:
@@ -75,31 +76,29 @@ def condition_for(config: config_lib.Config, meta: dict, target: str | None = No
 
 
 def sample_and_export(model: Diffusion, params, config: config_lib.Config,
-                      out_dir: str, *, n_samples: int, batch_size: int, seed: int,
-                      jit_steps=None, unroll: int = 1, fix_noise: bool = False,
-                      chain: bool = False, progress: bool = True,
+                      out_dir: str, sampling: SamplingConfig, *, progress: bool = True,
                       condition: generate.Condition | None = None) -> dict[str, Any]:
   """Samples (resumably, via `out_dir/partial/`), writes SDF/XYZ/pictures."""
-  remove_h = config.remove_h
+  remove_h = qm9.remove_h_for(config.dataset)
   elements = qm9.atom_types(remove_h)
   start = time.time()
   molecules = generate.generate(
-      model, params, n_samples, histogram=model.n_nodes_histogram, batch_size=batch_size,
-      atomic_numbers=qm9.atomic_numbers(remove_h), seed=seed,
-      partial_dir=os.path.join(out_dir, 'partial'), jit_steps=jit_steps, unroll=unroll,
-      fix_noise=fix_noise, progress=progress, condition=condition)
+      model, params, sampling, histogram=model.n_nodes_histogram,
+      atomic_numbers=qm9.atomic_numbers(remove_h),
+      partial_dir=os.path.join(out_dir, 'partial'), progress=progress,
+      condition=condition)
   timings = {'sampling_seconds': time.time() - start}
   names = config.conditioning
   export.write_sdf(molecules, elements, os.path.join(out_dir, 'samples.sdf'), names)
   export.write_xyz(molecules, elements, os.path.join(out_dir, 'samples.xyz'), names)
   pictures.molecule_grid(molecules, elements, os.path.join(out_dir, 'grid.png'))
-  if chain:
-    _chain_pictures(model, params, config, out_dir, seed, elements, condition)
+  if sampling.chain:
+    _chain_pictures(model, params, config, out_dir, sampling.seed, elements, condition)
   return {'molecules': molecules, 'timings': timings}
 
 
 def _chain_pictures(model, params, config, out_dir, seed, elements, condition=None):
-  remove_h = config.remove_h
+  remove_h = qm9.remove_h_for(config.dataset)
   hist = condition.size_histogram(model.n_nodes_histogram) if condition else \
       model.n_nodes_histogram
   size = generate.sample_sizes(hist, 1, seed, 10_000_000)
@@ -129,51 +128,57 @@ def write_report(report: dict[str, Any], path: str) -> None:
     json.dump(report, f, indent=1, default=float)
 
 
-def evaluate_checkpoint(ckpt: str, out_dir: str, *, n_samples: int, batch_size: int,
-                        nll_passes: int, nll_split: str = 'test', nll_batch_size: int = 64,
-                        nll_molecules: int = 0, skip_nll: bool = False,
-                        seed: int = 0, jit_steps=None, unroll: int = 1,
-                        fix_noise: bool = False, chain: bool = False,
-                        data_dir: str | None = None, progress: bool = True,
-                        classifier: str | None = None, atoms_classifier: str | None = None,
-                        mae_molecules: int = 0) -> dict[str, Any]:
+def evaluate_checkpoint(ckpt: str, out_dir: str, sampling: SamplingConfig,
+                        evaluation_config: config_lib.EvalConfig = config_lib.EvalConfig(),
+                        *, data_dir: str | None = None, progress: bool = True,
+                        classifier: str | None = None,
+                        atoms_classifier: str | None = None) -> dict[str, Any]:
   """Everything EDM reports for a model, written to `out_dir/report.json`.
 
   For a conditional model the NLL uses each molecule's own properties as context,
   samples draw (size, properties) pairs from its train split, and with a
   `classifier` folder the MAE protocol is added (`report['mae']`, and
-  `out_dir/mae_table.md`); `mae_molecules` > 0 limits its real-molecule rows.
+  `out_dir/mae_table.md`).
+
+  Args:
+    ckpt: the checkpoint folder.
+    out_dir: where the report, samples and pictures go.
+    sampling: how many molecules and how they are drawn.
+    evaluation_config: the NLL (`nll_passes` 0 skips it) and the MAE rows.
+    data_dir: the datasets' folder.
+    progress: show progress bars.
+    classifier: a property classifier folder (the MAE protocol).
+    atoms_classifier: a '#Atoms' classifier folder for that protocol.
   """
+  e = evaluation_config
   config, model, params, meta = load_model(ckpt)
-  remove_h = config.remove_h
+  remove_h = qm9.remove_h_for(config.dataset)
   if classifier and not config.conditioning:
     raise ValueError('--classifier needs a conditional model; this one is unconditional.')
   clf = atoms = None
   if classifier:  # Fail on a bad classifier before hours of sampling.
-    from edm_zoo.property_prediction import protocol, training as clf_training  # pylint: disable=g-import-not-at-top
     clf = clf_training.load(classifier)
     atoms = clf_training.load(atoms_classifier) if atoms_classifier else None
     protocol.check_classifiers(config.conditioning, clf, atoms)
   condition = condition_for(config, meta, None, data_dir)
   report: dict[str, Any] = {'ckpt': os.path.abspath(ckpt), 'config':
                             config_lib.to_dict(config), 'timings': {}}
-  if not skip_nll:
+  if e.nll_passes:
     start = time.time()
-    nll_source = qm9.load_dataset(config.dataset, nll_split, data_dir)
+    nll_source = qm9.load_dataset(config.dataset, e.nll_split, data_dir)
     if condition:
-      nll_source = conditioning.ConditionedSource(nll_source, condition.normalizer)
+      nll_source = conditioning.conditioned(nll_source, condition.normalizer)
     report['nll'] = evaluation.nll(
-        model, params, nll_source, batch_size=nll_batch_size,
-        seed=seed, passes=nll_passes, limit=nll_molecules,
+        model, params, nll_source, batch_size=e.nll_batch_size,
+        seed=sampling.seed, passes=e.nll_passes, limit=e.nll_molecules,
         n_nodes_histogram=model.n_nodes_histogram, progress=progress)
-    report['nll']['split'] = nll_split
+    report['nll']['split'] = e.nll_split
     report['timings']['nll_seconds'] = time.time() - start
-  out = sample_and_export(model, params, config, out_dir, n_samples=n_samples,
-                          batch_size=batch_size, seed=seed, jit_steps=jit_steps,
-                          unroll=unroll, fix_noise=fix_noise, chain=chain,
+  out = sample_and_export(model, params, config, out_dir, sampling,
                           progress=progress, condition=condition)
   report['timings'].update(out['timings'])
-  report['molecules_per_hour'] = 3600 * n_samples / max(out['timings']['sampling_seconds'], 1e-9)
+  report['molecules_per_hour'] = 3600 * sampling.n_samples / max(
+      out['timings']['sampling_seconds'], 1e-9)
   reference = rdkit_metrics.training_smiles(remove_h, data_dir, progress)
   molecules = [(m['positions'], m['types']) for m in out['molecules']]
   report['metrics'] = molecule_metrics(molecules, qm9.atom_types(remove_h), reference)
@@ -181,10 +186,10 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, *, n_samples: int, batch_size: 
     start = time.time()
     report['mae'] = protocol.evaluate(
         clf, out['molecules'], config.conditioning,
-        second_half=evaluation.Subset(qm9.load_dataset('qm9_second_half', 'train', data_dir),
-                                      mae_molecules, spread=True),
+        second_half=sources.Subset(qm9.load_dataset('qm9_second_half', 'train', data_dir),
+                                   e.mae_molecules, spread=True),
         first_half=qm9.load_dataset('qm9_first_half', 'train', data_dir),
-        atoms_classifier=atoms, seed=seed, progress=progress)
+        atoms_classifier=atoms, seed=sampling.seed, progress=progress)
     report['mae']['classifier'] = os.path.abspath(classifier)
     report['timings']['mae_seconds'] = time.time() - start
     with files.atomic_path(os.path.join(out_dir, 'mae_table.md')) as tmp, open(tmp, 'w') as f:

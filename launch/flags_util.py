@@ -1,61 +1,98 @@
-"""absl flags generated from the config dataclasses (one flag per field)."""
+"""absl flags generated from the config dataclasses (one flag per field), and the
+flags every launcher shares."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import typing
 
+import jax
 from absl import flags
 
+from edm_zoo import conditioning
 from edm_zoo import config as config_lib
+from edm_zoo import models
+from edm_zoo.data import qm9
+from edm_zoo.training import checkpoint
 
 _SKIP = {'norm_biases'}
 
 
+def define_dataclass_flags(cls, *, skip=(), rename=None, section: str = '') -> None:
+  """--<field> for every field of `cls` (default None: the preset's value)."""
+  hints = typing.get_type_hints(cls)
+  for f in dataclasses.fields(cls):
+    if f.name in skip:
+      continue
+    name = (rename or {}).get(f.name, f.name)
+    help_ = f'{section + "." if section else ""}{f.name} (default {f.default!r})'
+    hint = hints[f.name]
+    if hint is bool:
+      flags.DEFINE_bool(name, None, help_)
+    elif hint is int:
+      flags.DEFINE_integer(name, None, help_)
+    elif hint is float:
+      flags.DEFINE_float(name, None, help_)
+    elif hint is str:
+      flags.DEFINE_string(name, None, help_)
+    else:  # Tuples.
+      flags.DEFINE_list(name, None, help_)
+
+
+def dataclass_values(cls, *, rename=None) -> dict:
+  """{field: flag value} for the fields of `cls` that have a flag."""
+  out = {}
+  for f in dataclasses.fields(cls):
+    name = (rename or {}).get(f.name, f.name)
+    if name in flags.FLAGS:
+      value = flags.FLAGS[name].value
+      out[f.name] = tuple(value) if isinstance(value, list) else value
+  return out
+
+
+def define_data_dir_flag() -> flags.FlagHolder:
+  return flags.DEFINE_string('data_dir', None, f'TFDS data dir (default '
+                             f'${qm9.DATA_DIR_ENV} or data/tfds)')
+
+
+def ensure_dataset(dataset: str, data_dir: str | None) -> None:
+  """Builds a missing dataset once (offline) before a launcher needs it."""
+  remove_h = qm9.remove_h_for(dataset)
+  if not qm9.is_prepared(remove_h, data_dir):
+    print(f'QM9 ({dataset}) is not prepared: building it once ...')
+    qm9.prepare(remove_h, data_dir)
+
+
 def define_config_flags() -> None:
-  """Defines --<field> for every config field (default None = preset value)."""
+  """Defines --<field> for every Config field, plus --preset and friends."""
   flags.DEFINE_enum('matmul_precision', 'highest', ['default', 'high', 'highest'],
                     'float32 matmul precision: highest keeps parity; default allows '
                     'TF32 on GPUs (faster, numerics change slightly)')
   flags.DEFINE_string('preset', 'published',
                       f'named preset: {sorted(config_lib.PRESETS)}')
-  flags.DEFINE_string('dataset', None, "'qm9' (default), 'qm9_noh', or a train half: "
-                      "'qm9_second_half' (EDM's conditional models), 'qm9_first_half'")
+  flags.DEFINE_string('dataset', None, f'one of {sorted(qm9.DATASETS)} (default qm9); '
+                      "'qm9_second_half' is where EDM trains its conditional models")
   flags.DEFINE_bool('remove_h', None, 'alias for --dataset=qm9_noh')
   flags.DEFINE_list('conditioning', None, 'properties to condition on, e.g. alpha or '
-                    'alpha,gap (alpha, gap, homo, lumo, mu, Cv); default none')
+                    f'alpha,gap ({", ".join(conditioning.PROPERTIES)}); default none')
   flags.DEFINE_enum('context_norm_split', None, ['train', 'valid'],
                     "split whose mean/MAD normalise the properties (default 'valid', "
                     'as the reference)')
   for section, cls in (('model', config_lib.ModelConfig),
                        ('diffusion', config_lib.DiffusionConfig),
                        ('train', config_lib.TrainConfig)):
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-      if f.name in _SKIP:
-        continue
-      name = 'model' if (section, f.name) == ('model', 'name') else f.name
-      help_ = f'{section}.{f.name} (default {f.default!r})'
-      hint = hints[f.name]
-      if hint is bool:
-        flags.DEFINE_bool(name, None, help_)
-      elif hint is int:
-        flags.DEFINE_integer(name, None, help_)
-      elif hint is float:
-        flags.DEFINE_float(name, None, help_)
-      elif hint is str:
-        flags.DEFINE_string(name, None, help_)
-      else:  # Tuples of numbers.
-        flags.DEFINE_list(name, None, help_)
+    define_dataclass_flags(cls, skip=_SKIP, section=section,
+                           rename={'name': 'model'} if section == 'model' else None)
 
 
 def config_from_flags() -> config_lib.Config:
-  """The Config that the flags describe; exits with one line if it is invalid.
+  """The Config that the flags describe, its names checked by their owners (model
+  registry, dataset registry, conditioning); exits with one line if invalid.
 
   Also applies --matmul_precision to jax.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_default_matmul_precision', flags.FLAGS.matmul_precision)
   values = {}
   for name in config_lib.field_names():
@@ -74,7 +111,11 @@ def config_from_flags() -> config_lib.Config:
       sys.exit('error: --remove_h contradicts --dataset; use --dataset=qm9_noh.')
     values['dataset'] = 'qm9_noh'
   try:
-    return config_lib.build(flags.FLAGS.preset, **values)
+    if values.get('conditioning') is not None:
+      values['conditioning'] = conditioning.parse_properties(values['conditioning'])
+    config = config_lib.build(flags.FLAGS.preset, **values)
+    models.get(config.model.name)
+    return qm9.configure(config)
   except ValueError as e:
     sys.exit(f'error: {e}')
 
@@ -83,18 +124,56 @@ def define_classifier_flags() -> None:
   """Defines --<field> for every ClassifierConfig field, plus --preset."""
   flags.DEFINE_string('preset', 'published',
                       f'named preset: {sorted(config_lib.CLASSIFIER_PRESETS)}')
-  hints = typing.get_type_hints(config_lib.ClassifierConfig)
-  for f in dataclasses.fields(config_lib.ClassifierConfig):
-    help_ = f'{f.name} (default {f.default!r})'
-    define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
-              float: flags.DEFINE_float, str: flags.DEFINE_string}[hints[f.name]]
-    define(f.name, None, help_)
+  define_dataclass_flags(config_lib.ClassifierConfig)
 
 
-def classifier_config_from_flags() -> config_lib.ClassifierConfig:
-  values = {f.name: flags.FLAGS[f.name].value
-            for f in dataclasses.fields(config_lib.ClassifierConfig)}
+def classifier_config_from_flags(check) -> config_lib.ClassifierConfig:
+  """The ClassifierConfig of the flags, passed through `check` (the trainer's name
+  checks); exits with one line if invalid."""
   try:
-    return config_lib.build_classifier(flags.FLAGS.preset, **values)
+    return check(config_lib.build_classifier(
+        flags.FLAGS.preset, **dataclass_values(config_lib.ClassifierConfig)))
   except ValueError as e:
     sys.exit(f'error: {e}')
+
+
+def define_sampling_flags() -> None:
+  """--ckpt, --out_dir, --data_dir, --progress and one flag per SamplingConfig field."""
+  flags.DEFINE_string('ckpt', None, 'checkpoint folder (train workdir, or import_edm --out)')
+  flags.DEFINE_string('out_dir', None, 'output folder (default <ckpt>/eval or /samples)')
+  define_data_dir_flag()
+  flags.DEFINE_bool('progress', True, 'show progress bars')
+  define_dataclass_flags(config_lib.SamplingConfig, section='sampling')
+
+
+def sampling_from_flags() -> config_lib.SamplingConfig:
+  try:
+    return config_lib.build_sampling(**dataclass_values(config_lib.SamplingConfig))
+  except ValueError as e:
+    sys.exit(f'error: --{e}')
+
+
+def checked_ckpt() -> str:
+  """--ckpt, after a one-line exit when it is missing or holds no checkpoint (before
+  anything is written)."""
+  ckpt = flags.FLAGS.ckpt
+  if not ckpt:
+    sys.exit('error: give --ckpt=DIR.')
+  try:
+    checkpoint.find(ckpt)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  return ckpt
+
+
+def writable_out_dir(path: str) -> str:
+  """Creates `path` and checks that we can write there; exits with one line if not."""
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, '.write_probe')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    sys.exit(f'error: cannot write to --out_dir {path}: {e.strerror}.')
+  return path

@@ -7,30 +7,27 @@
 by the PyTorch parameter names does not. `--args` takes args.pickle or JSON.
 """
 
-import os
 import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
-
-import edm_zoo  # noqa: F401,E402
-from edm_zoo.compat import edm_torch  # noqa: E402
+from edm_zoo.compat import importer
+from launch import flags_util
+from launch import runtime
 
 _STATE_DICT = flags.DEFINE_string('state_dict', None, 'EDM state dict (.npy/.pt/.npz)')
 _ARGS = flags.DEFINE_string('args', None, "EDM's args.pickle (or .json)")
 _OUT = flags.DEFINE_string('out', None, 'output checkpoint folder')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir (default data/tfds)')
+_DATA_DIR = flags_util.define_data_dir_flag()
 flags.mark_flags_as_required(['state_dict', 'args', 'out'])
 
 
 def main(argv):
   runtime.start_main(argv)
   try:
-    out = edm_torch.import_checkpoint(_STATE_DICT.value, _ARGS.value, _OUT.value,
-                                      _DATA_DIR.value)
+    out = importer.import_checkpoint(_STATE_DICT.value, _ARGS.value, _OUT.value,
+                                     _DATA_DIR.value)
   except ValueError as e:
     sys.exit(f'error: {e}')
   print(f'imported {_STATE_DICT.value} into {out}')

@@ -4,22 +4,18 @@
   python launch/prepare_data.py --dataset=qm9_noh  # without H
 """
 
-import os
 import sys
 import time
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
-
-import edm_zoo  # noqa: F401,E402
-from edm_zoo.data import qm9  # noqa: E402
+from edm_zoo.data import qm9
+from launch import flags_util
+from launch import runtime
 
 _DATASET = flags.DEFINE_string('dataset', 'qm9', f'one of {sorted(qm9.DATASETS)}')
-_DATA_DIR = flags.DEFINE_string(
-    'data_dir', None, f'TFDS data dir (default ${qm9.DATA_DIR_ENV} or data/tfds).')
+_DATA_DIR = flags_util.define_data_dir_flag()
 
 
 def main(argv):

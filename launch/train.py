@@ -7,25 +7,24 @@
 Re-running with the same --workdir resumes from its latest checkpoint.
 """
 
-import os
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
+from launch import runtime
 runtime.configure_process()
-import flags_util  # noqa: E402  pylint: disable=g-import-not-at-top
+import os  # noqa: E402
+import sys  # noqa: E402
 
-import edm_zoo  # noqa: F401,E402
-from edm_zoo.data import qm9  # noqa: E402
+import jax  # noqa: E402
+
+from edm_zoo.training import loop  # noqa: E402
+from launch import flags_util  # noqa: E402
 
 flags_util.define_config_flags()
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'run folder (default workdirs/<model>_<dataset>_<preset>)')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir (default data/tfds)')
+_DATA_DIR = flags_util.define_data_dir_flag()
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'multi-host: host:port')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'multi-host: processes')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'multi-host: this process')
@@ -36,16 +35,11 @@ def main(argv):
   runtime.start_main(argv)
   config = flags_util.config_from_flags()
   if _COORDINATOR.value:
-    import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                                _PROCESS_ID.value)
-  from edm_zoo.training import loop  # pylint: disable=g-import-not-at-top
   workdir = _WORKDIR.value or os.path.join(
       'workdirs', f'{config.model.name}_{config.dataset}_{flags.FLAGS.preset}')
-  remove_h = qm9.remove_h_for(config.dataset)
-  if not qm9.is_prepared(remove_h, _DATA_DIR.value):
-    print(f'QM9 ({config.dataset}) is not prepared: building it once ...')
-    qm9.prepare(remove_h, _DATA_DIR.value)
+  flags_util.ensure_dataset(config.dataset, _DATA_DIR.value)
   logging.info('config: %s', config)
   print(f'training {config.model.name} on {config.dataset} in {workdir}')
   try:

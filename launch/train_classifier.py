@@ -9,41 +9,36 @@ tests on the second half (the conditional generators' half). Re-running with the
 same --workdir resumes. The best-validation model is in <workdir>/best/.
 """
 
-import os
-import sys
-
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
+from launch import runtime
 runtime.configure_process()
-import flags_util  # noqa: E402  pylint: disable=g-import-not-at-top
+import os  # noqa: E402
+import sys  # noqa: E402
 
-import edm_zoo  # noqa: F401,E402
-from edm_zoo.data import qm9  # noqa: E402
+from edm_zoo.property_prediction import training  # noqa: E402
+from edm_zoo.training import skeleton  # noqa: E402
+from launch import flags_util  # noqa: E402
 
 flags_util.define_classifier_flags()
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'run folder (default workdirs/classifier_<property>_<model>_<preset>)')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir (default data/tfds)')
+_DATA_DIR = flags_util.define_data_dir_flag()
 _PROGRESS = flags.DEFINE_bool('progress', True, 'show progress bars')
 
 
 def main(argv):
   runtime.start_main(argv)
-  config = flags_util.classifier_config_from_flags()
-  from edm_zoo.property_prediction import training  # pylint: disable=g-import-not-at-top
+  config = flags_util.classifier_config_from_flags(training.check)
   workdir = _WORKDIR.value or os.path.join(
       'workdirs', f'classifier_{config.property}_{config.model}_{flags.FLAGS.preset}')
-  if not qm9.is_prepared(False, _DATA_DIR.value):
-    print('QM9 is not prepared: building it once ...')
-    qm9.prepare(False, _DATA_DIR.value)
+  flags_util.ensure_dataset(config.dataset, _DATA_DIR.value)
   print(f'training a {config.model} classifier for {config.property} in {workdir}')
   try:
     result = training.train(config, workdir, data_dir=_DATA_DIR.value,
                             progress=_PROGRESS.value)
-  except ValueError as e:
+  except (ValueError, skeleton.TrainingError) as e:
     sys.exit(f'error: {e}')
   print(f'done: {result}')
 

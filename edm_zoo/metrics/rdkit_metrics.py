@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
+import tqdm
 from rdkit import Chem
 from rdkit import RDLogger
 
+from edm_zoo.data import qm9
+from edm_zoo.io.files import atomic_path
+from edm_zoo.metrics import bond_tables
 from edm_zoo.metrics import stability
 
 RDLogger.DisableLog('rdApp.*')  # Sanitization failures are counted, not printed.
@@ -33,7 +38,6 @@ def cdist_distances(positions: np.ndarray) -> np.ndarray:
 def build_molecule(positions: np.ndarray, types: np.ndarray,
                    elements: tuple[str, ...], conformer: bool = False) -> Chem.RWMol:
   """An RDKit molecule with bonds inferred from distances (EDM's build_molecule)."""
-  from edm_zoo.metrics import bond_tables  # pylint: disable=g-import-not-at-top
   types = np.asarray(types)
   mol = Chem.RWMol()
   for t in types:
@@ -63,7 +67,6 @@ def mol_to_smiles(mol: Chem.Mol) -> str | None:
 def valid_smiles(molecules: Sequence[tuple[np.ndarray, np.ndarray]],
                  elements: tuple[str, ...], progress: bool = False) -> list[str | None]:
   """Per molecule: SMILES of its largest fragment if it sanitizes, else None."""
-  import tqdm  # pylint: disable=g-import-not-at-top
   out = []
   for positions, types in tqdm.tqdm(molecules, disable=not progress, desc='RDKit',
                                     unit='mol', leave=False):
@@ -90,10 +93,9 @@ def validity_uniqueness_novelty(smiles: Sequence[str | None],
   return out
 
 
-def split_molecules(source) -> list[tuple[np.ndarray, np.ndarray]]:
-  """(positions, type indices) of every molecule of a `qm9.load` split."""
-  from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
-  lookup = {int(z): i for i, z in enumerate(qm9.atomic_numbers(source.remove_h))}
+def source_molecules(source) -> list[tuple[np.ndarray, np.ndarray]]:
+  """(positions, type indices) of every molecule of a source (a dataset split)."""
+  lookup = {int(z): i for i, z in enumerate(source.atomic_numbers)}
   items = source.__getitems__(range(len(source)))
   return [(m['positions'], np.array([lookup[int(z)] for z in m['charges']]))
           for m in items]
@@ -106,15 +108,12 @@ def training_smiles(remove_h: bool = False, data_dir: str | None = None,
   Computed once (~30 s) into `<dataset folder>/train_smiles.txt`; novelty compares
   generated molecules against it.
   """
-  import os  # pylint: disable=g-import-not-at-top
-  from edm_zoo.data import qm9  # pylint: disable=g-import-not-at-top
   source = qm9.load('train', remove_h, data_dir)
   path = os.path.join(source.path, 'train_smiles.txt')
   if not os.path.exists(path):
     if progress:
       print('computing the train-split SMILES for novelty (once, ~40 s) ...')
-    smiles = valid_smiles(split_molecules(source), qm9.atom_types(remove_h), progress)
-    from edm_zoo.io.files import atomic_path  # pylint: disable=g-import-not-at-top
+    smiles = valid_smiles(source_molecules(source), qm9.atom_types(remove_h), progress)
     with atomic_path(path) as tmp, open(tmp, 'w') as f:
       f.writelines(f'{s}\n' for s in smiles if s is not None)
   with open(path) as f:

@@ -1,0 +1,264 @@
+"""What `launch/bench.py` measures, on the library's own functions.
+
+Train step (`training.state.make_step_fns`, the step training runs), NLL batches
+(`evaluation.make_nll_fn`), sampling (`diffusion.sampler.reverse_steps`, the
+sampler's compiled chain), the data pipeline, peak memory and achieved GFLOP/s,
+plus the jit study (K reverse steps per compiled call x scan unroll).
+
+Analytic FLOP count (multiply-adds x 2) of one EGNN forward pass with factored
+first edge layers, for N real nodes, E directed edges, width f, L blocks:
+  per block:  edge MLP  4 N f^2 (node projections) + 2 E f^2 (second layer)
+                        + 2 E f (attention)
+              node MLP  4 N f^2 + 2 N f^2
+              coord MLP 4 N f^2 + 2 E f^2 + 2 E f
+  => L (14 N f^2 + 4 E f^2 + 4 E f), plus embeddings (negligible).
+A train step costs ~3 forward passes (forward + backward), an NLL batch 2
+forwards, a sampler step 1 forward.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from edm_zoo import config as config_lib
+from edm_zoo import evaluation, generate
+from edm_zoo.data import batching, qm9, sources
+from edm_zoo.diffusion import sampler
+from edm_zoo.diffusion.objective import Diffusion
+from edm_zoo.training import optimizer, state as train_state
+
+
+def flops_forward(n_node: float, n_edge: float, nf: int, n_layers: int) -> float:
+  return n_layers * (14 * n_node * nf**2 + 4 * n_edge * nf**2 + 4 * n_edge * nf)
+
+
+def cpu_contention(seconds: float = 1.0) -> float:
+  """Cores kept busy by *other* processes over `seconds` while we sleep."""
+  def busy_total():
+    with open('/proc/stat') as f:
+      values = [float(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+  try:
+    b0, t0 = busy_total()
+    time.sleep(seconds)
+    b1, t1 = busy_total()
+  except OSError:
+    return 0.0
+  return (b1 - b0) / max(t1 - t0, 1e-9) * (os.cpu_count() or 1)
+
+
+def median_spread(times: Sequence[float]) -> tuple[float, float]:
+  """(median, p90 - p10) of a list of timings."""
+  t = np.asarray(times)
+  return float(np.median(t)), float(np.percentile(t, 90) - np.percentile(t, 10))
+
+
+def _timed(fn, *args) -> tuple[Any, float]:
+  start = time.perf_counter()
+  out = jax.block_until_ready(fn(*args))
+  return out, time.perf_counter() - start
+
+
+def sampling_graph(model: Diffusion, n_mol: int, atomic_numbers) -> Any:
+  """The placeholder batch of `n_mol` molecules (sizes drawn with seed 0) that
+  sampling benchmarks use."""
+  hist = model.n_nodes_histogram
+  sizes = generate.sample_sizes(hist, n_mol, 0, 0)
+  return batching.placeholder_graph(
+      sizes, atomic_numbers,
+      batching.choose_budget(sizes, batching.default_budgets(n_mol, hist)))
+
+
+def chain_seconds(model: Diffusion, params, graph, *, n_steps: int, k: int,
+                  unroll: int = 1, first: int | None = None) -> dict[str, float]:
+  """Times `n_steps` reverse steps cut into compiled calls of `k` steps.
+
+  Returns:
+    {'compile_s': first call minus a warm call, 'chain_s': the n_steps}.
+  """
+  first = model.T - 1 if first is None else first
+  z = model.sample_noise(jax.random.PRNGKey(0), graph)
+  call = lambda z, s: sampler.reverse_steps(
+      model, params, graph, z, jnp.int32(s), jax.random.PRNGKey(1), n_steps=k,
+      unroll=unroll)
+  _, first_call = _timed(call, z, first)
+  _, one_call = _timed(call, z, first)
+  start = time.perf_counter()
+  done = 0
+  while done < n_steps:
+    z = call(z, first - done)
+    done += k
+  jax.block_until_ready(z)
+  return {'compile_s': max(first_call - one_call, 0.0),
+          'chain_s': time.perf_counter() - start}
+
+
+def jit_study(model: Diffusion, params, graph, n_mol: int, ks: Sequence[int],
+              unrolls: Sequence[int]) -> list[dict[str, float]]:
+  """Compile and run time of the whole T-step chain for each K and unroll."""
+  T = model.T
+  rows = []
+  for k in sorted({min(int(k), T) for k in ks}):
+    for unroll in sorted({int(u) for u in unrolls}):
+      timing = chain_seconds(model, params, graph, n_steps=T, k=k, unroll=unroll)
+      rows.append({'K': k, 'unroll': unroll, **timing, 'molecules': n_mol,
+                   'molecules_per_hour': 3600 * n_mol / timing['chain_s']})
+  return rows
+
+
+def jit_study_plot(rows, path: str, title: str, T: int) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+  for unroll in sorted({r['unroll'] for r in rows}):
+    rs = [r for r in rows if r['unroll'] == unroll]
+    for ax, key in zip(axes, ('compile_s', 'chain_s')):
+      ax.plot([r['K'] for r in rs], [r[key] for r in rs], 'o-', label=f'unroll {unroll}')
+  for ax, name in zip(axes, ('compile time (s)', f'{T}-step chain (s)')):
+    ax.set_xscale('log')
+    ax.set_xlabel('reverse steps per compiled call (K)')
+    ax.set_title(name)
+    ax.legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+
+
+def jit_study_table(path: str, rows, device: str, T: int) -> None:
+  """Replaces (or appends) the jit-study table of `device` in a Markdown file."""
+  begin = f'<!-- jit-study {device} begin -->'
+  end = f'<!-- jit-study {device} end -->'
+  table = [begin, f'| K (steps per call) | unroll | compile (s) | {T}-step chain (s) | '
+           'molecules/hour |', '|---|---|---|---|---|']
+  table += [f"| {r['K']} | {r['unroll']} | {r['compile_s']:.1f} | {r['chain_s']:.1f} | "
+            f"{r['molecules_per_hour']:.0f} |" for r in rows]
+  table.append(end)
+  text = open(path).read() if os.path.exists(path) else ''
+  if begin in text and end in text:
+    text = text[:text.index(begin)] + '\n'.join(table) + text[text.index(end) + len(end):]
+  else:
+    text += '\n' + '\n'.join(table) + '\n'
+  with open(path, 'w') as f:
+    f.write(text)
+
+
+def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
+        data_dir: str | None = None, log=print) -> dict[str, Any]:
+  """Every measurement `bench.what` asks for; `log` receives one line per figure.
+
+  Raises:
+    ValueError: the dataset is not prepared (one line).
+  """
+  config = qm9.configure(config)
+  what = set(bench.what)
+  load_before = cpu_contention()
+  remove_h = qm9.remove_h_for(config.dataset)
+  stats = qm9.dataset_statistics(config.dataset, data_dir)
+  hist = stats.n_nodes_histogram
+  bs, m = config.train.batch_size, config.model
+  results: dict[str, Any] = {
+      'device': str(jax.devices()[0].device_kind), 'platform': jax.default_backend(),
+      'jax_version': jax.__version__, 'cpu_count': os.cpu_count(),
+      'machine': platform.processor() or platform.machine(),
+      'matmul_precision': str(jax.config.jax_default_matmul_precision),
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
+      'xla_flags': os.environ.get('XLA_FLAGS'),
+      'config': {'model': m.name, 'nf': m.nf, 'n_layers': m.n_layers, 'batch_size': bs,
+                 'T': config.diffusion.T},
+  }
+  train_src = qm9.load(bench.bench_split, remove_h, data_dir)
+  if 'data' in what:
+    it = batching.batches(train_src, bs, seed=0, epoch=0, n_nodes_histogram=hist)
+    next(it)
+    start = time.perf_counter()
+    n = 0
+    for _ in it:
+      n += 1
+      if n == bench.data_batches:
+        break
+    results['data_batches_per_s'] = n / (time.perf_counter() - start)
+    log(f"data: {results['data_batches_per_s']:.1f} batches of {bs} per second")
+
+  model = Diffusion(config, hist)
+  tx = optimizer.torch_adamw_amsgrad(config.train.lr)
+  batches = [g for (g, _), _ in zip(batching.sharded_batches(
+      train_src, bs, 1, seed=0, n_nodes_histogram=hist), range(bench.repeats + 2))]
+  state = train_state.init_state(model, tx, jax.random.PRNGKey(0),
+                                 jax.tree.map(lambda a: a[0], batches[0]))
+  real_nodes = np.mean([float(g.nodes['mask'].sum()) for g in batches])
+  real_edges = np.mean([float(g.edges['mask'].sum()) for g in batches])
+  fwd = flops_forward(real_nodes, real_edges, m.nf, m.n_layers)
+  results['flops_forward_per_batch'] = fwd
+
+  if 'train' in what:
+    draw_fn, step_fn = train_state.make_step_fns(
+        model, tx, ema_decay=config.train.ema_decay, clip_grad=config.train.clip_grad)
+    key = jax.random.PRNGKey(1)
+
+    def one_step(state, graphs):
+      t_int, eps = draw_fn(graphs, key, state.step)
+      return step_fn(state, graphs, t_int, eps)
+    (state, _), first = _timed(one_step, state, batches[0])
+    results['train_compile_and_first_step_s'] = first
+    shapes = {jax.tree.map(np.shape, g).n_node for g in batches}
+    times = []
+    for g in batches[1:]:
+      (state, _), seconds = _timed(one_step, state, g)
+      times.append(seconds)
+    # The first call at a new padding budget compiles: drop those from the timing.
+    times = times[len(shapes) - 1:] if len(times) > len(shapes) else times
+    med, spread = median_spread(times)
+    results.update(train_step_median_s=med, train_step_spread_p10_p90_s=spread,
+                   train_gflops_per_s=3 * fwd / med / 1e9)
+    log(f'train step: median {med:.3f} s (p90-p10 {spread:.3f} s), '
+        f'{3 * fwd / med / 1e9:.1f} GFLOP/s, compile+first {first:.1f} s')
+
+  if 'nll' in what:
+    nll_fn = evaluation.make_nll_fn(model)
+    valid = list(batching.batches(
+        sources.Subset(qm9.load('valid', remove_h, data_dir), bs * (bench.repeats + 1)),
+        bs, shuffle=False, n_nodes_histogram=hist))
+    _, first = _timed(nll_fn, state.ema_params, valid[0], jax.random.PRNGKey(0))
+    results['nll_compile_and_first_s'] = first
+    times = [_timed(nll_fn, state.ema_params, g, jax.random.PRNGKey(i))[1]
+             for i, g in enumerate(valid[1:])]
+    med, spread = median_spread(times[1:] if len(times) > 2 else times)
+    results.update(nll_batch_median_s=med, nll_batch_spread_s=spread)
+    log(f'NLL: median {med:.3f} s per batch of {bs} (p90-p10 {spread:.3f} s)')
+
+  graph = None
+  if 'sample' in what or 'jit_study' in what:
+    graph = sampling_graph(model, bench.sample_molecules, qm9.atomic_numbers(remove_h))
+  if 'sample' in what:
+    n_mol, T = bench.sample_molecules, model.T
+    n_steps = min(bench.sample_steps, T)
+    timing = chain_seconds(model, state.ema_params, graph, n_steps=n_steps, k=n_steps)
+    per_step = timing['chain_s'] / n_steps
+    results.update(sample_compile_s=timing['compile_s'], sample_step_s=per_step,
+                   sample_molecules=n_mol,
+                   sample_molecules_per_hour=3600 * n_mol / (per_step * T))
+    log(f'sampling: {per_step:.3f} s per reverse step for {n_mol} molecules = '
+        f"{results['sample_molecules_per_hour']:.0f} molecules/hour at T={T}")
+
+  if 'jit_study' in what:
+    rows = jit_study(model, state.ema_params, graph, bench.sample_molecules,
+                     bench.jit_study_ks, bench.jit_study_unrolls)
+    for r in rows:
+      log(f"jit study K={r['K']:5d} unroll={r['unroll']}: compile {r['compile_s']:6.1f} s,"
+          f" {model.T}-step chain {r['chain_s']:7.1f} s, {r['molecules_per_hour']:8.0f}"
+          ' molecules/h')
+    results['jit_study'] = rows
+
+  results['peak_rss_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  results['other_busy_cores_before_after'] = [load_before, cpu_contention()]
+  return results

@@ -1,0 +1,1 @@
+"""Thin absl entry points: flags -> one library call -> one-line errors."""
