@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 import edm_zoo  # noqa: F401  (jraph shim first)
-from edm_zoo.data import qm9
+from edm_zoo.data import batching, qm9
+
+# QM9's atom types with H (EDM's one-hot order H, C, N, O, F).
+ATOMIC_NUMBERS = (1, 6, 7, 8, 9)
 
 # The reference's published train statistics (../shared/reference/REFERENCE.md).
 REFERENCE_TYPE_COUNTS = (923_537, 635_559, 101_476, 140_202, 2_323)
@@ -21,7 +24,7 @@ SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared')
 
 @pytest.fixture(scope='session')
 def qm9_sources():
-  """{split: Qm9Source} of QM9 with H (prepared on demand)."""
+  """{split: SplitView} of QM9 with H (prepared on demand)."""
   qm9.prepare(remove_h=False)
   return {s: qm9.load(s) for s in qm9.SPLITS}
 
@@ -41,6 +44,15 @@ def qm9_index(qm9_sources):
     out[split] = (np.array([m['gdb_index'] for m in items]),
                   np.array([m['num_atoms'] for m in items]))
   return out
+
+
+def padded_graph(molecules, extra_nodes=1, extra_graphs=1, extra_edges=0):
+  """A batch of exactly these molecules plus the given padding."""
+  sizes = np.array([len(m['charges']) for m in molecules])
+  budget = batching.PaddingBudget(int(sizes.sum()) + extra_nodes,
+                                  int((sizes * (sizes - 1)).sum()) + extra_edges,
+                                  len(sizes) + extra_graphs)
+  return batching.build_graph(molecules, ATOMIC_NUMBERS, budget)
 
 
 def shared_path(*parts):

@@ -5,15 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REFERENCE_HISTOGRAM, REFERENCE_TYPE_COUNTS
+from conftest import ATOMIC_NUMBERS, REFERENCE_HISTOGRAM, REFERENCE_TYPE_COUNTS, padded_graph
 from datasets.qm9 import edm_qm9
 from edm_zoo import conditioning, config as config_lib, generate, masking, models
-from edm_zoo.compat import edm_torch
+from edm_zoo.compat import edm_args
 from edm_zoo.config import Config, DiffusionConfig, ModelConfig
-from edm_zoo.data import batching, qm9
+from edm_zoo.data import batching, features, qm9
+from edm_zoo.models import conventions
 from edm_zoo.diffusion import Diffusion
 
-ATOMIC_NUMBERS = (1, 6, 7, 8, 9)
 # The reference's hard-coded statistics of its `qm9_second_half` dataset
 # (configs/datasets_config.py of the original EDM).
 SECOND_HALF_TYPE_COUNTS = (461_622, 317_604, 50_852, 70_033, 1_164)
@@ -50,12 +50,12 @@ def test_context_is_the_normalised_property(qm9_sources):
   np.testing.assert_allclose(context.mean(0), 0, atol=1e-5)
   np.testing.assert_allclose(np.abs(context).mean(0), 1, atol=1e-5)
   np.testing.assert_allclose(norm.denormalize(context), values, rtol=1e-6)
-  source = conditioning.ConditionedSource(qm9_sources['valid'], norm)
+  source = conditioning.conditioned(qm9_sources['valid'], norm)
   graph = batching.build_graph(source.__getitems__([5, 9]), ATOMIC_NUMBERS,
                                batching.PaddingBudget(64, 1024, 4))
-  np.testing.assert_allclose(graph.globals[conditioning.CONTEXT][:2], context[[5, 9]])
-  np.testing.assert_array_equal(graph.globals[conditioning.CONTEXT][2:], 0)
-  per_node = conditioning.node_context(graph)
+  np.testing.assert_allclose(graph.globals[features.CONTEXT][:2], context[[5, 9]])
+  np.testing.assert_array_equal(graph.globals[features.CONTEXT][2:], 0)
+  per_node = conventions.node_context(graph)
   real = np.asarray(masking.node_mask(graph)) > 0
   assert np.all(np.asarray(per_node)[~real] == 0)
   np.testing.assert_allclose(per_node[0], context[5])
@@ -69,7 +69,7 @@ def test_context_is_the_normalised_property(qm9_sources):
 ])
 def test_bad_conditioning_is_one_line(spec, message):
   with pytest.raises(ValueError, match=message):
-    config_lib.build('tiny', conditioning=tuple(spec.split(',')))
+    conditioning.parse_properties(spec)
 
 
 @pytest.mark.parametrize('spec,message', [
@@ -88,22 +88,18 @@ def test_bad_condition_is_one_line(spec, message):
 @pytest.fixture(scope='module')
 def molecules(qm9_sources):
   norm = conditioning.Normalizer((('alpha', 'mu')), (75.0, 2.7), (6.0, 1.2))
-  return conditioning.ConditionedSource(qm9_sources['valid'], norm).__getitems__(
+  return conditioning.conditioned(qm9_sources['valid'], norm).__getitems__(
       range(200, 205))
 
 
 def _graph(molecules, context_nf=2, extra_nodes=1, extra_graphs=1, extra_edges=0):
-  molecules = [{**m, conditioning.CONTEXT: m[conditioning.CONTEXT][:context_nf]}
-               for m in molecules]
-  sizes = np.array([len(m['charges']) for m in molecules])
-  return batching.build_graph(molecules, ATOMIC_NUMBERS, batching.PaddingBudget(
-      int(sizes.sum()) + extra_nodes, int((sizes * (sizes - 1)).sum()) + extra_edges,
-      len(sizes) + extra_graphs))
+  return padded_graph([{**m, features.CONTEXT: m[features.CONTEXT][:context_nf]}
+                       for m in molecules], extra_nodes, extra_graphs, extra_edges)
 
 
 def _without_context(graph):
   return graph._replace(globals={k: v for k, v in graph.globals.items()
-                                 if k != conditioning.CONTEXT})
+                                 if k != features.CONTEXT})
 
 
 def _model(name, conditioning_=()):
@@ -136,7 +132,7 @@ def test_conditioning_widens_the_input_and_nothing_else(name, molecules):
 def test_zero_width_context_is_the_unconditional_path(name, molecules):
   model = _model(name)
   with_empty = _graph(molecules, context_nf=0)
-  assert with_empty.globals[conditioning.CONTEXT].shape == (6, 0)
+  assert with_empty.globals[features.CONTEXT].shape == (6, 0)
   plain = _without_context(with_empty)
   params = model.init(jax.random.PRNGKey(0), plain)
   eps = model.sample_noise(jax.random.PRNGKey(1), plain)
@@ -157,8 +153,8 @@ def test_context_matters_and_keeps_the_symmetries(name, molecules):
   z_t = 0.8 * xh + 0.6 * model.sample_noise(jax.random.PRNGKey(3), graph)
   t = jnp.full(graph.n_node.shape, 0.5)
   out = model.eps(params, graph, z_t, t)
-  other = graph._replace(globals={**graph.globals, conditioning.CONTEXT:
-                                  graph.globals[conditioning.CONTEXT] + 1.0})
+  other = graph._replace(globals={**graph.globals, features.CONTEXT:
+                                  graph.globals[features.CONTEXT] + 1.0})
   assert float(jnp.abs(model.eps(params, other, z_t, t) - out).max()) > 1e-4
   # Padding invariance: more padding nodes, edges and graphs change nothing.
   big = _graph(molecules, extra_nodes=30, extra_graphs=4, extra_edges=200)
@@ -220,12 +216,12 @@ def test_sampling_with_a_target_and_resuming_refuses_another(tmp_path, molecules
                             T=10)
   hist = qm9.dataset_statistics('qm9_second_half').n_nodes_histogram
   model = Diffusion(config, hist)
-  params = model.init(jax.random.PRNGKey(0), edm_torch.probe_graph(False, 1))
+  params = model.init(jax.random.PRNGKey(0), batching.probe_graph(5, 1))
   norm = conditioning.Normalizer(('alpha',), (75.0,), (6.0,))
   dist = conditioning.property_distribution(config)
   target = generate.Condition(norm, dist, np.array([40.0]))
-  out = generate.generate(model, params, 6, histogram=hist, atomic_numbers=ATOMIC_NUMBERS,
-                          batch_size=3, partial_dir=str(tmp_path / 'p'), progress=False,
+  out = generate.generate(model, params, config_lib.SamplingConfig(n_samples=6, batch_size=3),
+                          histogram=hist, atomic_numbers=ATOMIC_NUMBERS, partial_dir=str(tmp_path / 'p'), progress=False,
                           condition=target)
   assert [float(m['properties'][0]) for m in out] == [40.0] * 6
   allowed = dist.size_probs_given(np.array([40.0]))
@@ -233,11 +229,11 @@ def test_sampling_with_a_target_and_resuming_refuses_another(tmp_path, molecules
   assert max(allowed) < 19  # alpha = 40 Bohr^3 is a small molecule.
   joint = generate.Condition(norm, dist)
   with pytest.raises(ValueError, match='holds batches sampled for'):
-    generate.generate(model, params, 6, histogram=hist, atomic_numbers=ATOMIC_NUMBERS,
-                      batch_size=3, partial_dir=str(tmp_path / 'p'), progress=False,
+    generate.generate(model, params, config_lib.SamplingConfig(n_samples=6, batch_size=3),
+                      histogram=hist, atomic_numbers=ATOMIC_NUMBERS, partial_dir=str(tmp_path / 'p'), progress=False,
                       condition=joint)
-  drawn = generate.generate(model, params, 4, histogram=hist, atomic_numbers=ATOMIC_NUMBERS,
-                            batch_size=4, progress=False, condition=joint)
+  drawn = generate.generate(model, params, config_lib.SamplingConfig(n_samples=4, batch_size=4),
+                            histogram=hist, atomic_numbers=ATOMIC_NUMBERS, progress=False, condition=joint)
   values = [float(m['properties'][0]) for m in drawn]
   assert len(set(values)) == 4
   for m, v in zip(drawn, values):
@@ -248,13 +244,13 @@ def test_sampling_with_a_target_and_resuming_refuses_another(tmp_path, molecules
 
 
 def test_reference_args_of_a_conditional_model():
-  config = edm_torch.config_from_args({
+  config = edm_args.config_from_args({
       'nf': 192, 'n_layers': 9, 'conditioning': ['alpha'], 'dataset': 'qm9_second_half',
       'normalize_factors': [1, 4, 10]})
   assert config.conditioning == ('alpha',) and config.dataset == 'qm9_second_half'
   assert config_lib.validate(config).context_nf == 1
   with pytest.raises(ValueError, match='not supported'):
-    edm_torch.config_from_args({'nf': 8, 'n_layers': 1, 'dataset': 'geom'})
+    edm_args.config_from_args({'nf': 8, 'n_layers': 1, 'dataset': 'geom'})
 
 
 def test_a_batch_without_the_models_properties_is_refused(molecules):

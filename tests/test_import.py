@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from edm_zoo.compat import edm_torch
+from edm_zoo.compat import importer, parity
 from edm_zoo.training import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +29,7 @@ def test_cli_import_then_load_gives_the_reference_network(exported, tmp_path):
                  check=True, capture_output=True, cwd=REPO)
   config, ema, meta = checkpoint.load_for_inference(str(out))
   assert config.model.nf == 32 and config.model.n_layers == 2
-  _, model, params, graph = edm_torch.setup_from_vectors(v)
+  _, model, params, graph = parity.setup_from_vectors(v)
   for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
   assert meta['imported_from'][0].endswith('.npz')
@@ -38,17 +38,17 @@ def test_cli_import_then_load_gives_the_reference_network(exported, tmp_path):
 def test_bad_inputs_are_one_line_errors(exported, tmp_path):
   folder, _ = exported
   with pytest.raises(ValueError, match='no such file'):
-    edm_torch.import_checkpoint(str(tmp_path / 'nope.npz'), str(folder / 'args.json'),
+    importer.import_checkpoint(str(tmp_path / 'nope.npz'), str(folder / 'args.json'),
                                 str(tmp_path / 'o'))
   bad = tmp_path / 'model.npy'
   bad.write_bytes(b'not a torch file')
   with pytest.raises(ValueError, match='torch'):
-    edm_torch.import_checkpoint(str(bad), str(folder / 'args.json'), str(tmp_path / 'o'))
+    importer.import_checkpoint(str(bad), str(folder / 'args.json'), str(tmp_path / 'o'))
   wrong = json.loads((folder / 'args.json').read_text())
   wrong['nf'] = 64
   (tmp_path / 'wrong.json').write_text(json.dumps(wrong))
   with pytest.raises(ValueError, match='does not match the config'):
-    edm_torch.import_checkpoint(str(folder / 'generative_model_ema.npz'),
+    importer.import_checkpoint(str(folder / 'generative_model_ema.npz'),
                                 str(tmp_path / 'wrong.json'), str(tmp_path / 'o2'))
   with pytest.raises(ValueError, match='no edm_zoo checkpoint'):
     checkpoint.load_for_inference(str(tmp_path))

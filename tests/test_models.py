@@ -2,17 +2,17 @@
 
 import dataclasses
 
+import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import padded_graph
 from edm_zoo import center_of_gravity, masking, models
 from edm_zoo.config import Config, DiffusionConfig, ModelConfig
-from edm_zoo.data import batching, qm9
+from edm_zoo.data import qm9
 from edm_zoo.diffusion import Diffusion, sampler, schedules
-
-ATOMIC_NUMBERS = (1, 6, 7, 8, 9)
 
 
 def small_config(name, **diffusion):
@@ -30,17 +30,10 @@ def histogram():
   return qm9.statistics().n_nodes_histogram
 
 
-def _graph(molecules, extra_nodes=1, extra_graphs=1, extra_edges=0):
-  sizes = np.array([len(m['charges']) for m in molecules])
-  budget = batching.PaddingBudget(int(sizes.sum()) + extra_nodes,
-                                  int((sizes * (sizes - 1)).sum()) + extra_edges,
-                                  len(sizes) + extra_graphs)
-  return batching.build_graph(molecules, ATOMIC_NUMBERS, budget)
-
-
 def _setup(name, molecules, histogram, **diffusion):
+  """(model, params, graph) of a small `name` network on the given molecules."""
   model = Diffusion(small_config(name, **diffusion), histogram)
-  graph = _graph(molecules)
+  graph = padded_graph(molecules)
   params = model.init(jax.random.PRNGKey(0), graph)
   return model, params, graph
 
@@ -101,7 +94,7 @@ def test_permutation_equivariance(name, molecules, histogram):
            for i, m in enumerate(molecules)]
   permuted = [{**m, 'positions': m['positions'][p], 'charges': m['charges'][p]}
               for m, p in zip(molecules, perms)]
-  graph_p = _graph(permuted)
+  graph_p = padded_graph(permuted)
   offsets = np.concatenate([[0], np.cumsum([len(p) for p in perms])])
   index = np.concatenate([p + o for p, o in zip(perms, offsets)])
   z_t, _ = _z_t(model, graph)
@@ -116,7 +109,7 @@ def test_permutation_equivariance(name, molecules, histogram):
 @pytest.mark.parametrize('name', models.names())
 def test_padding_invariance(name, molecules, histogram):
   model, params, graph = _setup(name, molecules, histogram)
-  big = _graph(molecules, extra_nodes=37, extra_graphs=5, extra_edges=300)
+  big = padded_graph(molecules, extra_nodes=37, extra_graphs=5, extra_edges=300)
   n = int(graph.n_node[:-1].sum())
   z_t, eps = _z_t(model, graph)
   pad = lambda a: jnp.concatenate([a[:n], jnp.zeros((37,) + a.shape[1:])])
@@ -171,11 +164,64 @@ def test_bad_schedule_and_model_names():
     models.get('mlp')
 
 
+def test_parameters_are_routed_by_module_not_by_name(monkeypatch, molecules, histogram):
+  def net_fn(graph, z_t, t, *, config):
+    del t, config
+    return hk.Linear(z_t.shape[-1], name='gamma_mlp')(z_t) * masking.node_mask(graph)[:, None]
+  monkeypatch.setitem(models._REGISTRY, 'gamma_named',  # pylint: disable=protected-access
+                      models.Entry(net_fn, equivariant=False))
+  model, params, graph = _setup('gamma_named', molecules, histogram,
+                                noise_schedule='learned')
+  assert 'gamma' in model.schedule_modules and len(model.schedule_modules) == 4
+  assert set(params) == model.schedule_modules | {'gamma_mlp'}
+  t = jnp.linspace(0, 1, 7)
+  z_t, _ = _z_t(model, graph)
+  t_graph = jnp.full(graph.n_node.shape, 0.3)
+  moved_net = {**params, 'gamma_mlp': jax.tree.map(lambda a: a + 1, params['gamma_mlp'])}
+  np.testing.assert_array_equal(model.gamma(moved_net, t), model.gamma(params, t))
+  assert not np.allclose(model.eps(moved_net, graph, z_t, t_graph),
+                         model.eps(params, graph, z_t, t_graph))
+  moved_gamma = {**params, 'gamma': {k: v + 1 for k, v in params['gamma'].items()}}
+  np.testing.assert_array_equal(model.eps(moved_gamma, graph, z_t, t_graph),
+                                model.eps(params, graph, z_t, t_graph))
+  assert not np.allclose(model.gamma(moved_gamma, t), model.gamma(params, t))
+
+
+def test_zero_cog_projection_of_z_moves_positions_only(molecules):
+  graph = padded_graph(molecules, extra_nodes=5)
+  z = jax.random.normal(jax.random.PRNGKey(0), (graph.nodes['mask'].shape[0], 9))
+  z = z * masking.node_mask(graph)[:, None]
+  projected = center_of_gravity.remove_mean_positions(z, graph)
+  np.testing.assert_array_equal(projected[:, 3:], z[:, 3:])
+  assert float(center_of_gravity.max_abs_mean(z[:, :3], graph)) > 1e-2
+  assert float(center_of_gravity.max_abs_mean(projected[:, :3], graph)) < 1e-6
+  np.testing.assert_allclose(center_of_gravity.remove_mean_positions(projected, graph),
+                             projected, atol=1e-6)
+  assert jnp.all(projected[masking.node_mask(graph) == 0] == 0)
+
+
+def test_schedule_algebra_is_consistent():
+  gamma = jnp.linspace(-8.0, 8.0, 33)
+  alpha, sigma = schedules.alpha_sigma(gamma)
+  np.testing.assert_allclose(alpha**2 + sigma**2, 1.0, rtol=1e-6)
+  np.testing.assert_allclose(schedules.sigma_over_alpha(gamma), sigma / alpha, rtol=1e-5)
+  gamma_s, gamma_t = gamma[:-1], gamma[1:]
+  sigma2_ts, sigma_ts, alpha_ts = schedules.transition(gamma_t, gamma_s)
+  a_s, s_s = schedules.alpha_sigma(gamma_s)
+  a_t, s_t = schedules.alpha_sigma(gamma_t)
+  # q(z_t | z_s) composes with q(z_s | x) into q(z_t | x).
+  np.testing.assert_allclose(alpha_ts * a_s, a_t, rtol=1e-5)
+  np.testing.assert_allclose(alpha_ts**2 * s_s**2 + sigma2_ts, s_t**2, rtol=1e-5)
+  np.testing.assert_allclose(sigma_ts**2, sigma2_ts, rtol=1e-6)
+  np.testing.assert_allclose(schedules.snr_weight(gamma_s, gamma_t),
+                             (a_s**2 / s_s**2) / (a_t**2 / s_t**2) - 1, rtol=1e-4)
+
+
 @pytest.fixture(scope='module')
 def short_chain(molecules, histogram):
   config = dataclasses.replace(small_config('egnn'), diffusion=DiffusionConfig(T=20))
   model = Diffusion(config, histogram)
-  graph = _graph(molecules)
+  graph = padded_graph(molecules)
   return model, model.init(jax.random.PRNGKey(0), graph), graph
 
 
@@ -204,7 +250,7 @@ def test_fix_noise_shares_the_draw_between_equal_sized_molecules(short_chain):
   model, params, _ = short_chain
   mol = {'positions': np.zeros((5, 3), np.float32), 'charges': np.full(5, 6),
          'gdb_index': 0}
-  graph = _graph([mol, mol, mol])
+  graph = padded_graph([mol, mol, mol])
   out = sampler.sample(model, params, graph, jax.random.PRNGKey(2), fix_noise=True,
                        chain_every=10)
   x = np.asarray(out['x'][:15]).reshape(3, 5, 3)

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from edm_zoo.compat import edm_torch
+from edm_zoo.compat import parity
 
 
 @pytest.fixture(scope='module')
 def report():
-  return edm_torch.parity_report(shared_path('parity', 'parity_small.npz'))
+  return parity.parity_report(shared_path('parity', 'parity_small.npz'))
 
 
 def test_every_checked_array_within_tolerance(report):
@@ -32,7 +32,7 @@ def test_report_detects_a_wrong_parameter(tmp_path):
   v[key] = v[key] + 1e-2
   path = tmp_path / 'broken.npz'
   np.savez(path, **v)
-  report = edm_torch.parity_report(str(path))
+  report = parity.parity_report(str(path))
   assert not report['eval/net_out']['ok']
   assert report['schedule/gamma']['ok']
 
@@ -43,4 +43,4 @@ def test_state_dict_mismatch_is_one_clear_error(tmp_path):
   path = tmp_path / 'missing.npz'
   np.savez(path, **v)
   with pytest.raises(ValueError, match='does not match the config: missing'):
-    edm_torch.parity_report(str(path))
+    parity.parity_report(str(path))

@@ -6,32 +6,23 @@ import os
 import shutil
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from edm_zoo import conditioning, config as config_lib, evaluation
-from edm_zoo.data import batching, qm9
+from conftest import ATOMIC_NUMBERS, padded_graph
+from edm_zoo import conditioning, config as config_lib
+from edm_zoo.data import sources
 from edm_zoo.property_prediction import models, protocol, training
-
-ATOMIC_NUMBERS = (1, 6, 7, 8, 9)
-
+from edm_zoo.training import checkpoint
 
 @pytest.fixture(scope='module')
 def labelled(qm9_sources):
   """Eight real molecules whose context is their normalised alpha."""
   values, _ = conditioning.property_table(qm9_sources['valid'], ['alpha'])
   norm = conditioning.Normalizer.fit(values, ['alpha'])
-  source = conditioning.ConditionedSource(qm9_sources['valid'], norm)
+  source = conditioning.conditioned(qm9_sources['valid'], norm)
   return norm, source.__getitems__(range(3000, 3008))
-
-
-def _graph(molecules, extra_nodes=1, extra_graphs=1, extra_edges=0):
-  sizes = np.array([len(m['charges']) for m in molecules])
-  return batching.build_graph(molecules, ATOMIC_NUMBERS, batching.PaddingBudget(
-      int(sizes.sum()) + extra_nodes, int((sizes * (sizes - 1)).sum()) + extra_edges,
-      len(sizes) + extra_graphs))
 
 
 def _small(model='egnn', **kw):
@@ -42,20 +33,20 @@ def _small(model='egnn', **kw):
 def test_classifier_is_invariant(model, labelled):
   _, molecules = labelled
   net = models.transform(_small(model))
-  graph = _graph(molecules)
+  graph = padded_graph(molecules)
   params = net.init(jax.random.PRNGKey(0), graph)
   out = net.apply(params, graph)
   assert out.shape == (9,)
   q, _ = np.linalg.qr(np.random.RandomState(0).normal(size=(3, 3)))
   moved = [{**m, 'positions': (m['positions'] @ q + 5.0).astype(np.float32)}
            for m in molecules]
-  np.testing.assert_allclose(net.apply(params, _graph(moved))[:8], out[:8], rtol=1e-4,
+  np.testing.assert_allclose(net.apply(params, padded_graph(moved))[:8], out[:8], rtol=1e-4,
                              atol=1e-4)
   perm = [{**m, 'positions': m['positions'][::-1], 'charges': m['charges'][::-1]}
           for m in molecules]
-  np.testing.assert_allclose(net.apply(params, _graph(perm))[:8], out[:8], rtol=1e-4,
+  np.testing.assert_allclose(net.apply(params, padded_graph(perm))[:8], out[:8], rtol=1e-4,
                              atol=1e-4)
-  big = _graph(molecules, extra_nodes=40, extra_graphs=3, extra_edges=500)
+  big = padded_graph(molecules, extra_nodes=40, extra_graphs=3, extra_edges=500)
   np.testing.assert_allclose(net.apply(params, big)[:8], out[:8], rtol=1e-5, atol=1e-5)
 
 
@@ -63,7 +54,7 @@ def test_tiny_classifier_overfits_a_handful_of_molecules(labelled):
   _, molecules = labelled
   config = _small(nf=32, n_layers=2)
   net = models.transform(config)
-  graph = _graph(molecules)
+  graph = padded_graph(molecules)
   params = net.init(jax.random.PRNGKey(0), graph)
   tx = training.optimizer(dataclasses.replace(config, epochs=10_000), 1)
   opt_state = tx.init(params)
@@ -103,7 +94,7 @@ def test_protocol_rows(labelled, qm9_sources):
   norm, molecules = labelled
   config = _small()
   net = models.transform(config)
-  params = net.init(jax.random.PRNGKey(0), _graph(molecules))
+  params = net.init(jax.random.PRNGKey(0), padded_graph(molecules))
   clf = training.Classifier(config, params, norm)
   # 'Generated' molecules asked for exactly what the classifier will predict.
   generated = [{'positions': m['positions'],
@@ -111,8 +102,8 @@ def test_protocol_rows(labelled, qm9_sources):
   predicted = training.predictions_for_molecules(clf, generated)
   for m, p in zip(generated, predicted):
     m['properties'] = np.array([2.7, p])
-  second = evaluation.Subset(qm9_sources['test'], 40, spread=True)
-  first = evaluation.Subset(qm9_sources['valid'], 200, spread=True)
+  second = sources.Subset(qm9_sources['test'], 40, spread=True)
+  first = sources.Subset(qm9_sources['valid'], 200, spread=True)
   result = protocol.evaluate(clf, generated, ('mu', 'alpha'), second_half=second,
                              first_half=first, progress=False)
   assert result['mae']['EDM'] == pytest.approx(0.0, abs=1e-9)
@@ -130,6 +121,7 @@ def test_protocol_rows(labelled, qm9_sources):
     protocol.evaluate(clf, generated, ('mu',), second_half=second, first_half=first)
 
 
+@pytest.mark.slow
 def test_classifier_training_resumes_the_same_run(tmp_path):
   config = config_lib.build_classifier('tiny', total_steps=12, checkpoint_every_steps=4,
                                        eval_every_steps=6, keep_last=5, train_molecules=64)
@@ -148,5 +140,4 @@ def test_classifier_training_resumes_the_same_run(tmp_path):
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
   with pytest.raises(ValueError, match='is a classifier checkpoint'):
-    from edm_zoo.training import checkpoint
     checkpoint.load_for_inference(str(cut))

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from edm_zoo.compat import edm_torch
+from edm_zoo.compat import parity
 from edm_zoo.training import optimizer
 
 
 @pytest.fixture(scope='module')
 def report():
-  return edm_torch.train_parity_report(shared_path('parity', 'train_parity_small.npz'))
+  return parity.train_parity_report(shared_path('parity', 'train_parity_small.npz'))
 
 
 @pytest.mark.parametrize('variant', ['', 'clipped/'])

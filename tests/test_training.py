@@ -90,6 +90,7 @@ def _losses(workdir):
   return {r['step']: r['loss'] for r in metrics_log.read(workdir) if 'loss' in r}
 
 
+@pytest.mark.slow
 def test_kill_9_and_restart_continues_the_same_run(tmp_path):
   straight = tmp_path / 'straight'
   subprocess.run(_train_cmd(straight), check=True, capture_output=True, cwd=REPO)
@@ -134,11 +135,11 @@ _SHARDING_SCRIPT = textwrap.dedent('''
     for n in (1, 2):
       mesh = Mesh(np.array(jax.devices()[:n]), ('data',))
       rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-      step = jax.jit(lambda s, g, k, mesh=mesh: train_state.train_step(
-          s, g, k, model=model, tx=tx, ema_decay=0.99, mesh=mesh),
-          in_shardings=(rep, dat, rep), out_shardings=rep)
-      s, m = step(jax.device_put(init, rep), jax.device_put(graphs, dat),
-                  jax.random.PRNGKey(3))
+      draw, step = train_state.make_step_fns(model, tx, ema_decay=0.99, mesh=mesh)
+      g = jax.device_put(graphs, dat)
+      s = jax.device_put(jax.tree.map(jax.numpy.copy, init), rep)
+      t_int, eps = draw(g, jax.random.PRNGKey(3), s.step)
+      s, m = step(s, g, t_int, eps)
       out[n] = (jax.device_get(s.params), float(m['loss']),
                 len(jax.tree.leaves(s.params)[0].sharding.device_set))
     diff = max(float(np.abs(a - b).max()) for a, b in
@@ -158,6 +159,7 @@ def test_one_step_on_two_devices_equals_one_device():
   np.testing.assert_allclose(result['loss1'], result['loss2'], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_validation_nll_falls_within_a_few_hundred_steps(tmp_path):
   config = config_lib.build('tiny', nf=32, batch_size=16, total_steps=300,
                             eval_every_steps=300, eval_molecules=128,
