@@ -7,7 +7,7 @@ TRAIN_FLAGS ?=
 # glibc malloc on transparent huge pages: ~25% faster XLA:CPU steps (launch/runtime.py).
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: venv data train test bench clean-data
+.PHONY: venv data train test test-fast bench clean-data
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ train: data
 
 test: data
 	$(PY) -m pytest -q tests
+
+# The suite without the end-to-end runs marked `slow` (launchers, training runs).
+test-fast: data
+	$(PY) -m pytest -q -m 'not slow' tests
 
 bench: data
 	$(PY) launch/bench.py --what=all
