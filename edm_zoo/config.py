@@ -350,6 +350,11 @@ class SamplingConfig:
     n_samples: molecules to generate.
     batch_size: molecules per sampling batch.
     seed: batch b draws sizes from (seed, b) and noise from fold_in(key(seed), b).
+    sampler: 'ancestral' (EDM's), 'ddim' or 'dpm_solver'
+      (`edm_zoo.diffusion.samplers`).
+    steps: reverse steps on an evenly spaced time grid (0: T, EDM's chain); the
+      network is evaluated steps + 1 times per molecule.
+    eta: DDIM's share of the ancestral noise (0: deterministic).
     jit_steps: reverse steps per compiled call (0: the whole chain in one call).
     unroll: `lax.scan` unroll factor inside a call.
     fix_noise: one noise draw shared by all molecules (EDM's fix_noise).
@@ -358,6 +363,9 @@ class SamplingConfig:
   n_samples: int = 10_000
   batch_size: int = 100
   seed: int = 0
+  sampler: str = 'ancestral'
+  steps: int = 0
+  eta: float = 0.0
   jit_steps: int = 0
   unroll: int = 1
   fix_noise: bool = False
@@ -415,6 +423,10 @@ def build_sampling(**overrides) -> SamplingConfig:
       raise ValueError(f'{name} must be positive, got {getattr(config, name)}.')
   if config.jit_steps < 0:
     raise ValueError(f'jit_steps must be >= 0 (0: the whole chain), got {config.jit_steps}.')
+  if config.steps < 0:
+    raise ValueError(f'steps must be >= 0 (0: every one of the T steps), got {config.steps}.')
+  if not 0.0 <= config.eta <= 1.0:
+    raise ValueError(f'eta must be in [0, 1], got {config.eta}.')
   return config
 
 

@@ -16,7 +16,7 @@ import tqdm
 from edm_zoo import conditioning
 from edm_zoo.config import SamplingConfig
 from edm_zoo.data import batching
-from edm_zoo.diffusion import sampler
+from edm_zoo.diffusion import samplers
 from edm_zoo.diffusion.objective import Diffusion
 from edm_zoo.io.files import atomic_path
 
@@ -83,7 +83,7 @@ def sample_batch(model: Diffusion, params, sizes: np.ndarray, key: jax.Array, *,
     key: the batch's key.
     atomic_numbers: Z of each one-hot type.
     budgets: the padding ladder the batch is padded to.
-    sampling: jit_steps, unroll and fix_noise of the sampler.
+    sampling: the sampler, its steps, jit_steps, unroll and fix_noise.
     chain_every: also return the state every this many steps.
     context: [len(sizes), C] normalised properties, for a conditional model.
 
@@ -93,9 +93,11 @@ def sample_batch(model: Diffusion, params, sizes: np.ndarray, key: jax.Array, *,
   """
   graph = batching.placeholder_graph(
       sizes, atomic_numbers, batching.choose_budget(sizes, budgets), context)
-  out = sampler.sample(model, params, graph, key, jit_steps=sampling.jit_steps,
-                       unroll=sampling.unroll, fix_noise=sampling.fix_noise,
-                       chain_every=chain_every)
+  out = samplers.sample(model, params, graph, key,
+                        samplers.get(sampling.sampler, eta=sampling.eta),
+                        steps=sampling.steps, jit_steps=sampling.jit_steps,
+                        unroll=sampling.unroll, fix_noise=sampling.fix_noise,
+                        chain_every=chain_every)
   out = jax.device_get(out)
   n = int(np.sum(sizes))
   result = {'molecules': unflatten_molecules(
@@ -136,10 +138,15 @@ def generate(model: Diffusion, params, sampling: SamplingConfig, *,
   n_samples, batch_size, seed = sampling.n_samples, sampling.batch_size, sampling.seed
   if n_samples <= 0:
     raise ValueError(f'n_samples must be positive, got {n_samples}.')
+  samplers.get(sampling.sampler, eta=sampling.eta)  # One-line errors before any work.
+  steps = len(samplers.time_grid(model.T, sampling.steps)) - 1
   budgets = batching.default_budgets(batch_size, histogram)
   size_histogram = condition.size_histogram(histogram) if condition else histogram
   if partial_dir:
-    _claim_partial_dir(partial_dir, {
+    # EDM's chain keeps the request of earlier versions, which had no other.
+    other = ({} if (sampling.sampler, steps, sampling.eta) == ('ancestral', model.T, 0.0)
+             else {'sampler': sampling.sampler, 'steps': steps, 'eta': sampling.eta})
+    _claim_partial_dir(partial_dir, {**other,
         'seed': seed, 'batch_size': batch_size, 'fix_noise': sampling.fix_noise,
         'conditioning': list(condition.normalizer.properties) if condition else [],
         'target': (None if condition is None or condition.target is None

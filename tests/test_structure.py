@@ -28,7 +28,9 @@ def test_launchers_import_without_path_edits():
 @pytest.mark.parametrize('build,kwargs,message', [
     (config_lib.build_sampling, {'n_samples': 0}, 'n_samples must be positive'),
     (config_lib.build_sampling, {'jit_steps': -1}, 'jit_steps must be >= 0'),
-    (config_lib.build_sampling, {'steps': 10}, "unknown sampling field 'steps'"),
+    (config_lib.build_sampling, {'nfe': 10}, "unknown sampling field 'nfe'"),
+    (config_lib.build_sampling, {'steps': -1}, 'steps must be >= 0'),
+    (config_lib.build_sampling, {'eta': 2.0}, r'eta must be in \[0, 1\]'),
     (config_lib.build_eval, {'nll_passes': -1}, 'nll_passes must be >= 0'),
     (config_lib.build_eval, {'nll_split': 'val'}, "unknown nll_split 'val'"),
     (config_lib.build_bench, {'what': ('train', 'speed')}, "unknown --what \\['speed'\\]"),

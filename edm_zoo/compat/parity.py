@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from edm_zoo.compat import edm_args, state_dict as state_dict_lib
 from edm_zoo.data import batching, qm9
-from edm_zoo.diffusion import sampler
+from edm_zoo.diffusion.samplers import ancestral, chain
 from edm_zoo.diffusion.objective import Diffusion
 from edm_zoo.training import optimizer, state as train_state
 
@@ -141,7 +141,7 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
   report['train/nll_batch_mean'] = _error(
       np.mean(np.asarray(terms['nll_per_molecule'])[:B]), v['train/nll_batch_mean'])
 
-  step = jax.jit(lambda s, t, z, n: sampler.p_zs_given_zt(model, params, graph, s, t, z, n))
+  step = jax.jit(lambda s, t, z, n: ancestral.p_zs_given_zt(model, params, graph, s, t, z, n))
   T = model.T
   for suffix, t_int, z_key, noise_key in (
       ('_step', int(v['sample/t_step']), 'sample/zt_step_in', 'sample/noise_step'),
@@ -152,7 +152,7 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
     check(f'sample/mu{suffix}', out['mu'], f'sample/mu{suffix}', node_level=True)
     check(f'sample/sigma{suffix}', out['sigma'], f'sample/sigma{suffix}')
     check(f'sample/zs{suffix}', out['z_s'], f'sample/zs{suffix}', node_level=True)
-  final = jax.jit(lambda z, n: sampler.p_xh_given_z0(model, params, graph, z, n))(
+  final = jax.jit(lambda z, n: chain.p_xh_given_z0(model, params, graph, z, n))(
       nodes('sample/z0_in'), nodes('sample/noise_final'))
   check('sample/mu_x_final', final['mu_x'], 'sample/mu_x_final', node_level=True)
   check('sample/sigma_x_final', final['sigma_x'], 'sample/sigma_x_final')

@@ -161,6 +161,22 @@ def transition(gamma_t: jax.Array, gamma_s: jax.Array
   return sigma2, jnp.sqrt(sigma2), alpha
 
 
+def posterior(gamma_s: jax.Array, gamma_t: jax.Array
+              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The reverse step's p(z_s | z_t) = N(z_t / a - b eps_hat, c^2) for s < t, as
+  (a = alpha_{t|s}, b = sigma^2_{t|s} / (alpha_{t|s} sigma_t),
+   c = sigma_{t|s} sigma_s / sigma_t)."""
+  sigma2_ts, sigma_ts, alpha_ts = transition(gamma_t, gamma_s)
+  _, sigma_s = alpha_sigma(gamma_s)
+  _, sigma_t = alpha_sigma(gamma_t)
+  return alpha_ts, sigma2_ts / alpha_ts / sigma_t, sigma_ts * sigma_s / sigma_t
+
+
+def half_log_snr(gamma: jax.Array) -> jax.Array:
+  """lambda_t = log(alpha_t / sigma_t) = -gamma_t / 2, the ODE solvers' time."""
+  return -0.5 * gamma
+
+
 def sigma_over_alpha(gamma: jax.Array) -> jax.Array:
   """sigma_t / alpha_t = exp(gamma_t / 2) = 1 / sqrt(SNR(t)): the standard deviation
   of p(x | z_0) in data space."""

@@ -1,16 +1,24 @@
-"""EDM's ancestral sampler: p(z_s | z_t) steps and the final p(x, h | z_0).
+"""The sampling chain shared by every sampler: the time grid, the noise, K steps
+per compiled call, the final p(x, h | z_0) step and the chain's frames.
 
-Pure functions of params, the (padded) batch of molecules to generate, and
-explicit noise; `sample` draws the noise from a key folded with the step index.
+A sampler is a hashable object with `stochastic`, `init(z) -> carry` and
+`step(model, params, graph, z_t, carry, *, t, s, noise) -> (z_s, carry)`; the
+chain walks it down a grid of integer times T = t_0 > t_1 > ... > t_n = 0 and
+ends with `p_xh_given_z0`. Noise is explicit: the step to time s draws from
+`fold_in(rng, s)`, z_T from `fold_in(rng, T)` and the final step from
+`fold_in(rng, T + 1)`, so on the full grid EDM's ancestral chain is the same
+whatever K, and a respaced grid reuses the full grid's draws at its times.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import jraph
+import numpy as np
 
 from edm_zoo import center_of_gravity
 from edm_zoo import masking
@@ -18,32 +26,16 @@ from edm_zoo.diffusion import schedules
 from edm_zoo.diffusion.objective import Diffusion, Params
 
 
-def p_zs_given_zt(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
-                  s: jax.Array, t: jax.Array, z_t: jax.Array, noise: jax.Array
-                  ) -> dict[str, jax.Array]:
-  """One reverse step z_t -> z_s.
+def time_grid(T: int, steps: int = 0) -> np.ndarray:
+  """[steps + 1] descending integer times from T to 0, evenly spaced (0: all T).
 
-  Args:
-    model: the diffusion model.
-    params: its parameters.
-    graph: the batch (its nodes' data are ignored; sizes and masks matter).
-    s, t: [n_graph] times in [0, 1], s < t.
-    z_t: [n_node, D] current state (CoG-free positions).
-    noise: [n_node, D] standard normal draw (`model.sample_noise`).
-
-  Returns:
-    {'mu', 'sigma' [n_graph], 'z_s'}; z_s has its positions re-centred.
+  Raises:
+    ValueError: steps outside [1, T].
   """
-  gamma_s, gamma_t = model.gamma(params, s), model.gamma(params, t)
-  sigma2_ts, sigma_ts, alpha_ts = schedules.transition(gamma_t, gamma_s)
-  _, sigma_s = schedules.alpha_sigma(gamma_s)
-  _, sigma_t = schedules.alpha_sigma(gamma_t)
-  eps_hat = model.eps(params, graph, z_t, t)
-  node = lambda v: masking.per_node(v, graph)
-  mu = z_t / node(alpha_ts) - node(sigma2_ts / alpha_ts / sigma_t) * eps_hat
-  sigma = sigma_ts * sigma_s / sigma_t
-  z_s = center_of_gravity.remove_mean_positions(mu + node(sigma) * noise, graph)
-  return {'mu': mu, 'sigma': sigma, 'z_s': z_s}
+  steps = steps or T
+  if not 1 <= steps <= T:
+    raise ValueError(f'steps must be in [1, T={T}], got {steps}.')
+  return np.round(np.linspace(T, 0, steps + 1)).astype(np.int32)
 
 
 def p_xh_given_z0(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
@@ -56,8 +48,7 @@ def p_xh_given_z0(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
   """
   d = model.config.diffusion
   K = model.config.num_atom_types
-  n_graph = graph.n_node.shape[0]
-  zeros = jnp.zeros(n_graph)
+  zeros = jnp.zeros(graph.n_node.shape[0])
   gamma_0 = model.gamma(params, zeros)
   alpha_0, sigma_0 = schedules.alpha_sigma(gamma_0)
   sigma_x = schedules.sigma_over_alpha(gamma_0)
@@ -87,76 +78,86 @@ def fixed_noise(rng: jax.Array, graph: jraph.GraphsTuple, n_features: int,
   return center_of_gravity.remove_mean_positions(z, graph)
 
 
-def _noise(model, graph, rng, index, fix_noise):
+def noise(model: Diffusion, graph: jraph.GraphsTuple, rng: jax.Array, index,
+          fix_noise: bool) -> jax.Array:
+  """The standard normal draw number `index` of a chain (CoG-free positions)."""
   key = jax.random.fold_in(rng, index)
   if fix_noise:
     return fixed_noise(key, graph, model.n_features)
   return model.sample_noise(key, graph)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'n_steps', 'unroll', 'fix_noise'))
+@functools.partial(jax.jit, static_argnames=('model', 'sampler', 'unroll', 'fix_noise'))
 def reverse_steps(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
-                  z: jax.Array, first_s: jax.Array, rng: jax.Array, *, n_steps: int,
-                  unroll: int = 1, fix_noise: bool = False) -> jax.Array:
-  """`n_steps` reverse steps s = first_s, first_s - 1, ... in one compiled `lax.scan`.
+                  z: jax.Array, carry: Any, t_ints: jax.Array, s_ints: jax.Array,
+                  rng: jax.Array, *, sampler, unroll: int = 1, fix_noise: bool = False):
+  """`sampler`'s steps t_ints[i] -> s_ints[i] in one compiled `lax.scan`.
 
-  Step s uses the noise of `fold_in(rng, s)`, so a chain is the same whatever
-  `n_steps` it is cut into.
+  Returns:
+    (z, carry) after the last step.
   """
   n_graph = graph.n_node.shape[0]
 
-  def step(z, i):
-    s_int = first_s - i
-    noise = _noise(model, graph, rng, s_int, fix_noise)
+  def step(state, ts):
+    z, carry = state
+    t_int, s_int = ts
+    eps = (noise(model, graph, rng, s_int, fix_noise) if sampler.stochastic
+           else jnp.zeros_like(z))
+    t = jnp.full(n_graph, t_int, jnp.float32) / model.T
     s = jnp.full(n_graph, s_int, jnp.float32) / model.T
-    t = jnp.full(n_graph, s_int + 1, jnp.float32) / model.T
-    return p_zs_given_zt(model, params, graph, s, t, z, noise)['z_s'], None
+    return sampler.step(model, params, graph, z, carry, t=t, s=s, noise=eps), None
 
-  z, _ = jax.lax.scan(step, z, jnp.arange(n_steps), unroll=unroll)
-  return z
+  (z, carry), _ = jax.lax.scan(step, (z, carry), (t_ints, s_ints), unroll=unroll)
+  return z, carry
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'fix_noise'))
 def final_step(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
                z: jax.Array, rng: jax.Array, *, fix_noise: bool = False):
   out = p_xh_given_z0(model, params, graph, z,
-                      _noise(model, graph, rng, model.T + 1, fix_noise))
+                      noise(model, graph, rng, model.T + 1, fix_noise))
   out['x'] = center_of_gravity.remove_mean(out['x'], graph)
   return out
 
 
-def sample(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
-           rng: jax.Array, *, jit_steps: int = 0, unroll: int = 1,
+def sample(model: Diffusion, params: Params, graph: jraph.GraphsTuple, rng: jax.Array,
+           sampler, *, steps: int = 0, jit_steps: int = 0, unroll: int = 1,
            fix_noise: bool = False, chain_every: int = 0) -> dict[str, jax.Array]:
-  """The whole chain z_T -> ... -> z_0 -> (x, h), `jit_steps` steps per compiled call.
+  """The whole chain z_T -> ... -> z_0 -> (x, h) on a grid of `steps` steps.
 
   Args:
     model: the diffusion model.
     params: its (EMA) parameters.
     graph: a padded batch whose `n_node` gives each molecule's size.
-    rng: key; reverse step s draws from `fold_in(rng, s)`, z_T from `fold_in(rng, T)`.
-    jit_steps: reverse steps per compiled call (K); 0 (default) compiles the
-      whole chain (or `chain_every` steps) once, 1 calls the network step by step.
+    rng: the chain's key (see the module docstring for its draws).
+    sampler: the step rule (`edm_zoo.diffusion.samplers.get`).
+    steps: reverse steps (network evaluations before the final one); 0: T.
+    jit_steps: steps per compiled call (K); 0 compiles the whole chain (or
+      `chain_every` steps) once, 1 calls the network step by step.
     unroll: `lax.scan` unroll factor inside a call.
     fix_noise: share one noise draw among all molecules (EDM's fix_noise).
-    chain_every: if > 0, also return z every `chain_every` steps (must be a
-      multiple of jit_steps) as `chain` [frames, n_node, D].
+    chain_every: if > 0, also return z every `chain_every` steps (a multiple of
+      jit_steps) as `chain` [frames, n_node, D].
 
   Returns:
     `p_xh_given_z0`'s dict, with x re-centred per molecule.
   """
   T = model.T
-  K = max(1, min(int(jit_steps), T)) if jit_steps else (chain_every or T)
+  grid = time_grid(T, steps)
+  n = len(grid) - 1
+  K = max(1, min(int(jit_steps), n)) if jit_steps else (chain_every or n)
   if chain_every and chain_every % K:
     raise ValueError(f'chain_every={chain_every} must be a multiple of jit_steps={K}.')
-  z = _noise(model, graph, rng, T, fix_noise)
+  z = noise(model, graph, rng, T, fix_noise)
+  carry = sampler.init(z)
   frames = [z] if chain_every else []
   done = 0
-  while done < T:
-    n = min(K, T - done)
-    z = reverse_steps(model, params, graph, z, jnp.int32(T - 1 - done), rng,
-                      n_steps=n, unroll=unroll, fix_noise=fix_noise)
-    done += n
+  while done < n:
+    k = min(K, n - done)
+    z, carry = reverse_steps(model, params, graph, z, carry, jnp.asarray(grid[done:done + k]),
+                             jnp.asarray(grid[done + 1:done + k + 1]), rng,
+                             sampler=sampler, unroll=unroll, fix_noise=fix_noise)
+    done += k
     if chain_every and done % chain_every == 0:
       frames.append(z)
   out = dict(final_step(model, params, graph, z, rng, fix_noise=fix_noise))
