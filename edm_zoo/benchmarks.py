@@ -1,9 +1,10 @@
 """What `launch/bench.py` measures, on the library's own functions.
 
 Train step (`training.state.make_step_fns`, the step training runs), NLL batches
-(`evaluation.make_nll_fn`), sampling (`diffusion.sampler.reverse_steps`, the
-sampler's compiled chain), the data pipeline, peak memory and achieved GFLOP/s,
-plus the jit study (K reverse steps per compiled call x scan unroll).
+(`evaluation.make_nll_fn`), sampling (`diffusion.samplers.chain.reverse_steps`,
+the samplers' compiled chain), the data pipeline, peak memory and achieved GFLOP/s,
+plus the jit study (K reverse steps per compiled call x scan unroll) and the
+sampler study (quality against network evaluations per molecule).
 
 Analytic FLOP count (multiply-adds x 2) of one EGNN forward pass with factored
 first edge layers, for N real nodes, E directed edges, width f, L blocks:
@@ -18,6 +19,7 @@ forwards, a sampler step 1 forward.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import resource
@@ -31,8 +33,10 @@ import numpy as np
 from edm_zoo import config as config_lib
 from edm_zoo import evaluation, generate
 from edm_zoo.data import batching, qm9, sources
-from edm_zoo.diffusion import sampler
+from edm_zoo.diffusion import samplers
+from edm_zoo.diffusion.samplers import chain
 from edm_zoo.diffusion.objective import Diffusion
+from edm_zoo.metrics import rdkit_metrics, stability
 from edm_zoo.training import optimizer, state as train_state
 
 
@@ -79,23 +83,26 @@ def sampling_graph(model: Diffusion, n_mol: int, atomic_numbers) -> Any:
 
 
 def chain_seconds(model: Diffusion, params, graph, *, n_steps: int, k: int,
-                  unroll: int = 1, first: int | None = None) -> dict[str, float]:
-  """Times `n_steps` reverse steps cut into compiled calls of `k` steps.
+                  unroll: int = 1, sampler=None) -> dict[str, float]:
+  """Times the first `n_steps` steps of the full T-step chain, cut into compiled
+  calls of `k` steps (EDM's ancestral sampler unless another is given).
 
   Returns:
     {'compile_s': first call minus a warm call, 'chain_s': the n_steps}.
   """
-  first = model.T - 1 if first is None else first
+  sampler = sampler or samplers.get('ancestral')
+  grid = jnp.asarray(samplers.time_grid(model.T))
   z = model.sample_noise(jax.random.PRNGKey(0), graph)
-  call = lambda z, s: sampler.reverse_steps(
-      model, params, graph, z, jnp.int32(s), jax.random.PRNGKey(1), n_steps=k,
-      unroll=unroll)
-  _, first_call = _timed(call, z, first)
-  _, one_call = _timed(call, z, first)
+  carry = sampler.init(z)
+  call = lambda z, carry, i: chain.reverse_steps(
+      model, params, graph, z, carry, grid[i:i + k], grid[i + 1:i + k + 1],
+      jax.random.PRNGKey(1), sampler=sampler, unroll=unroll)
+  _, first_call = _timed(call, z, carry, 0)
+  _, one_call = _timed(call, z, carry, 0)
   start = time.perf_counter()
   done = 0
   while done < n_steps:
-    z = call(z, first - done)
+    z, carry = call(z, carry, done)
     done += k
   jax.block_until_ready(z)
   return {'compile_s': max(first_call - one_call, 0.0),
@@ -262,3 +269,127 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
   results['peak_rss_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   results['other_busy_cores_before_after'] = [load_before, cpu_contention()]
   return results
+
+
+# --- Quality versus network evaluations: the sampler study.
+
+METRICS = ('atom_stability', 'mol_stability', 'validity', 'uniqueness')
+
+
+def molecule_outcomes(molecules, elements) -> dict[str, np.ndarray]:
+  """Per molecule: stable atoms, atoms, molecule stable, valid, and its SMILES."""
+  stable_atoms, atoms, mol_stable = [], [], []
+  for positions, types in molecules:
+    m, s, n = stability.check_stability(positions, types, elements)
+    mol_stable.append(m)
+    stable_atoms.append(s)
+    atoms.append(n)
+  smiles = rdkit_metrics.valid_smiles(molecules, elements)
+  return {'stable_atoms': np.array(stable_atoms), 'atoms': np.array(atoms),
+          'mol_stable': np.array(mol_stable, bool),
+          'valid': np.array([s is not None for s in smiles]),
+          'smiles': np.array([s or '' for s in smiles], object)}
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+  """The Wilson score interval of a proportion k / n (95% for z = 1.96)."""
+  if n == 0:
+    return 0.0, 1.0
+  p = k / n
+  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+  half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+  return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))
+
+
+def metrics_with_intervals(outcomes: dict[str, np.ndarray], *, resamples: int = 1000,
+                           seed: int = 0) -> dict[str, float]:
+  """The four metrics with 95% intervals: Wilson intervals for the per-molecule
+  proportions (molecule stability, validity, and uniqueness as distinct SMILES
+  among the valid ones), a bootstrap over whole molecules for atom stability
+  (the atoms of one molecule are not independent)."""
+  o = outcomes
+  n = len(o['valid'])
+  valid = int(o['valid'].sum())
+  distinct = len(set(o['smiles'][o['valid']]))
+  counts = {'mol_stability': (int(o['mol_stable'].sum()), n),
+            'validity': (valid, n), 'uniqueness': (distinct, valid)}
+  out: dict[str, float] = {'molecules': n}
+  for key, (k, m) in counts.items():
+    out[key] = k / max(m, 1)
+    out[f'{key}_lo'], out[f'{key}_hi'] = wilson_interval(k, m)
+  ratio = lambda index: o['stable_atoms'][index].sum() / max(o['atoms'][index].sum(), 1)
+  out['atom_stability'] = float(ratio(np.arange(n)))
+  rng = np.random.default_rng(seed)
+  boot = [ratio(rng.integers(0, n, n)) for _ in range(resamples)]
+  out['atom_stability_lo'], out['atom_stability_hi'] = (
+      float(v) for v in np.percentile(boot, [2.5, 97.5]))
+  return out
+
+
+def sampler_study_row(model: Diffusion, params, sampling: config_lib.SamplingConfig, *,
+                      atomic_numbers, elements, partial_dir: str | None = None,
+                      progress: bool = True) -> dict[str, Any]:
+  """One row of the study: sample with `sampling`, time it, score the molecules.
+
+  Before the clock starts, one batch on a short grid compiles the sampler's
+  chain of `sampling.jit_steps` steps (the same code runs any grid) and the final
+  step; molecules per hour then count the whole generation, including the
+  compiles of padding shapes that first appear later.
+  """
+  steps = len(samplers.time_grid(model.T, sampling.steps)) - 1
+  warm_steps = min(sampling.jit_steps, steps) if sampling.jit_steps else steps
+  generate.generate(model, params, dataclasses.replace(
+      sampling, n_samples=sampling.batch_size, steps=warm_steps, seed=sampling.seed + 1),
+      histogram=model.n_nodes_histogram, atomic_numbers=atomic_numbers, progress=False)
+  start = time.perf_counter()
+  molecules = generate.generate(model, params, sampling, histogram=model.n_nodes_histogram,
+                                atomic_numbers=atomic_numbers, partial_dir=partial_dir,
+                                progress=progress)
+  seconds = time.perf_counter() - start
+  row = {'sampler': sampling.sampler, 'eta': sampling.eta, 'steps': steps,
+         'nfe': steps + 1, 'sampling_seconds': seconds,
+         'molecules_per_hour': 3600 * len(molecules) / max(seconds, 1e-9)}
+  row.update(metrics_with_intervals(molecule_outcomes(
+      [(m['positions'], m['types']) for m in molecules], elements)))
+  return row
+
+
+def sampler_study_table(rows) -> str:
+  """Markdown: one line per (sampler, NFE), metrics in % with 95% intervals."""
+  lines = ['| sampler | NFE | atom stability | molecule stability | validity | '
+           'uniqueness | molecules/h |', '|---|---|---|---|---|---|---|']
+  for r in rows:
+    name = r['sampler'] + (f" (eta {r['eta']:g})" if r['sampler'] == 'ddim' else '')
+    cells = [f"{100 * r[k]:.1f} [{100 * r[k + '_lo']:.1f}, {100 * r[k + '_hi']:.1f}]"
+             for k in METRICS]
+    lines.append(f"| {name} | {r['nfe']} | {' | '.join(cells)} | "
+                 f"{r['molecules_per_hour']:,.0f} |")
+  return '\n'.join(lines)
+
+
+def sampler_study_plot(rows, path: str, title: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+  names = sorted({(r['sampler'], r['eta']) for r in rows})
+  for name, eta in names:
+    rs = sorted((r for r in rows if (r['sampler'], r['eta']) == (name, eta)),
+                key=lambda r: r['nfe'])
+    label = name + (f' eta {eta:g}' if name == 'ddim' else '')
+    nfe = [r['nfe'] for r in rs]
+    for ax, key in zip(axes, ('atom_stability', 'validity')):
+      ax.errorbar(nfe, [100 * r[key] for r in rs],
+                  yerr=[[100 * (r[key] - r[key + '_lo']) for r in rs],
+                        [100 * (r[key + '_hi'] - r[key]) for r in rs]],
+                  marker='o', capsize=3, label=label)
+    axes[2].plot(nfe, [r['molecules_per_hour'] for r in rs], 'o-', label=label)
+  for ax, name in zip(axes, ('atom stability (%)', 'validity (%)', 'molecules / hour')):
+    ax.set_xscale('log')
+    ax.set_xlabel('network evaluations per molecule (NFE)')
+    ax.set_title(name)
+  axes[2].set_yscale('log')
+  axes[0].legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -162,7 +163,8 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, sampling: SamplingConfig,
     protocol.check_classifiers(config.conditioning, clf, atoms)
   condition = condition_for(config, meta, None, data_dir)
   report: dict[str, Any] = {'ckpt': os.path.abspath(ckpt), 'config':
-                            config_lib.to_dict(config), 'timings': {}}
+                            config_lib.to_dict(config),
+                            'sampling': dataclasses.asdict(sampling), 'timings': {}}
   if e.nll_passes:
     start = time.time()
     nll_source = qm9.load_dataset(config.dataset, e.nll_split, data_dir)

@@ -156,7 +156,11 @@ def sampling_from_flags() -> config_lib.SamplingConfig:
 def checked_ckpt() -> str:
   """--ckpt, after a one-line exit when it is missing or holds no checkpoint (before
   anything is written)."""
-  ckpt = flags.FLAGS.ckpt
+  return checked_ckpt_path(flags.FLAGS.ckpt)
+
+
+def checked_ckpt_path(ckpt: str | None) -> str:
+  """`ckpt`, after a one-line exit when it is missing or holds no checkpoint."""
   if not ckpt:
     sys.exit('error: give --ckpt=DIR.')
   try:

@@ -13,10 +13,10 @@ python3 - <<'PY' 2>&1 | tee "$OUT/parity.txt"
 import json, os, jax
 jax.config.update('jax_default_matmul_precision', 'highest')
 import edm_zoo
-from edm_zoo.compat import edm_torch
+from edm_zoo.compat import parity
 print(jax.devices(), jax.__version__)
 out = {}
-for name, fn in (('parity', edm_torch.parity_report), ('train_parity', edm_torch.train_parity_report)):
+for name, fn in (('parity', parity.parity_report), ('train_parity', parity.train_parity_report)):
   r = fn(f'.gpudata/{name}_small.npz')
   out[name] = r
   bad = [k for k, v in r.items() if not v['ok']]

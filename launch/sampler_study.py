@@ -1,0 +1,111 @@
+"""Quality against network evaluations: every sampler at several step counts on
+one trained model.
+
+  python launch/sampler_study.py --ckpt=../shared/models/qm9_cpu_small \
+      --out_dir=workdirs/sampler_study --n_samples=1000 \
+      --markdown=BENCHMARKS.md --plot=docs/sampler_study_cpu.png
+
+Each (sampler, steps) row samples --n_samples molecules (resumable: batches are
+kept under --out_dir) and reports atom and molecule stability, validity and
+uniqueness with 95% bootstrap intervals, and molecules per hour. Rows run from the
+cheapest up and are saved to <out_dir>/rows.json as they finish; a rerun skips
+the rows already there.
+"""
+
+from absl import app
+from absl import flags
+
+from launch import runtime
+runtime.configure_process()
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from edm_zoo import benchmarks  # noqa: E402
+from edm_zoo import config as config_lib  # noqa: E402
+from edm_zoo import reporting  # noqa: E402
+from edm_zoo.data import qm9  # noqa: E402
+from edm_zoo.diffusion import samplers  # noqa: E402
+from edm_zoo.io import files  # noqa: E402
+from launch import flags_util  # noqa: E402
+
+_CKPT = flags.DEFINE_string('ckpt', None, 'checkpoint folder')
+_OUT_DIR = flags.DEFINE_string('out_dir', 'workdirs/sampler_study', 'output folder')
+_N_SAMPLES = flags.DEFINE_integer('n_samples', 1000, 'molecules per row')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 100, 'molecules per sampling batch')
+_SEED = flags.DEFINE_integer('seed', 0, 'sampling seed (the same for every row)')
+_SAMPLERS = flags.DEFINE_list('samplers', samplers.names(), 'samplers to study')
+_STEPS = flags.DEFINE_list('steps', ['1000', '500', '250', '100', '50', '25'],
+                           'reverse steps per molecule (NFE = steps + 1)')
+_ETA = flags.DEFINE_float('eta', 0.0, "ddim's eta")
+_JIT_STEPS = flags.DEFINE_integer('jit_steps', 25, 'steps per compiled call (every row '
+                                  'compiles the same chain length)')
+_MARKDOWN = flags.DEFINE_string('markdown', None, 'replace the study table in this file')
+_PLOT = flags.DEFINE_string('plot', None, 'write a PNG plot here')
+_DATA_DIR = flags_util.define_data_dir_flag()
+_PROGRESS = flags.DEFINE_bool('progress', True, 'show progress bars')
+
+_BEGIN, _END = '<!-- sampler-study begin -->', '<!-- sampler-study end -->'
+
+
+def _replace_table(path: str, table: str) -> None:
+  text = open(path).read() if os.path.exists(path) else ''
+  block = f'{_BEGIN}\n{table}\n{_END}'
+  if _BEGIN in text and _END in text:
+    text = text[:text.index(_BEGIN)] + block + text[text.index(_END) + len(_END):]
+  else:
+    text += '\n' + block + '\n'
+  with files.atomic_path(path) as tmp, open(tmp, 'w') as f:
+    f.write(text)
+
+
+def main(argv):
+  runtime.start_main(argv)
+  if not _CKPT.value:
+    sys.exit('error: give --ckpt=DIR.')
+  try:
+    steps = sorted({int(s) for s in _STEPS.value})
+    plan = [config_lib.build_sampling(
+        n_samples=_N_SAMPLES.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
+        sampler=name, steps=s, eta=_ETA.value if name == 'ddim' else 0.0,
+        jit_steps=min(_JIT_STEPS.value, s)) for s in steps for name in _SAMPLERS.value]
+    for p in plan:
+      samplers.get(p.sampler, eta=p.eta)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  ckpt = flags_util.checked_ckpt_path(_CKPT.value)
+  out_dir = flags_util.writable_out_dir(_OUT_DIR.value)
+  try:
+    config, model, params, _ = reporting.load_model(ckpt)
+    for p in plan:
+      samplers.time_grid(model.T, p.steps)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  remove_h = qm9.remove_h_for(config.dataset)
+  rows_path = os.path.join(out_dir, 'rows.json')
+  rows = json.load(open(rows_path)) if os.path.exists(rows_path) else []
+  done = {(r['sampler'], r['eta'], r['steps'], r['molecules']) for r in rows}
+  for p in plan:
+    if (p.sampler, p.eta, p.steps, p.n_samples) in done:
+      continue
+    row = benchmarks.sampler_study_row(
+        model, params, p, atomic_numbers=qm9.atomic_numbers(remove_h),
+        elements=qm9.atom_types(remove_h), progress=_PROGRESS.value,
+        partial_dir=os.path.join(out_dir, f'{p.sampler}_eta{p.eta:g}_steps{p.steps}'))
+    rows.append(row)
+    print(benchmarks.sampler_study_table([row]).splitlines()[-1], flush=True)
+    with files.atomic_path(rows_path) as tmp, open(tmp, 'w') as f:
+      json.dump(rows, f, indent=1)
+  rows.sort(key=lambda r: (r['sampler'], r['eta'], -r['steps']))
+  table = benchmarks.sampler_study_table(rows)
+  print(table)
+  if _MARKDOWN.value:
+    _replace_table(_MARKDOWN.value, table)
+  if _PLOT.value:
+    benchmarks.sampler_study_plot(rows, _PLOT.value,
+                                  f'{os.path.basename(os.path.normpath(ckpt))}: '
+                                  f'{_N_SAMPLES.value} molecules per point')
+
+
+if __name__ == '__main__':
+  app.run(main)
