@@ -327,26 +327,25 @@ def metrics_with_intervals(outcomes: dict[str, np.ndarray], *, resamples: int = 
 
 
 def sampler_study_row(model: Diffusion, params, sampling: config_lib.SamplingConfig, *,
-                      atomic_numbers, elements, partial_dir: str | None = None,
-                      progress: bool = True) -> dict[str, Any]:
+                      atomic_numbers, elements, progress: bool = True) -> dict[str, Any]:
   """One row of the study: sample with `sampling`, time it, score the molecules.
 
-  Before the clock starts, one batch on a short grid compiles the sampler's
-  chain of `sampling.jit_steps` steps (the same code runs any grid) and the final
-  step; molecules per hour then count the whole generation, including the
-  compiles of padding shapes that first appear later.
+  Before the clock starts, the same batches on a short grid compile every
+  padding shape of the run (the sampler's chain of `sampling.jit_steps` steps
+  runs any grid, and batch b's sizes depend on (seed, b) only), so molecules per
+  hour measure sampling, not compiling.
   """
-  steps = len(samplers.time_grid(model.T, sampling.steps)) - 1
+  steps = len(samplers.model_grid(model, params, sampling.steps, sampling.spacing)) - 1
   warm_steps = min(sampling.jit_steps, steps) if sampling.jit_steps else steps
-  generate.generate(model, params, dataclasses.replace(
-      sampling, n_samples=sampling.batch_size, steps=warm_steps, seed=sampling.seed + 1),
-      histogram=model.n_nodes_histogram, atomic_numbers=atomic_numbers, progress=False)
+  generate.generate(model, params, dataclasses.replace(sampling, steps=warm_steps),
+                    histogram=model.n_nodes_histogram, atomic_numbers=atomic_numbers,
+                    progress=False)
   start = time.perf_counter()
   molecules = generate.generate(model, params, sampling, histogram=model.n_nodes_histogram,
-                                atomic_numbers=atomic_numbers, partial_dir=partial_dir,
-                                progress=progress)
+                                atomic_numbers=atomic_numbers, progress=progress)
   seconds = time.perf_counter() - start
-  row = {'sampler': sampling.sampler, 'eta': sampling.eta, 'steps': steps,
+  row = {'sampler': sampling.sampler, 'eta': sampling.eta, 'spacing': sampling.spacing,
+         'steps': steps,
          'nfe': steps + 1, 'sampling_seconds': seconds,
          'molecules_per_hour': 3600 * len(molecules) / max(seconds, 1e-9)}
   row.update(metrics_with_intervals(molecule_outcomes(
@@ -354,12 +353,19 @@ def sampler_study_row(model: Diffusion, params, sampling: config_lib.SamplingCon
   return row
 
 
+def _label(row) -> str:
+  """'ddim (eta 0)', 'ancestral, quadratic grid', ..."""
+  name = row['sampler'] + (f" (eta {row['eta']:g})" if row['sampler'] == 'ddim' else '')
+  spacing = row.get('spacing', 'uniform')
+  return name if spacing == 'uniform' else f'{name}, {spacing} grid'
+
+
 def sampler_study_table(rows) -> str:
   """Markdown: one line per (sampler, NFE), metrics in % with 95% intervals."""
   lines = ['| sampler | NFE | atom stability | molecule stability | validity | '
            'uniqueness | molecules/h |', '|---|---|---|---|---|---|---|']
   for r in rows:
-    name = r['sampler'] + (f" (eta {r['eta']:g})" if r['sampler'] == 'ddim' else '')
+    name = _label(r)
     cells = [f"{100 * r[k]:.1f} [{100 * r[k + '_lo']:.1f}, {100 * r[k + '_hi']:.1f}]"
              for k in METRICS]
     lines.append(f"| {name} | {r['nfe']} | {' | '.join(cells)} | "
@@ -372,11 +378,8 @@ def sampler_study_plot(rows, path: str, title: str) -> None:
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-  names = sorted({(r['sampler'], r['eta']) for r in rows})
-  for name, eta in names:
-    rs = sorted((r for r in rows if (r['sampler'], r['eta']) == (name, eta)),
-                key=lambda r: r['nfe'])
-    label = name + (f' eta {eta:g}' if name == 'ddim' else '')
+  for label in sorted({_label(r) for r in rows}):
+    rs = sorted((r for r in rows if _label(r) == label), key=lambda r: r['nfe'])
     nfe = [r['nfe'] for r in rs]
     for ax, key in zip(axes, ('atom_stability', 'validity')):
       ax.errorbar(nfe, [100 * r[key] for r in rs],

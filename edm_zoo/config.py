@@ -355,6 +355,9 @@ class SamplingConfig:
     steps: reverse steps on an evenly spaced time grid (0: T, EDM's chain); the
       network is evaluated steps + 1 times per molecule.
     eta: DDIM's share of the ancestral noise (0: deterministic).
+    spacing: how the steps spread over [0, T]: 'uniform', 'power_<p>' (t = T (1 -
+      i/steps)^p, finer near the data for p > 1; 'quadratic' = 'power_2') or
+      'log_snr' (uniform in log-SNR). Any spacing with steps = T is EDM's grid.
     jit_steps: reverse steps per compiled call (0: the whole chain in one call).
     unroll: `lax.scan` unroll factor inside a call.
     fix_noise: one noise draw shared by all molecules (EDM's fix_noise).
@@ -366,6 +369,7 @@ class SamplingConfig:
   sampler: str = 'ancestral'
   steps: int = 0
   eta: float = 0.0
+  spacing: str = 'uniform'
   jit_steps: int = 0
   unroll: int = 1
   fix_noise: bool = False

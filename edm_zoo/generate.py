@@ -95,7 +95,8 @@ def sample_batch(model: Diffusion, params, sizes: np.ndarray, key: jax.Array, *,
       sizes, atomic_numbers, batching.choose_budget(sizes, budgets), context)
   out = samplers.sample(model, params, graph, key,
                         samplers.get(sampling.sampler, eta=sampling.eta),
-                        steps=sampling.steps, jit_steps=sampling.jit_steps,
+                        steps=sampling.steps, spacing=sampling.spacing,
+                        jit_steps=sampling.jit_steps,
                         unroll=sampling.unroll, fix_noise=sampling.fix_noise,
                         chain_every=chain_every)
   out = jax.device_get(out)
@@ -139,13 +140,14 @@ def generate(model: Diffusion, params, sampling: SamplingConfig, *,
   if n_samples <= 0:
     raise ValueError(f'n_samples must be positive, got {n_samples}.')
   samplers.get(sampling.sampler, eta=sampling.eta)  # One-line errors before any work.
-  steps = len(samplers.time_grid(model.T, sampling.steps)) - 1
+  steps = len(samplers.model_grid(model, params, sampling.steps, sampling.spacing)) - 1
   budgets = batching.default_budgets(batch_size, histogram)
   size_histogram = condition.size_histogram(histogram) if condition else histogram
   if partial_dir:
     # EDM's chain keeps the request of earlier versions, which had no other.
     other = ({} if (sampling.sampler, steps, sampling.eta) == ('ancestral', model.T, 0.0)
-             else {'sampler': sampling.sampler, 'steps': steps, 'eta': sampling.eta})
+             else {'sampler': sampling.sampler, 'steps': steps, 'eta': sampling.eta,
+                   'spacing': sampling.spacing})
     _claim_partial_dir(partial_dir, {**other,
         'seed': seed, 'batch_size': batch_size, 'fix_noise': sampling.fix_noise,
         'conditioning': list(condition.normalizer.properties) if condition else [],

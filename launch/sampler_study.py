@@ -5,11 +5,10 @@ one trained model.
       --out_dir=workdirs/sampler_study --n_samples=1000 \
       --markdown=BENCHMARKS.md --plot=docs/sampler_study_cpu.png
 
-Each (sampler, steps) row samples --n_samples molecules (resumable: batches are
-kept under --out_dir) and reports atom and molecule stability, validity and
+Each (sampler, steps) row samples --n_samples molecules and reports atom and molecule stability, validity and
 uniqueness with 95% bootstrap intervals, and molecules per hour. Rows run from the
 cheapest up and are saved to <out_dir>/rows.json as they finish; a rerun skips
-the rows already there.
+the rows already there (a row is timed whole, so an interrupted row starts over).
 """
 
 from absl import app
@@ -38,6 +37,8 @@ _SAMPLERS = flags.DEFINE_list('samplers', samplers.names(), 'samplers to study')
 _STEPS = flags.DEFINE_list('steps', ['1000', '500', '250', '100', '50', '25'],
                            'reverse steps per molecule (NFE = steps + 1)')
 _ETA = flags.DEFINE_float('eta', 0.0, "ddim's eta")
+_SPACINGS = flags.DEFINE_list('spacings', ['uniform'],
+                              f'time grids to study: {list(samplers.SPACINGS)}')
 _JIT_STEPS = flags.DEFINE_integer('jit_steps', 25, 'steps per compiled call (every row '
                                   'compiles the same chain length)')
 _MARKDOWN = flags.DEFINE_string('markdown', None, 'replace the study table in this file')
@@ -68,7 +69,8 @@ def main(argv):
     plan = [config_lib.build_sampling(
         n_samples=_N_SAMPLES.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
         sampler=name, steps=s, eta=_ETA.value if name == 'ddim' else 0.0,
-        jit_steps=min(_JIT_STEPS.value, s)) for s in steps for name in _SAMPLERS.value]
+        spacing=spacing, jit_steps=min(_JIT_STEPS.value, s))
+        for s in steps for spacing in _SPACINGS.value for name in _SAMPLERS.value]
     for p in plan:
       samplers.get(p.sampler, eta=p.eta)
   except ValueError as e:
@@ -78,25 +80,28 @@ def main(argv):
   try:
     config, model, params, _ = reporting.load_model(ckpt)
     for p in plan:
-      samplers.time_grid(model.T, p.steps)
+      samplers.model_grid(model, params, p.steps, p.spacing)
   except ValueError as e:
     sys.exit(f'error: {e}')
   remove_h = qm9.remove_h_for(config.dataset)
   rows_path = os.path.join(out_dir, 'rows.json')
   rows = json.load(open(rows_path)) if os.path.exists(rows_path) else []
-  done = {(r['sampler'], r['eta'], r['steps'], r['molecules']) for r in rows}
+  key = lambda r: (r['sampler'], r['eta'], r.get('spacing', 'uniform'), r['steps'],
+                   r['molecules'])
+  done = {key(r) for r in rows}
   for p in plan:
-    if (p.sampler, p.eta, p.steps, p.n_samples) in done:
+    if (p.sampler, p.eta, p.spacing, p.steps, p.n_samples) in done:
       continue
     row = benchmarks.sampler_study_row(
         model, params, p, atomic_numbers=qm9.atomic_numbers(remove_h),
-        elements=qm9.atom_types(remove_h), progress=_PROGRESS.value,
-        partial_dir=os.path.join(out_dir, f'{p.sampler}_eta{p.eta:g}_steps{p.steps}'))
+        elements=qm9.atom_types(remove_h), progress=_PROGRESS.value)
     rows.append(row)
     print(benchmarks.sampler_study_table([row]).splitlines()[-1], flush=True)
     with files.atomic_path(rows_path) as tmp, open(tmp, 'w') as f:
       json.dump(rows, f, indent=1)
-  rows.sort(key=lambda r: (r['sampler'], r['eta'], -r['steps']))
+  spacing = lambda r: r.get('spacing', 'uniform')
+  rows.sort(key=lambda r: (r['sampler'], r['eta'], spacing(r) != 'uniform', spacing(r),
+                           -r['steps']))
   table = benchmarks.sampler_study_table(rows)
   print(table)
   if _MARKDOWN.value:

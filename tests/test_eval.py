@@ -85,10 +85,24 @@ def test_eval_writes_everything_and_resumes(ckpt, tmp_path):
   assert 'Traceback' not in other.stderr
 
 
+def test_few_step_sampler_without_the_nll(ckpt, tmp_path):
+  out = tmp_path / 'fast'
+  _run('eval.py', f'--ckpt={ckpt}', f'--out_dir={out}', '--n_samples=4', '--batch_size=4',
+       '--nll_passes=0', '--sampler=dpm_solver', '--steps=10')
+  report = json.loads((out / 'report.json').read_text())
+  assert 'nll' not in report and 'nll_seconds' not in report['timings']
+  assert report['sampling']['sampler'] == 'dpm_solver' and report['sampling']['steps'] == 10
+  assert report['metrics']['molecules'] == 4
+  request = json.loads((out / 'partial' / 'request.json').read_text())
+  assert request['sampler'] == 'dpm_solver' and request['steps'] == 10
+
+
 @pytest.mark.parametrize('args,message', [
     (('--ckpt=/nonexistent',), 'no such directory'),
     (('--ckpt={tmp}',), 'holds no edm_zoo checkpoint'),
     (('--ckpt={ckpt}', '--n_samples=0'), '--n_samples must be positive'),
+    (('--ckpt={ckpt}', '--sampler=euler'), "unknown sampler 'euler'"),
+    (('--ckpt={ckpt}', '--steps=2000', '--nll_passes=0'), 'steps must be in [1, T=1000]'),
     (('--ckpt={ckpt}', '--out_dir=/proc/edm_zoo_out'), 'cannot write to --out_dir'),
 ])
 def test_bad_input_is_one_line(ckpt, tmp_path, args, message):

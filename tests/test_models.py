@@ -239,17 +239,6 @@ def test_full_sampler_makes_valid_molecules(short_chain):
   assert jnp.all(jnp.isfinite(out['x']))
 
 
-@pytest.mark.parametrize('jit_steps,unroll', [(1, 1), (7, 2), (20, 4)])
-def test_chain_is_the_same_whatever_the_steps_per_call(short_chain, jit_steps, unroll):
-  model, params, graph = short_chain
-  whole = samplers.sample(model, params, graph, jax.random.PRNGKey(1), ANCESTRAL)
-  cut = samplers.sample(model, params, graph, jax.random.PRNGKey(1), ANCESTRAL,
-                        jit_steps=jit_steps, unroll=unroll)
-  # Equal up to float rounding (XLA fuses a scan of 1 and of 20 steps differently).
-  np.testing.assert_allclose(cut['x'], whole['x'], atol=2e-3)
-  np.testing.assert_array_equal(cut['h_cat'], whole['h_cat'])
-
-
 def test_fix_noise_shares_the_draw_between_equal_sized_molecules(short_chain):
   model, params, _ = short_chain
   mol = {'positions': np.zeros((5, 3), np.float32), 'charges': np.full(5, 6),
@@ -291,6 +280,20 @@ def test_time_grid():
   np.testing.assert_array_equal(samplers.time_grid(10), np.arange(10, -1, -1))
   np.testing.assert_array_equal(samplers.time_grid(1000, 4), [1000, 750, 500, 250, 0])
   assert len(set(samplers.time_grid(1000, 999).tolist())) == 1000
+  quadratic = samplers.time_grid(1000, 100, 'quadratic')
+  assert quadratic[0] == 1000 and quadratic[-1] == 0 and np.all(np.diff(quadratic) < 0)
+  assert quadratic[-2] - quadratic[-1] < quadratic[0] - quadratic[1]  # Finer near 0.
+  np.testing.assert_array_equal(samplers.time_grid(20, 20, 'quadratic'), np.arange(20, -1, -1))
+  gamma = schedules.gamma_table('polynomial_2', 1000, 1e-5)
+  log_snr = samplers.time_grid(1000, 50, 'log_snr', gamma)
+  lam = -0.5 * gamma[log_snr].astype(np.float64)
+  assert np.all(np.diff(log_snr) < 0) and np.std(np.diff(lam)) < 0.2 * np.mean(np.diff(lam))
+  np.testing.assert_array_equal(samplers.time_grid(1000, 4, 'power_1'),
+                                samplers.time_grid(1000, 4))
+  np.testing.assert_array_equal(samplers.time_grid(1000, 2, 'power_1.5'), [1000, 354, 0])
+  for bad in ('cosine', 'power_x', 'power_-1'):
+    with pytest.raises(ValueError, match=f"unknown spacing '{bad}'"):
+      samplers.time_grid(10, 5, bad)
   with pytest.raises(ValueError, match=r'steps must be in \[1, T=10\], got 11'):
     samplers.time_grid(10, 11)
   with pytest.raises(ValueError, match="unknown sampler 'euler'"):
@@ -302,16 +305,17 @@ def test_time_grid():
 SAMPLERS = [('ancestral', 0.0), ('ddim', 0.0), ('ddim', 0.5), ('dpm_solver', 0.0)]
 
 
-@pytest.mark.parametrize('name,eta', SAMPLERS)
-@pytest.mark.parametrize('steps', [20, 6])
-def test_every_sampler_keeps_cog_masks_and_types(short_chain, name, eta, steps):
+@pytest.mark.parametrize('name,eta,steps,spacing', [
+    *[(name, eta, 20, 'uniform') for name, eta in SAMPLERS],
+    ('ancestral', 0.0, 6, 'power_1.5'), ('dpm_solver', 0.0, 6, 'log_snr')])
+def test_every_sampler_keeps_cog_masks_and_types(short_chain, name, eta, steps, spacing):
   model, params, _ = short_chain
   mol = {'positions': np.zeros((5, 3), np.float32), 'charges': np.full(5, 6)}
   graph = padded_graph([mol, {**mol, 'positions': np.zeros((7, 3), np.float32),
                              'charges': np.full(7, 6)}], extra_nodes=4, extra_graphs=2)
   sampler = samplers.get(name, eta=eta)
   out = samplers.sample(model, params, graph, jax.random.PRNGKey(3), sampler, steps=steps,
-                        chain_every=steps)
+                        spacing=spacing, chain_every=steps)
   real = masking.node_mask(graph) > 0
   assert jnp.all(jnp.isfinite(out['x']))
   assert float(center_of_gravity.max_abs_mean(out['x'], graph)) < 1e-4
@@ -321,18 +325,22 @@ def test_every_sampler_keeps_cog_masks_and_types(short_chain, name, eta, steps):
   assert jnp.all(out['chain'][:, ~real] == 0)
 
 
-@pytest.mark.parametrize('name,eta', SAMPLERS)
-def test_every_sampler_is_the_same_whatever_the_steps_per_call(short_chain, name, eta):
+@pytest.mark.parametrize('name,eta,jit_steps,unroll', [
+    ('ancestral', 0.0, 1, 1), ('ancestral', 0.0, 4, 2), ('ddim', 0.5, 4, 1),
+    ('dpm_solver', 0.0, 4, 1)])
+def test_every_sampler_is_the_same_whatever_the_steps_per_call(short_chain, name, eta,
+                                                               jit_steps, unroll):
   model, params, graph = short_chain
   sampler = samplers.get(name, eta=eta)
   whole = samplers.sample(model, params, graph, jax.random.PRNGKey(1), sampler, steps=9)
   cut = samplers.sample(model, params, graph, jax.random.PRNGKey(1), sampler, steps=9,
-                        jit_steps=4)
+                        jit_steps=jit_steps, unroll=unroll)
+  # Equal up to float rounding (XLA fuses a scan of 1 and of 9 steps differently).
   np.testing.assert_allclose(cut['x'], whole['x'], atol=2e-3)
   np.testing.assert_array_equal(cut['h_cat'], whole['h_cat'])
 
 
-@pytest.mark.parametrize('name,eta', SAMPLERS)
+@pytest.mark.parametrize('name,eta', SAMPLERS[1:])  # Ancestral: the test above.
 def test_fix_noise_shares_the_molecule_for_every_sampler(short_chain, name, eta):
   model, params, _ = short_chain
   mol = {'positions': np.zeros((5, 3), np.float32), 'charges': np.full(5, 6)}

@@ -8,9 +8,8 @@ to the same jitted step.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

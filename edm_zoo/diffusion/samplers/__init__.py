@@ -11,7 +11,7 @@ sampler: one module with a frozen dataclass that has `stochastic`, `init` and
 from __future__ import annotations
 
 from edm_zoo.diffusion.samplers import ancestral, ddim, dpm_solver
-from edm_zoo.diffusion.samplers.chain import sample, time_grid
+from edm_zoo.diffusion.samplers.chain import SPACINGS, model_grid, sample, time_grid
 
 _REGISTRY = {
     'ancestral': lambda eta: ancestral.Ancestral(),
@@ -19,7 +19,7 @@ _REGISTRY = {
     'dpm_solver': lambda eta: dpm_solver.DPMSolverPP2M(),
 }
 
-__all__ = ['get', 'names', 'sample', 'time_grid']
+__all__ = ['SPACINGS', 'get', 'model_grid', 'names', 'sample', 'time_grid']
 
 
 def names() -> list[str]:

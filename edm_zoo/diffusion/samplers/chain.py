@@ -26,16 +26,49 @@ from edm_zoo.diffusion import schedules
 from edm_zoo.diffusion.objective import Diffusion, Params
 
 
-def time_grid(T: int, steps: int = 0) -> np.ndarray:
-  """[steps + 1] descending integer times from T to 0, evenly spaced (0: all T).
+SPACINGS = ('uniform', 'quadratic', 'power_<p>', 'log_snr')
+
+
+def time_grid(T: int, steps: int = 0, spacing: str = 'uniform',
+              gamma: np.ndarray | None = None) -> np.ndarray:
+  """[steps + 1] strictly descending integer times from T to 0 (steps 0: all T).
+
+  Args:
+    T: the model's number of diffusion steps.
+    steps: reverse steps.
+    spacing: 'uniform' in t; 'power_<p>' (t = T (1 - i / steps)^p: finer steps
+      near the data for p > 1), 'quadratic' = 'power_2'; 'log_snr' (uniform in
+      lambda = -gamma / 2).
+    gamma: [T + 1] gamma(t / T) of the model, for 'log_snr'.
 
   Raises:
-    ValueError: steps outside [1, T].
+    ValueError: steps outside [1, T] or an unknown spacing.
   """
   steps = steps or T
   if not 1 <= steps <= T:
     raise ValueError(f'steps must be in [1, T={T}], got {steps}.')
-  return np.round(np.linspace(T, 0, steps + 1)).astype(np.int32)
+  u = np.linspace(0.0, 1.0, steps + 1)
+  power = {'uniform': '1', 'quadratic': '2'}.get(spacing, spacing.partition('power_')[2])
+  try:
+    power = float(power) if power else None
+  except ValueError:
+    power = None
+  if power is not None and power > 0:
+    t = T * (1 - u)**power
+  elif spacing == 'log_snr':
+    if gamma is None or len(gamma) != T + 1:
+      raise ValueError(f"spacing 'log_snr' needs the model's gamma at the T + 1 = {T + 1} times.")
+    lam = -0.5 * np.asarray(gamma, np.float64)  # Decreasing in t.
+    targets = lam[T] + (lam[0] - lam[T]) * u
+    t = np.interp(targets, lam[::-1], np.arange(T, -1, -1, dtype=np.float64))
+  else:
+    raise ValueError(f'unknown spacing {spacing!r}; allowed: {list(SPACINGS)}.')
+  grid = np.round(t).astype(np.int64)
+  grid[0], grid[-1] = T, 0
+  # Rounding can merge neighbours near 0: keep every step at least one apart.
+  for i in range(steps - 1, 0, -1):
+    grid[i] = max(grid[i], grid[i + 1] + 1)
+  return grid.astype(np.int32)
 
 
 def p_xh_given_z0(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
@@ -120,9 +153,19 @@ def final_step(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
   return out
 
 
+def model_grid(model: Diffusion, params: Params, steps: int = 0,
+               spacing: str = 'uniform') -> np.ndarray:
+  """`time_grid` of a model (its gamma, learned or not, for the log-SNR spacing)."""
+  gamma = None
+  if spacing == 'log_snr':
+    gamma = np.asarray(model.gamma(params, jnp.arange(model.T + 1) / model.T))
+  return time_grid(model.T, steps, spacing, gamma)
+
+
 def sample(model: Diffusion, params: Params, graph: jraph.GraphsTuple, rng: jax.Array,
-           sampler, *, steps: int = 0, jit_steps: int = 0, unroll: int = 1,
-           fix_noise: bool = False, chain_every: int = 0) -> dict[str, jax.Array]:
+           sampler, *, steps: int = 0, spacing: str = 'uniform', jit_steps: int = 0,
+           unroll: int = 1, fix_noise: bool = False, chain_every: int = 0
+           ) -> dict[str, jax.Array]:
   """The whole chain z_T -> ... -> z_0 -> (x, h) on a grid of `steps` steps.
 
   Args:
@@ -132,6 +175,7 @@ def sample(model: Diffusion, params: Params, graph: jraph.GraphsTuple, rng: jax.
     rng: the chain's key (see the module docstring for its draws).
     sampler: the step rule (`edm_zoo.diffusion.samplers.get`).
     steps: reverse steps (network evaluations before the final one); 0: T.
+    spacing: how the steps are spread over [0, T] (`time_grid`).
     jit_steps: steps per compiled call (K); 0 compiles the whole chain (or
       `chain_every` steps) once, 1 calls the network step by step.
     unroll: `lax.scan` unroll factor inside a call.
@@ -143,7 +187,7 @@ def sample(model: Diffusion, params: Params, graph: jraph.GraphsTuple, rng: jax.
     `p_xh_given_z0`'s dict, with x re-centred per molecule.
   """
   T = model.T
-  grid = time_grid(T, steps)
+  grid = model_grid(model, params, steps, spacing)
   n = len(grid) - 1
   K = max(1, min(int(jit_steps), n)) if jit_steps else (chain_every or n)
   if chain_every and chain_every % K:
