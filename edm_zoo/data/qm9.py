@@ -122,7 +122,7 @@ def load(split: str, remove_h: bool = False,
     raise ValueError(f'QM9 data in {builder.data_dir} is corrupt ({type(e).__name__}:'
                      f' {e}); delete that folder and run `make data`.') from e
   return sources.SplitView(source, split=split, atomic_numbers=atomic_numbers(remove_h),
-                           path=builder.data_dir, decode=_decode, remove_h=remove_h)
+                           path=builder.data_dir, decode=_decode)
 
 
 def load_dataset(dataset: str, split: str,

@@ -33,19 +33,17 @@ class SplitView:
     path: the dataset's folder (for messages and caches beside it).
     decode: turns one stored record into a molecule dict.
     indices: positions in `records` this view holds (all when None).
-    remove_h: whether the dataset has no hydrogens.
   """
 
   def __init__(self, records, *, split: str, atomic_numbers: Sequence[int], path: str,
                decode: Callable[[dict], dict] = lambda item: item,
-               indices: np.ndarray | None = None, remove_h: bool = False):
+               indices: np.ndarray | None = None):
     self._records = records
     self._indices = indices
     self._decode = decode
     self.split = split
     self.atomic_numbers = np.asarray(atomic_numbers)
     self.path = path
-    self.remove_h = remove_h
 
   def __len__(self) -> int:
     return len(self._records) if self._indices is None else len(self._indices)
@@ -70,8 +68,7 @@ class SplitView:
     if self._indices is not None:
       indices = self._indices[indices]
     return SplitView(self._records, split=split, atomic_numbers=self.atomic_numbers,
-                     path=self.path, decode=self._decode, indices=indices,
-                     remove_h=self.remove_h)
+                     path=self.path, decode=self._decode, indices=indices)
 
   def __repr__(self) -> str:
     return f'SplitView(split={self.split!r}, path={self.path!r}, n={len(self)})'
