@@ -114,19 +114,19 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
     t_int, eps = draw_fn(graphs, noise_key, state.step)
     state, metrics = step_fn(state, graphs, t_int, eps)
     metrics = jax.device_get(metrics)
+    n_bad = int(metrics['nonfinite'])
     if not metrics['finite']:
-      n_bad = int(jax.device_get(state.nonfinite))
+      step = int(jax.device_get(state.step))
       logging.warning('step %d: non-finite loss or gradient (%d in a row); skipped.',
-                      int(jax.device_get(state.step)), n_bad)
+                      step, n_bad)
       if n_bad >= t.max_nonfinite:
         raise TrainingError(
-            f'{n_bad} non-finite steps in a row at step {int(jax.device_get(state.step))};'
-            f' stopped. The last good checkpoint is in {workdir}/checkpoints '
-            '(lower --lr?).')
+            f'{n_bad} non-finite steps in a row at step {step}; stopped. The last good '
+            f'checkpoint is in {workdir}/checkpoints (lower --lr?).')
     return state, {'loss': float(metrics['loss']), 'grad_norm': float(metrics['grad_norm']),
                    'max_grad_norm': float(metrics.get('max_grad_norm', np.nan)),
                    'clipped': float(metrics.get('clipped', False)),
-                   'nonfinite_in_a_row': float(jax.device_get(state.nonfinite))}
+                   'nonfinite_in_a_row': float(n_bad)}
 
   def validate(state):
     val = evaluate(state.ema_params, s.splits['valid'], desc='val NLL')['nll']

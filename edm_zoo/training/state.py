@@ -166,7 +166,7 @@ def apply_gradients(state: TrainState, grads, loss, *, tx, ema_decay: float,
       opt_state=keep(opt_state, state.opt_state),
       clip_queue=keep(queue, state.clip_queue),
       nonfinite=jnp.where(finite, 0, state.nonfinite + 1))
-  return new, {'loss': loss, 'finite': finite, **info}
+  return new, {'loss': loss, 'finite': finite, 'nonfinite': new.nonfinite, **info}
 
 
 def train_step(state: TrainState, graphs: jraph.GraphsTuple, t_int: jax.Array,
