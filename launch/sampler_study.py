@@ -5,8 +5,9 @@ one trained model.
       --out_dir=workdirs/sampler_study --n_samples=1000 \
       --markdown=BENCHMARKS.md --plot=docs/sampler_study_cpu.png
 
-Each (sampler, steps) row samples --n_samples molecules and reports atom and molecule stability, validity and
-uniqueness with 95% bootstrap intervals, and molecules per hour. Rows run from the
+Each (sampler, spacing, steps) row samples --n_samples molecules and reports atom
+and molecule stability, validity and uniqueness with 95% intervals (Wilson; a
+bootstrap over molecules for atom stability) and molecules per hour. Rows run from the
 cheapest up and are saved to <out_dir>/rows.json as they finish; a rerun skips
 the rows already there (a row is timed whole, so an interrupted row starts over).
 """

@@ -47,7 +47,6 @@ def p_zs_given_zt(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
 @dataclasses.dataclass(frozen=True)
 class Ancestral:
   """EDM's sampler on any time grid (stochastic: one noise draw per step)."""
-  name = 'ancestral'
   stochastic = True
 
   def init(self, z: jax.Array):

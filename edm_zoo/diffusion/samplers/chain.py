@@ -13,7 +13,7 @@ whatever K, and a respaced grid reuses the full grid's draws at its times.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,18 @@ from edm_zoo.diffusion.objective import Diffusion, Params
 
 
 SPACINGS = ('uniform', 'quadratic', 'power_<p>', 'log_snr')
+
+
+def _power(spacing: str) -> float | None:
+  """p of a power-law spacing ('uniform' = 1, 'quadratic' = 2), else None."""
+  name = {'uniform': 'power_1', 'quadratic': 'power_2'}.get(spacing, spacing)
+  if not name.startswith('power_'):
+    return None
+  try:
+    power = float(name[len('power_'):])
+  except ValueError:
+    return None
+  return power if power > 0 else None
 
 
 def time_grid(T: int, steps: int = 0, spacing: str = 'uniform',
@@ -48,12 +60,8 @@ def time_grid(T: int, steps: int = 0, spacing: str = 'uniform',
   if not 1 <= steps <= T:
     raise ValueError(f'steps must be in [1, T={T}], got {steps}.')
   u = np.linspace(0.0, 1.0, steps + 1)
-  power = {'uniform': '1', 'quadratic': '2'}.get(spacing, spacing.partition('power_')[2])
-  try:
-    power = float(power) if power else None
-  except ValueError:
-    power = None
-  if power is not None and power > 0:
+  power = _power(spacing)
+  if power is not None:
     t = T * (1 - u)**power
   elif spacing == 'log_snr':
     if gamma is None or len(gamma) != T + 1:
@@ -69,6 +77,31 @@ def time_grid(T: int, steps: int = 0, spacing: str = 'uniform',
   for i in range(steps - 1, 0, -1):
     grid[i] = max(grid[i], grid[i + 1] + 1)
   return grid.astype(np.int32)
+
+
+class Prediction(NamedTuple):
+  """What a deterministic step needs at (t, s): the schedule and the network's
+  eps_hat and data prediction x_hat = (z_t - sigma_t eps_hat) / alpha_t."""
+  gamma_t: jax.Array
+  gamma_s: jax.Array
+  alpha_t: jax.Array
+  sigma_t: jax.Array
+  alpha_s: jax.Array
+  sigma_s: jax.Array
+  eps_hat: jax.Array
+  x_hat: jax.Array
+
+
+def predict(model: Diffusion, params: Params, graph: jraph.GraphsTuple, z_t: jax.Array,
+            t: jax.Array, s: jax.Array) -> Prediction:
+  """The network at t and the schedule at t and s (all [n_graph] but eps/x_hat)."""
+  gamma_s, gamma_t = model.gamma(params, s), model.gamma(params, t)
+  alpha_t, sigma_t = schedules.alpha_sigma(gamma_t)
+  alpha_s, sigma_s = schedules.alpha_sigma(gamma_s)
+  eps_hat = model.eps(params, graph, z_t, t)
+  x_hat = ((z_t - masking.per_node(sigma_t, graph) * eps_hat)
+           / masking.per_node(alpha_t, graph))
+  return Prediction(gamma_t, gamma_s, alpha_t, sigma_t, alpha_s, sigma_s, eps_hat, x_hat)
 
 
 def p_xh_given_z0(model: Diffusion, params: Params, graph: jraph.GraphsTuple,

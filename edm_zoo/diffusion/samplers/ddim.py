@@ -20,6 +20,7 @@ import jraph
 from edm_zoo import center_of_gravity
 from edm_zoo import masking
 from edm_zoo.diffusion import schedules
+from edm_zoo.diffusion.samplers import chain
 from edm_zoo.diffusion.objective import Diffusion, Params
 
 
@@ -27,7 +28,6 @@ from edm_zoo.diffusion.objective import Diffusion, Params
 class DDIM:
   """Args: eta: the share of the ancestral noise kept (0: deterministic)."""
   eta: float = 0.0
-  name = 'ddim'
 
   def __post_init__(self):
     if not 0.0 <= self.eta <= 1.0:
@@ -43,16 +43,12 @@ class DDIM:
 
   def step(self, model: Diffusion, params: Params, graph: jraph.GraphsTuple,
            z_t: jax.Array, carry, *, t: jax.Array, s: jax.Array, noise: jax.Array):
-    gamma_s, gamma_t = model.gamma(params, s), model.gamma(params, t)
-    alpha_t, sigma_t = schedules.alpha_sigma(gamma_t)
-    alpha_s, sigma_s = schedules.alpha_sigma(gamma_s)
-    _, _, sigma_ancestral = schedules.posterior(gamma_s, gamma_t)
+    p = chain.predict(model, params, graph, z_t, t, s)
+    _, _, sigma_ancestral = schedules.posterior(p.gamma_s, p.gamma_t)
     c = self.eta * sigma_ancestral
     node = lambda v: masking.per_node(v, graph)
-    eps_hat = model.eps(params, graph, z_t, t)
-    x_hat = (z_t - node(sigma_t) * eps_hat) / node(alpha_t)
-    z_s = (node(alpha_s) * x_hat
-           + node(jnp.sqrt(jnp.maximum(sigma_s**2 - c**2, 0.0))) * eps_hat)
+    z_s = (node(p.alpha_s) * p.x_hat
+           + node(jnp.sqrt(jnp.maximum(p.sigma_s**2 - c**2, 0.0))) * p.eps_hat)
     if self.stochastic:
       z_s = z_s + node(c) * noise
     return center_of_gravity.remove_mean_positions(z_s, graph), carry

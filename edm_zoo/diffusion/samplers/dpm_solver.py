@@ -22,13 +22,13 @@ import jraph
 from edm_zoo import center_of_gravity
 from edm_zoo import masking
 from edm_zoo.diffusion import schedules
+from edm_zoo.diffusion.samplers import chain
 from edm_zoo.diffusion.objective import Diffusion, Params
 
 
 @dataclasses.dataclass(frozen=True)
 class DPMSolverPP2M:
   """The multistep solver; its carry is the previous step's x_hat and h."""
-  name = 'dpm_solver'
   stochastic = False
 
   def init(self, z: jax.Array):
@@ -37,17 +37,14 @@ class DPMSolverPP2M:
   def step(self, model: Diffusion, params: Params, graph: jraph.GraphsTuple,
            z_t: jax.Array, carry, *, t: jax.Array, s: jax.Array, noise: jax.Array):
     del noise
-    gamma_s, gamma_t = model.gamma(params, s), model.gamma(params, t)
-    alpha_t, sigma_t = schedules.alpha_sigma(gamma_t)
-    alpha_s, sigma_s = schedules.alpha_sigma(gamma_s)
-    h = schedules.half_log_snr(gamma_s) - schedules.half_log_snr(gamma_t)
+    p = chain.predict(model, params, graph, z_t, t, s)
+    x_hat = p.x_hat
+    h = schedules.half_log_snr(p.gamma_s) - schedules.half_log_snr(p.gamma_t)
     node = lambda v: masking.per_node(v, graph)
-    eps_hat = model.eps(params, graph, z_t, t)
-    x_hat = (z_t - node(sigma_t) * eps_hat) / node(alpha_t)
     # All molecules share the time grid, so one ratio r serves the batch.
     r = jnp.where(carry['first'], 1.0, carry['h_prev'] / h[0])
     second = (1 + 0.5 / r) * x_hat - (0.5 / r) * carry['x_prev']
     d = jnp.where(carry['first'], x_hat, second)
-    z_s = node(sigma_s / sigma_t) * z_t - node(alpha_s * jnp.expm1(-h)) * d
+    z_s = node(p.sigma_s / p.sigma_t) * z_t - node(p.alpha_s * jnp.expm1(-h)) * d
     z_s = center_of_gravity.remove_mean_positions(z_s, graph)
     return z_s, {'x_prev': x_hat, 'h_prev': h[0], 'first': jnp.zeros((), bool)}
