@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import numpy as np
 import tqdm
@@ -29,27 +31,46 @@ def make_nll_fn(model: Diffusion):
 
 def nll(model: Diffusion, params, source, *, batch_size: int = 64, seed: int = 0,
         passes: int = 1, limit: int = 0, n_nodes_histogram=None,
-        nll_fn=None, progress: bool = True, desc: str = 'NLL') -> dict[str, float]:
+        nll_fn=None, progress: bool = True, desc: str = 'NLL',
+        part: tuple[int, int] = (0, 1),
+        combine: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, float]:
   """Averages the eval NLL estimator over (the first `limit` molecules of) a split.
+
+  Batch i of pass p draws from `fold_in(fold_in(key(seed), p), i)`, so the
+  figure does not depend on who evaluates which batch.
+
+  Args:
+    part: (index, count): evaluate only batches i with i % count == index (a
+      process's share of a multi-process evaluation).
+    combine: sums the [passes, batches, 2] per-batch (NLL sum, molecules) array
+      over the parts (`distributed.sum_over_processes`); needed with count > 1.
+    (the rest): the model, its parameters, the split and the estimator's settings.
 
   Returns:
     {'nll': mean over molecules and passes, 'nll_std_over_passes', 'molecules'}.
   """
+  index, count = part
   source = sources.Subset(source, limit)
   nll_fn = nll_fn or make_nll_fn(model)
   budgets = batching.default_budgets(batch_size, n_nodes_histogram or {29: 1})
-  means = []
   n_batches = -(-len(source) // batch_size)
+  sums = np.zeros([passes, n_batches, 2])
   for p in range(passes):
-    total, count = 0.0, 0.0
     key = jax.random.fold_in(jax.random.PRNGKey(seed), p)
-    it = batching.batches(source, batch_size, shuffle=False, budgets=budgets)
-    for i, graph in enumerate(tqdm.tqdm(it, total=n_batches, disable=not progress,
-                                        desc=f'{desc} pass {p + 1}/{passes}',
-                                        leave=False)):
-      s, c = nll_fn(params, graph, jax.random.fold_in(key, i))
+    mine = range(index, n_batches, count)
+    for i in tqdm.tqdm(mine, disable=not progress, leave=False,
+                       desc=f'{desc} pass {p + 1}/{passes}'):
+      graph = next(batching.batches(source, batch_size, shuffle=False,
+                                    start=i * batch_size, budgets=budgets))
+      sums[p, i] = jax.device_get(nll_fn(params, graph, jax.random.fold_in(key, i)))
+  if combine is not None:
+    sums = combine(sums)
+  means = []
+  for p in range(passes):
+    total, molecules = 0.0, 0.0
+    for s, c in sums[p]:  # In batch order: the same float sum whoever evaluated.
       total += float(s)
-      count += float(c)
-    means.append(total / max(count, 1.0))
+      molecules += float(c)
+    means.append(total / max(molecules, 1.0))
   return {'nll': float(np.mean(means)), 'nll_std_over_passes': float(np.std(means)),
           'molecules': len(source)}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import jraph
@@ -282,11 +282,13 @@ def sharded_batches(source, batch_size: int, n_shards: int, seed: int = 0,
                     atomic_numbers: Sequence[int] | None = None,
                     n_nodes_histogram: dict[int, int] | None = None,
                     shards: Sequence[int] | None = None,
+                    agree: Callable[[int], int] | None = None,
                     ) -> Iterator[tuple[jraph.GraphsTuple, int]]:
   """Global batches of `batch_size` molecules split into `n_shards` equal parts.
 
   Every shard is padded to the same budget (the largest any shard needs), so
-  the stack [n_shards, ...] has one shape per ladder level.
+  the stack [n_shards, ...] has one shape per ladder level. Only the molecules of
+  the `shards` built here are read.
 
   Args:
     source, seed, epoch, shuffle, start, atomic_numbers: as in `batches`.
@@ -297,6 +299,9 @@ def sharded_batches(source, batch_size: int, n_shards: int, seed: int = 0,
     n_nodes_histogram: sizes distribution for the default ladder.
     shards: which shards to build (a process builds its local devices' ones);
       all when None.
+    agree: maps the ladder level these shards need to the level of the whole
+      global batch (the largest over processes, `distributed.max_over_processes`);
+      needed when other processes build the other shards.
 
   Yields:
     (stacked graphs [len(shards), ...], molecules consumed by the global batch).
@@ -309,20 +314,26 @@ def sharded_batches(source, batch_size: int, n_shards: int, seed: int = 0,
   per_shard = batch_size // n_shards
   if budgets is None:
     budgets = default_budgets(per_shard, n_nodes_histogram or {29: 1})
+  budgets = sorted(budgets)
   shards = list(range(n_shards)) if shards is None else list(shards)
   n = len(source)
   if not 0 <= start <= n:
     raise ValueError(f'start={start} is outside the epoch of {n} molecules.')
   order = permutation(n, seed, epoch) if shuffle else np.arange(n)
   for lo in range(start, n, batch_size):
-    molecules = sources.fetch(source, order[lo:lo + batch_size])
-    parts = [molecules[i * per_shard:(i + 1) * per_shard] for i in range(n_shards)]
-    chosen = max(choose_budget([len(m[features.CHARGES]) for m in part] or [1], budgets,
-                               [m[features.GDB_INDEX] for m in part]) for part in parts)
-    context = molecules[0].get(features.CONTEXT)
-    yield stack([build_graph(parts[i], atomic_numbers, chosen) if parts[i] else
-                 _empty_graph(atomic_numbers, chosen, context) for i in shards]
-                ), len(molecules)
+    batch = order[lo:lo + batch_size]
+    wanted = [batch[i * per_shard:(i + 1) * per_shard] for i in shards]
+    read = iter(sources.fetch(source, np.concatenate(wanted)))
+    parts = [[next(read) for _ in part] for part in wanted]
+    level = max((budgets.index(choose_budget(
+        [len(m[features.CHARGES]) for m in part], budgets,
+        [m[features.GDB_INDEX] for m in part])) for part in parts if part), default=0)
+    chosen = budgets[agree(level) if agree is not None else level]
+    context = next((p[0] for p in parts if p), None) or sources.fetch(source, batch[:1])[0]
+    context = context.get(features.CONTEXT)
+    yield stack([build_graph(part, atomic_numbers, chosen) if part else
+                 _empty_graph(atomic_numbers, chosen, context) for part in parts]
+                ), len(batch)
 
 
 def _empty_graph(atomic_numbers, budget: PaddingBudget,

@@ -22,6 +22,30 @@ def sample_noise(rng: jax.Array, graph: jraph.GraphsTuple, n_features: int,
   return center_of_gravity.remove_mean_positions(z, graph)
 
 
+def sample_noise_per_molecule(keys: jax.Array, graph: jraph.GraphsTuple,
+                              n_features: int, max_atoms: int) -> jax.Array:
+  """As `sample_noise`, but molecule g's rows come from `keys[g]` alone.
+
+  The draw of a molecule then does not depend on which other molecules share its
+  batch or device, so a global batch gets the same noise whether one device
+  holds it or many hold its shards.
+
+  Args:
+    keys: [n_graph] keys, one per molecule (padding graphs included).
+    graph: the batch.
+    n_features: columns of h.
+    max_atoms: the largest real molecule (rows drawn per molecule).
+  """
+  table = jax.vmap(lambda k: jax.random.normal(k, (max_atoms, 3 + n_features)))(keys)
+  graph_of = masking.node_graph_index(graph)
+  first = jnp.cumsum(graph.n_node) - graph.n_node
+  row = jnp.arange(graph_of.shape[0]) - first[graph_of]
+  # Padding nodes may sit past max_atoms; they are masked to zero below.
+  z = table[graph_of, jnp.clip(row, 0, max_atoms - 1)]
+  z = z * masking.node_mask(graph)[:, None]
+  return center_of_gravity.remove_mean_positions(z, graph)
+
+
 def subspace_dim(graph: jraph.GraphsTuple) -> jax.Array:
   """[n_graph] (N_atoms - 1) * 3: the dimension of the zero-CoG position space."""
   return (graph.n_node - 1).astype(jnp.float32) * 3

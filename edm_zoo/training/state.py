@@ -18,6 +18,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from edm_zoo import masking
+from edm_zoo.diffusion import gaussians
 from edm_zoo.diffusion.objective import Diffusion, dense_width
 from edm_zoo.training import optimizer
 
@@ -55,22 +56,31 @@ def new_state(params, tx: optax.GradientTransformation,
 
 def init_state(model: Diffusion, tx: optax.GradientTransformation, rng: jax.Array,
                graph: jraph.GraphsTuple) -> TrainState:
-  return new_state(model.init(rng, graph), tx)
+  # Jitted: Haiku's init runs op by op otherwise (~5 s for the tiny model, every
+  # start); the values are the same.
+  return new_state(jax.jit(model.init)(rng, graph), tx)
 
 
 def _shard(graphs: jraph.GraphsTuple, d: int) -> jraph.GraphsTuple:
   return jax.tree.map(lambda a: a[d], graphs)
 
 
-def draw(model: Diffusion, graph: jraph.GraphsTuple, key: jax.Array, shard: jax.Array):
-  """t_int [n_graph] and eps [n_node, D] of one shard: from fold_in(key, shard).
+def draw(model: Diffusion, graph: jraph.GraphsTuple, key: jax.Array, first: jax.Array):
+  """t_int [n_graph] and eps [n_node, D] of one shard whose first molecule is
+  molecule `first` of the global batch.
 
-  Shard d of a global batch draws the same numbers whatever the number of
-  devices holding the batch.
+  Molecule j of the global batch draws from fold_in(key, j) alone, so a global
+  batch gets the same t and noise on 1 device, on n devices of one process and
+  on the devices of n processes.
   """
-  k_t, k_eps = jax.random.split(jax.random.fold_in(key, shard))
-  t_int = jax.random.randint(k_t, graph.n_node.shape, 0, model.T + 1)
-  return t_int, model.sample_noise(k_eps, graph)
+  keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(
+      first + jnp.arange(graph.n_node.shape[0]))
+  t_int = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 0), (), 0,
+                                                model.T + 1))(keys)
+  eps = gaussians.sample_noise_per_molecule(
+      jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys), graph, model.n_features,
+      max(model.n_nodes_histogram))
+  return t_int, eps
 
 
 def _on_mesh(fn, mesh: Mesh | None, n_shards: int, in_specs, out_specs):
@@ -90,7 +100,8 @@ def draw_noise(model: Diffusion, graphs: jraph.GraphsTuple, key: jax.Array,
   """(t_int [S, n_graph], eps [S, n_node, D]) for the stacked shards [S, ...]."""
   def local(offset, graphs, all_reduce):
     del all_reduce
-    draws = [draw(model, _shard(graphs, d), key, offset + d)
+    per_shard = graphs.n_node.shape[1] - 1  # Real molecules a full shard holds.
+    draws = [draw(model, _shard(graphs, d), key, (offset + d) * per_shard)
              for d in range(graphs.n_node.shape[0])]
     return jnp.stack([t for t, _ in draws]), jnp.stack([e for _, e in draws])
   return _on_mesh(local, mesh, graphs.n_node.shape[0], P('data'),
@@ -145,6 +156,35 @@ def loss_and_grads(model: Diffusion, params, graphs: jraph.GraphsTuple, t_int: j
   return _on_mesh(local, mesh, graphs.n_node.shape[0],
                   (P(), P('data'), P('data'), P('data')), (P(), P()))(
                       params, graphs, t_int, eps)
+
+
+def mean_loss_and_grads(sum_fn, params, graphs: jraph.GraphsTuple,
+                        mesh: Mesh | None = None):
+  """(loss, grads) of a per-molecule loss averaged over every real molecule of a
+  global batch [S, ...], data parallel over the mesh like `loss_and_grads`.
+
+  Args:
+    sum_fn: (params, one shard's graph) -> (sum of the loss over its real
+      molecules, their number).
+    params: the parameters (replicated).
+    graphs: the stacked shards.
+    mesh: the devices holding the shards (None: this device).
+  """
+  def local(offset, params, graphs, all_reduce):
+    del offset
+    count = jnp.sum(masking.graph_mask(graphs))
+    if all_reduce:
+      count = jax.lax.psum(count, 'data')
+
+    def objective(p):
+      total = sum(sum_fn(p, _shard(graphs, d))[0] for d in range(graphs.n_node.shape[0]))
+      return total / jnp.maximum(count, 1.0)
+    loss, grads = jax.value_and_grad(objective)(params)
+    if all_reduce:
+      loss, grads = jax.lax.psum((loss, grads), 'data')
+    return loss, grads
+  return _on_mesh(local, mesh, graphs.n_node.shape[0], (P(), P('data')), (P(), P()))(
+      params, graphs)
 
 
 def apply_gradients(state: TrainState, grads, loss, *, tx, ema_decay: float,
