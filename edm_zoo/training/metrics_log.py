@@ -48,6 +48,16 @@ class MetricsWriter:
       self._tb.close()
 
 
+class NullWriter:
+  """What the processes other than process 0 log: nothing."""
+
+  def write(self, step: int, scalars: dict[str, Any]) -> None:
+    del step, scalars
+
+  def close(self) -> None:
+    pass
+
+
 def read(workdir: str) -> list[dict[str, Any]]:
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f if line.strip()]

@@ -12,7 +12,11 @@ how to evaluate, and its data. The skeleton owns everything else:
 * logs: `metrics.jsonl` + TensorBoard every `log_every` steps, evaluations and
   the final figures; the progress bar shows the step's scalars.
 * checkpoints: every `checkpoint_every` steps and after every evaluation (the
-  last `keep_last` kept), the lowest `best_metric` in `best/`, and the end.
+  last `keep_last` kept), the lowest `best_metric` in `best/`, and the end; a
+  bad latest checkpoint is moved aside and the newest good one resumed.
+
+In a multi-process run every process runs the skeleton in lockstep (the same
+steps, evaluations and saves); process 0 alone writes logs and the progress bar.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any, Callable, Iterator
 import jax
 import tqdm
 
-from edm_zoo.training import checkpoint, metrics_log
+from edm_zoo.training import checkpoint, distributed, metrics_log
 
 
 class TrainingError(RuntimeError):
@@ -124,16 +128,21 @@ def run(workdir: str, state: Any, trainer: Trainer, schedule: Schedule, *,
   ckpt, state, meta = resume(workdir, state, trainer, schedule.keep_last)
   best = f'best_{trainer.best_metric}'
   step = int(jax.device_get(state.step))
-  writer = metrics_log.MetricsWriter(workdir, resume_step=step)
+  writing = distributed.is_writer()
+  writer = (metrics_log.MetricsWriter(workdir, resume_step=step) if writing
+            else metrics_log.NullWriter())
   saved = [None]
 
   def save(val=None):
     if saved[0] == step and val is None:
       return
     saved[0] = step
+    # Host arrays: a checkpoint without a device topology restores anywhere (1
+    # device, n devices, another machine); orbax still has every process take
+    # part and process 0 write.
     ckpt.save(step, jax.device_get(state), meta, val=val)
 
-  bar = tqdm.tqdm(total=schedule.total_steps, initial=step, disable=not progress,
+  bar = tqdm.tqdm(total=schedule.total_steps, initial=step, disable=not (progress and writing),
                   desc=trainer.desc, dynamic_ncols=True)
   last_time, last_step = time.time(), step
   result: dict[str, Any] = {}
@@ -157,7 +166,8 @@ def run(workdir: str, state: Any, trainer: Trainer, schedule: Schedule, *,
         if step % schedule.eval_every == 0 or step == schedule.total_steps:
           figures, message = trainer.evaluate(state)
           writer.write(step, figures)
-          bar.write(f'step {step}: {message}')
+          if writing:
+            bar.write(f'step {step}: {message}')
           val = figures[trainer.best_metric]
           if meta[best] is None or val < meta[best]:
             meta[best] = val
