@@ -16,7 +16,6 @@ from absl import flags
 from launch import runtime
 runtime.configure_process()
 import json  # noqa: E402
-import sys  # noqa: E402
 
 import jax  # noqa: E402
 
@@ -40,7 +39,7 @@ def main(argv):
     bench = config_lib.build_bench(**flags_util.dataclass_values(config_lib.BenchConfig))
     results = benchmarks.run(config, bench, data_dir=_DATA_DIR.value)
   except ValueError as e:
-    sys.exit(f'error: {e}')
+    runtime.fail(str(e))
   if 'jit_study' in results:
     device = jax.devices()[0].device_kind
     if _PLOT.value:

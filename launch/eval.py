@@ -70,7 +70,7 @@ def main(argv):
       values['nll_passes'] = 0
     evaluation_config = config_lib.build_eval(**values)
   except ValueError as e:
-    sys.exit(f'error: --{e}' if 'must be' in str(e) else f'error: {e}')
+    runtime.fail(f'--{e}' if 'must be' in str(e) else str(e))
   ckpt = flags_util.checked_ckpt()
   out_dir = flags_util.writable_out_dir(f.out_dir or os.path.join(ckpt, 'eval'))
   try:
@@ -79,7 +79,7 @@ def main(argv):
         progress=f.progress, classifier=_CLASSIFIER.value,
         atoms_classifier=_ATOMS_CLASSIFIER.value)
   except ValueError as e:
-    sys.exit(f'error: {e}')
+    runtime.fail(str(e))
   print(json.dumps({k: report[k] for k in ('nll', 'metrics', 'molecules_per_hour')
                     if k in report}, indent=1))
   if 'mae' in report:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import traceback
 import typing
 
 import jax
@@ -15,7 +16,10 @@ from edm_zoo import conditioning
 from edm_zoo import config as config_lib
 from edm_zoo import models
 from edm_zoo.data import qm9
+from edm_zoo.diffusion import samplers
 from edm_zoo.training import checkpoint
+from edm_zoo.training import distributed
+from edm_zoo.training import skeleton
 
 _SKIP = {'norm_biases'}
 
@@ -58,11 +62,56 @@ def define_data_dir_flag() -> flags.FlagHolder:
 
 
 def ensure_dataset(dataset: str, data_dir: str | None) -> None:
-  """Builds a missing dataset once (offline) before a launcher needs it."""
+  """Builds a missing dataset once (offline) before a launcher needs it (process 0
+  of a multi-process run builds, the others wait)."""
   remove_h = qm9.remove_h_for(dataset)
-  if not qm9.is_prepared(remove_h, data_dir):
+  if distributed.is_writer() and not qm9.is_prepared(remove_h, data_dir):
     print(f'QM9 ({dataset}) is not prepared: building it once ...')
     qm9.prepare(remove_h, data_dir)
+  distributed.barrier('dataset_ready')
+
+
+def define_distributed_flags() -> flags.FlagHolder:
+  """--coordinator_address/--num_processes/--process_id (explicit), --distributed
+  (let JAX detect SLURM, Open MPI, ...) and the two timeouts; returns --distributed."""
+  flags.DEFINE_string('coordinator_address', None,
+                      "multi-process: process 0's host:port (every process passes the same)")
+  flags.DEFINE_integer('num_processes', None, 'multi-process: how many processes')
+  flags.DEFINE_integer('process_id', None, 'multi-process: this process (0 writes)')
+  flags.DEFINE_integer('join_timeout', 120,
+                       'multi-process: seconds to wait for every process to join')
+  flags.DEFINE_integer('heartbeat_timeout', 30,
+                       'multi-process: seconds of silence after which a process is lost')
+  return flags.DEFINE_bool('distributed', False,
+                           'multi-process on a cluster JAX detects (SLURM, Open MPI, '
+                           'Kubernetes): jax.distributed.initialize() without flags')
+
+
+def join_run(distributed_flag: flags.FlagHolder) -> None:
+  """Joins the multi-process run the flags describe (nothing for a single process).
+
+  Raises:
+    ValueError: one line, for malformed flags or a run that cannot be joined.
+  """
+  f = flags.FLAGS
+  explicit = (f.coordinator_address, f.num_processes, f.process_id)
+  if all(v is None for v in explicit) and not distributed_flag.value:
+    return
+  distributed.initialize(*explicit, timeout_s=f.join_timeout,
+                         heartbeat_s=f.heartbeat_timeout)
+
+
+def training_error(error: BaseException, workdir: str) -> str:
+  """The one line a launcher prints for an error that stopped training (with the
+  traceback first when it is a bug rather than a condition)."""
+  if distributed.is_peer_lost(error):
+    return (f'lost contact with another process of the run '
+            f'({distributed.first_line(error)}); restart every process with the same '
+            f'flags to resume from the last checkpoint in {workdir}.')
+  if isinstance(error, (ValueError, skeleton.TrainingError)):
+    return str(error)
+  traceback.print_exception(error)
+  return f'{type(error).__name__}: {distributed.first_line(error)} (traceback above)'
 
 
 def define_config_flags() -> None:
@@ -147,10 +196,16 @@ def define_sampling_flags() -> None:
 
 
 def sampling_from_flags() -> config_lib.SamplingConfig:
+  """The sampling flags, checked (the sampler name too) before any work starts."""
   try:
-    return config_lib.build_sampling(**dataclass_values(config_lib.SamplingConfig))
+    sampling = config_lib.build_sampling(**dataclass_values(config_lib.SamplingConfig))
   except ValueError as e:
     sys.exit(f'error: --{e}')
+  try:
+    samplers.get(sampling.sampler, eta=sampling.eta)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  return sampling
 
 
 def checked_ckpt() -> str:

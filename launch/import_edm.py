@@ -7,7 +7,6 @@
 by the PyTorch parameter names does not. `--args` takes args.pickle or JSON.
 """
 
-import sys
 
 from absl import app
 from absl import flags
@@ -29,7 +28,7 @@ def main(argv):
     out = importer.import_checkpoint(_STATE_DICT.value, _ARGS.value, _OUT.value,
                                      _DATA_DIR.value)
   except ValueError as e:
-    sys.exit(f'error: {e}')
+    runtime.fail(str(e))
   print(f'imported {_STATE_DICT.value} into {out}')
 
 

@@ -4,7 +4,6 @@
   python launch/prepare_data.py --dataset=qm9_noh  # without H
 """
 
-import sys
 import time
 
 from absl import app
@@ -29,7 +28,7 @@ def main(argv):
     start = time.time()
     path = qm9.prepare(remove_h, _DATA_DIR.value)
   except ValueError as e:
-    sys.exit(f'error: {e}')
+    runtime.fail(str(e))
   sizes = {s: len(qm9.load(s, remove_h, _DATA_DIR.value)) for s in qm9.SPLITS}
   print(f'QM9 ({_DATASET.value}) prepared in {time.time() - start:.1f} s at '
         f'{path}: {sizes}')

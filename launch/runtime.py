@@ -1,9 +1,20 @@
 """Process-level settings the launchers apply before anything else runs."""
 
+import ctypes
+import faulthandler
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 
 _TUNABLE = 'glibc.malloc.hugetlb=1'
+_MULTI_PROCESS_FLAGS = ('--coordinator_address', '--num_processes', '--process_id',
+                        '--distributed')
+_NATIVE_LOG = 'EDM_ZOO_NATIVE_LOG'
+# What XLA's coordination client writes (to fd 2) before it aborts the process.
+_LOST_MARKERS = ('Terminating process because the JAX distributed service',
+                 'heartbeat', 'Socket closed', 'Connection reset')
 _AVX512_FLAG = '--xla_cpu_prefer_vector_width=512'
 
 
@@ -24,7 +35,13 @@ def configure_process() -> None:
      GLIBC_TUNABLES only at process start, hence the re-exec.
   2. On AVX-512 CPUs, 512-bit vectors for XLA's loops (~5-8% per train step).
   Elsewhere both are ignored. EDM_ZOO_NO_REEXEC=1 turns this off.
+
+  A process of a multi-process run (`--coordinator_address`, `--num_processes`,
+  `--process_id` or `--distributed` given) runs as a supervised child instead
+  (`_supervise`), so that losing another process ends in one line.
   """
+  if os.environ.get(_NATIVE_LOG):
+    _native_stderr_to(os.environ[_NATIVE_LOG])
   if not sys.platform.startswith('linux') or os.environ.get('EDM_ZOO_NO_REEXEC'):
     return
   env = dict(os.environ, EDM_ZOO_NO_REEXEC='1')
@@ -34,7 +51,95 @@ def configure_process() -> None:
   xla_flags = env.get('XLA_FLAGS', '')
   if _has_avx512() and 'xla_cpu_prefer_vector_width' not in xla_flags:
     env['XLA_FLAGS'] = f'{xla_flags} {_AVX512_FLAG}'.strip()
+  if _is_multi_process(sys.argv[1:]):
+    _supervise([sys.executable, *sys.argv], env)
   os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def _is_multi_process(args) -> bool:
+  for arg in args:
+    name, _, value = arg.partition('=')
+    if name in _MULTI_PROCESS_FLAGS and value.lower() not in ('false', '0'):
+      return True
+  return False
+
+
+def _die_with_parent() -> None:
+  """In the child: SIGKILL when the supervisor dies (a kill -9 reaches both)."""
+  ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _supervise(argv, env) -> None:
+  """Runs the launcher as a child and turns its death into one line.
+
+  When another process of the run dies, XLA's coordination client aborts this
+  one from a native thread (a fatal log line and a C++ stack trace, no Python
+  exception to catch). The child writes native logs to a file instead of the
+  console (`_native_stderr_to`); this parent waits, and if the child was
+  aborted says so in one line and names that file. Python output (progress,
+  errors) still goes to the console directly.
+  """
+  fd, log = tempfile.mkstemp(prefix='edm_zoo_native_', suffix='.log')
+  os.close(fd)
+  child = subprocess.Popen(argv, env=dict(env, **{_NATIVE_LOG: log}),
+                           preexec_fn=_die_with_parent)
+  for sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(sig, lambda s, _: child.send_signal(s))
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child itself.
+  while True:
+    try:
+      rc = child.wait()
+      break
+    except InterruptedError:
+      continue
+  if rc != 0:
+    with open(log, errors='replace') as f:
+      native = f.read()
+    if rc < 0 or 'Terminating process' in native:
+      address = next((a.partition('=')[2] for a in argv
+                      if a.startswith('--coordinator_address=')), 'the coordinator')
+      if 'RegisterTask' in native:
+        what = (f'could not join the run at {address}: no coordinator answered in '
+                "time; check that --coordinator_address is process 0's host:port and "
+                'that process 0 is running')
+      elif any(m in native for m in _LOST_MARKERS):
+        what = ('lost contact with another process of the run; restart every process '
+                'with the same flags to resume from the last checkpoint')
+      else:
+        what = f'stopped by signal {-rc}' if rc < 0 else 'aborted'
+      sys.stderr.write(f'error: {what} (native log: {log}).\n')
+  elif not os.path.getsize(log):
+    os.remove(log)
+  os._exit(rc if rc >= 0 else 128 - rc)
+
+
+def _native_stderr_to(path: str) -> None:
+  """fd 2 (where XLA and gRPC log) -> `path`; Python's sys.stderr keeps the
+  console through a duplicate of the old fd 2."""
+  console = os.dup(2)
+  native = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+  os.dup2(native, 2)
+  os.close(native)
+  sys.stderr = os.fdopen(console, 'w', buffering=1)
+  try:
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.get_absl_handler().python_handler.stream = sys.stderr
+  except ImportError:
+    pass
+
+
+def fail(message: str, code: int = 1) -> None:
+  """Prints `error: message` and exits at once.
+
+  Without Python's exit-time handlers: in a multi-process run JAX's shutdown
+  barrier would wait for processes that are gone or did not fail, and after a
+  failed orbax read tensorstore's callbacks into closed event loops print
+  `RuntimeError: Event loop is closed` tracebacks under the one line.
+  """
+  sys.stdout.flush()
+  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.flush()
+  os._exit(code)
 
 
 def start_main(argv) -> None:
@@ -46,3 +151,7 @@ def start_main(argv) -> None:
     sys.exit(f'error: unexpected arguments {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  if os.environ.get(_NATIVE_LOG):
+    # absl enabled faulthandler on the console; its dump of a native abort
+    # belongs with the native log the supervisor names.
+    faulthandler.enable(file=sys.__stderr__)

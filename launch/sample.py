@@ -14,7 +14,6 @@ from absl import flags
 from launch import runtime
 runtime.configure_process()
 import os  # noqa: E402
-import sys  # noqa: E402
 
 from edm_zoo import reporting  # noqa: E402
 from launch import flags_util  # noqa: E402
@@ -37,7 +36,7 @@ def main(argv):
     out = reporting.sample_and_export(model, params, config, out_dir, sampling,
                                       progress=f.progress, condition=condition)
   except ValueError as e:
-    sys.exit(f'error: {e}')
+    runtime.fail(str(e))
   print(f"sampled {len(out['molecules'])} molecules in "
         f"{out['timings']['sampling_seconds']:.1f} s -> {out_dir}")
 

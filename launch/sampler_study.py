@@ -75,7 +75,7 @@ def main(argv):
     for p in plan:
       samplers.get(p.sampler, eta=p.eta)
   except ValueError as e:
-    sys.exit(f'error: {e}')
+    runtime.fail(str(e))
   ckpt = flags_util.checked_ckpt_path(_CKPT.value)
   out_dir = flags_util.writable_out_dir(_OUT_DIR.value)
   try:
@@ -83,7 +83,7 @@ def main(argv):
     for p in plan:
       samplers.model_grid(model, params, p.steps, p.spacing)
   except ValueError as e:
-    sys.exit(f'error: {e}')
+    runtime.fail(str(e))
   remove_h = qm9.remove_h_for(config.dataset)
   rows_path = os.path.join(out_dir, 'rows.json')
   rows = json.load(open(rows_path)) if os.path.exists(rows_path) else []

@@ -3,8 +3,10 @@
   python launch/train.py --model=egnn --dataset=qm9
   python launch/train.py --preset=cpu_small --workdir=workdirs/small
   python launch/train.py ... --coordinator_address=host:1234 --num_processes=2 --process_id=0
+  srun python launch/train.py ... --distributed      # SLURM: JAX reads the job's layout
 
-Re-running with the same --workdir resumes from its latest checkpoint.
+Re-running with the same --workdir resumes from its latest good checkpoint (in a
+multi-process run: every process, with the same flags).
 """
 
 from absl import app
@@ -14,10 +16,8 @@ from absl import logging
 from launch import runtime
 runtime.configure_process()
 import os  # noqa: E402
-import sys  # noqa: E402
 
-import jax  # noqa: E402
-
+from edm_zoo.training import distributed  # noqa: E402
 from edm_zoo.training import loop  # noqa: E402
 from launch import flags_util  # noqa: E402
 
@@ -25,29 +25,30 @@ flags_util.define_config_flags()
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'run folder (default workdirs/<model>_<dataset>_<preset>)')
 _DATA_DIR = flags_util.define_data_dir_flag()
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'multi-host: host:port')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'multi-host: processes')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'multi-host: this process')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'show progress bars')
+_DISTRIBUTED = flags_util.define_distributed_flags()
 
 
 def main(argv):
   runtime.start_main(argv)
-  config = flags_util.config_from_flags()
-  if _COORDINATOR.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                               _PROCESS_ID.value)
+  try:
+    config = flags_util.config_from_flags()
+    flags_util.join_run(_DISTRIBUTED)
+  except ValueError as e:
+    runtime.fail(str(e))
   workdir = _WORKDIR.value or os.path.join(
       'workdirs', f'{config.model.name}_{config.dataset}_{flags.FLAGS.preset}')
   flags_util.ensure_dataset(config.dataset, _DATA_DIR.value)
   logging.info('config: %s', config)
-  print(f'training {config.model.name} on {config.dataset} in {workdir}')
+  if distributed.is_writer():
+    print(f'training {config.model.name} on {config.dataset} in {workdir}')
   try:
     result = loop.train(config, workdir, data_dir=_DATA_DIR.value,
                         progress=_PROGRESS.value)
-  except (ValueError, loop.TrainingError) as e:
-    sys.exit(f'error: {e}')
-  print(f'done: {result}')
+  except Exception as e:  # pylint: disable=broad-except
+    runtime.fail(flags_util.training_error(e, workdir))
+  if distributed.is_writer():
+    print(f'done: {result}')
 
 
 if __name__ == '__main__':

@@ -6,7 +6,9 @@
 
 Trains on the first half of the train split, validates on the valid split and
 tests on the second half (the conditional generators' half). Re-running with the
-same --workdir resumes. The best-validation model is in <workdir>/best/.
+same --workdir resumes. The best-validation model is in <workdir>/best/. Several
+processes: the flags of launch/train.py (--coordinator_address, --num_processes,
+--process_id or --distributed).
 """
 
 from absl import app
@@ -15,10 +17,9 @@ from absl import flags
 from launch import runtime
 runtime.configure_process()
 import os  # noqa: E402
-import sys  # noqa: E402
 
 from edm_zoo.property_prediction import training  # noqa: E402
-from edm_zoo.training import skeleton  # noqa: E402
+from edm_zoo.training import distributed  # noqa: E402
 from launch import flags_util  # noqa: E402
 
 flags_util.define_classifier_flags()
@@ -26,22 +27,28 @@ _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'run folder (default workdirs/classifier_<property>_<model>_<preset>)')
 _DATA_DIR = flags_util.define_data_dir_flag()
 _PROGRESS = flags.DEFINE_bool('progress', True, 'show progress bars')
+_DISTRIBUTED = flags_util.define_distributed_flags()
 
 
 def main(argv):
   runtime.start_main(argv)
   config = flags_util.classifier_config_from_flags(training.check)
+  try:
+    flags_util.join_run(_DISTRIBUTED)
+  except ValueError as e:
+    runtime.fail(str(e))
   workdir = _WORKDIR.value or os.path.join(
       'workdirs', f'classifier_{config.property}_{config.model}_{flags.FLAGS.preset}')
   flags_util.ensure_dataset(config.dataset, _DATA_DIR.value)
-  print(f'training a {config.model} classifier for {config.property} in {workdir}')
+  if distributed.is_writer():
+    print(f'training a {config.model} classifier for {config.property} in {workdir}')
   try:
     result = training.train(config, workdir, data_dir=_DATA_DIR.value,
                             progress=_PROGRESS.value)
-  except (ValueError, skeleton.TrainingError) as e:
-    sys.exit(f'error: {e}')
-  print(f'done: {result}')
-
+  except Exception as e:  # pylint: disable=broad-except
+    runtime.fail(flags_util.training_error(e, workdir))
+  if distributed.is_writer():
+    print(f'done: {result}')
 
 if __name__ == '__main__':
   app.run(main)

@@ -19,13 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from edm_zoo import conditioning
 from edm_zoo import config as config_lib
 from edm_zoo import masking
 from edm_zoo.data import batching, features, qm9, sources
 from edm_zoo.property_prediction import models
-from edm_zoo.training import checkpoint, skeleton
+from edm_zoo.training import checkpoint, distributed, skeleton
+from edm_zoo.training import state as train_state
 
 KIND = 'classifier'
 
@@ -65,10 +67,17 @@ def check(config: config_lib.ClassifierConfig) -> config_lib.ClassifierConfig:
   return config
 
 
+def l1_sums(prediction: jax.Array, graph) -> tuple[jax.Array, jax.Array]:
+  """(sum of |prediction - normalised target| over the batch's real molecules,
+  their number): what the data-parallel step adds up over shards."""
+  target = graph.globals[features.CONTEXT][:, 0]
+  return masking.graph_sum(jnp.abs(prediction - target), graph)
+
+
 def l1_loss(prediction: jax.Array, graph) -> jax.Array:
   """Mean |prediction - normalised target| over the batch's real molecules."""
-  target = graph.globals[features.CONTEXT][:, 0]
-  return masking.graph_mean(jnp.abs(prediction - target), graph)
+  total, count = l1_sums(prediction, graph)
+  return total / jnp.maximum(count, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,40 +162,54 @@ def train(config: config_lib.ClassifierConfig, workdir: str, *,
   steps_per_epoch = math.ceil(len(split['train']) / config.batch_size)
   net = models.transform(config)
   tx = optimizer(config, steps_per_epoch)
-  batches = functools.partial(batching.batches, split['train'], config.batch_size,
-                              config.seed,
-                              budgets=batching.default_budgets(config.batch_size, hist),
-                              atomic_numbers=qm9.atomic_numbers(False))
-  params = net.init(jax.random.PRNGKey(config.seed), next(batches(epoch=0)))
-  state = ClassifierState(jnp.zeros([], jnp.int32), params, tx.init(params))
+  # Data parallel over every device of every process, as the generator's loop.
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  if config.batch_size % mesh.size:
+    raise ValueError(f'--batch_size={config.batch_size} is not divisible by the '
+                     f'{mesh.size} devices of the run; pick a multiple of {mesh.size}.')
+  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  local = [i for i, d in enumerate(mesh.devices.flat)
+           if d.process_index == jax.process_index()]
+  batches = functools.partial(
+      batching.sharded_batches, split['train'], config.batch_size, mesh.size,
+      config.seed, budgets=batching.default_budgets(config.batch_size // mesh.size, hist),
+      atomic_numbers=qm9.atomic_numbers(False), shards=local,
+      agree=distributed.max_over_processes if jax.process_count() > 1 else None)
+  first, _ = next(batches(epoch=0))
+  params = net.init(jax.random.PRNGKey(config.seed), jax.tree.map(lambda a: a[0], first))
+  state = jax.device_put(ClassifierState(jnp.zeros([], jnp.int32), params,
+                                         tx.init(params)), replicated)
 
-  @jax.jit
-  def train_step(state, graph):
-    loss, grads = jax.value_and_grad(
-        lambda p: l1_loss(net.apply(p, graph), graph))(state.params)
+  def l1_sum(params, graph):
+    return l1_sums(net.apply(params, graph), graph)
+
+  @functools.partial(jax.jit, in_shardings=(replicated, data), out_shardings=replicated)
+  def train_step(state, graphs):
+    loss, grads = train_state.mean_loss_and_grads(l1_sum, state.params, graphs, mesh)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     return ClassifierState(state.step + 1, optax.apply_updates(state.params, updates),
                            opt_state), loss
 
-  def step(state, graph):
-    state, loss = train_step(state, graph)
-    return state, {'l1': float(loss)}
+  def step(state, graphs):
+    graphs = jax.tree.map(
+        lambda a: jax.make_array_from_process_local_data(data, a), graphs)
+    state, loss = train_step(state, graphs)
+    return state, {'l1': float(jax.device_get(loss))}
 
   evaluate = functools.partial(source_mae, limit=config.eval_molecules,
                                batch_size=config.batch_size, histogram=hist,
-                               progress=progress)
+                               progress=progress and distributed.is_writer())
 
   def validate(state):
-    current = Classifier(config, state.params, normalizer)
+    # Every process evaluates the (small) splits whole, on its own device.
+    current = Classifier(config, distributed.local_copy(state.params), normalizer)
     val = evaluate(current, split['valid'], desc='val MAE')
     test = evaluate(current, split['test'], desc='test MAE')
     return ({'val_mae': val, 'test_mae': test},
             f'{config.property} MAE valid {val:.4f}, test {test:.4f}')
 
   trainer = skeleton.Trainer(
-      batches=lambda epoch, start: (
-          (g, int(np.sum(g.globals[features.MASK])))
-          for g in batches(epoch=epoch, start=start)),
+      batches=lambda epoch, start: batches(epoch=epoch, start=start),
       step=step, evaluate=validate, best_metric='val_mae',
       meta={'kind': KIND, 'config': dataclasses.asdict(config),
             'property_norms': normalizer.to_dict()},

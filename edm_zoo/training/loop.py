@@ -19,7 +19,7 @@ from edm_zoo import config as config_lib
 from edm_zoo import evaluation
 from edm_zoo.data import batching, qm9, sources
 from edm_zoo.diffusion.objective import Diffusion
-from edm_zoo.training import optimizer, skeleton
+from edm_zoo.training import distributed, optimizer, skeleton
 from edm_zoo.training import state as train_state
 from edm_zoo.training.skeleton import TrainingError
 
@@ -52,6 +52,12 @@ def setup(config: config_lib.Config, data_dir: str | None = None) -> Setup:
   """Loads the data and builds the model, optimizer and device mesh of a run."""
   config = qm9.configure(config)
   t = config.train
+  devices = jax.devices()
+  if t.batch_size % len(devices):
+    raise ValueError(
+        f'--batch_size={t.batch_size} is not divisible by the {len(devices)} devices of '
+        f'the run ({jax.process_count()} process(es) x {jax.local_device_count()} '
+        f'device(s)); pick a multiple of {len(devices)}.')
   stats = qm9.dataset_statistics(config.dataset, data_dir)
   splits = {s: qm9.load_dataset(config.dataset, s, data_dir) for s in qm9.SPLITS}
   if t.train_molecules:
@@ -62,7 +68,7 @@ def setup(config: config_lib.Config, data_dir: str | None = None) -> Setup:
     splits = {k: conditioning.conditioned(v, normalizer) for k, v in splits.items()}
   return Setup(config=config, model=Diffusion(config, stats.n_nodes_histogram),
                tx=optimizer.torch_adamw_amsgrad(t.lr, weight_decay=t.weight_decay),
-               mesh=Mesh(np.array(jax.devices()), ('data',)), splits=splits,
+               mesh=Mesh(np.array(devices), ('data',)), splits=splits,
                statistics=stats, normalizer=normalizer)
 
 
@@ -81,8 +87,10 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   """Trains (or resumes) a run in `workdir`; returns the final figures.
 
   Batches are split over every device (`jax.devices()`, all processes): the
-  batch axis is sharded, parameters replicated. Step k's t and noise come from
-  `fold_in(fold_in(key(seed), 1), k)` and the shard index.
+  batch axis is sharded, parameters replicated; each process reads only its
+  devices' shards. Step k's t and noise come from `fold_in(fold_in(key(seed), 1),
+  k)` and the shard index, so 1 process x 2 devices, 2 processes x 1 device and
+  1 device take the same steps. Evaluations are split over processes by batch.
   """
   s = setup(config, data_dir)
   t, model, mesh = s.config.train, s.model, s.mesh
@@ -93,7 +101,8 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
            if d.process_index == jax.process_index()]
   batches = functools.partial(
       batching.sharded_batches, s.splits['train'], t.batch_size, n_shards, t.seed,
-      budgets=batching.default_budgets(t.batch_size // n_shards, hist), shards=local)
+      budgets=batching.default_budgets(t.batch_size // n_shards, hist), shards=local,
+      agree=distributed.max_over_processes if jax.process_count() > 1 else None)
   steps_per_epoch = math.ceil(len(s.splits['train']) / t.batch_size)
 
   first, _ = next(batches(epoch=0))
@@ -106,7 +115,9 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   evaluate = functools.partial(
       evaluation.nll, model, batch_size=t.batch_size, seed=t.seed,
       passes=t.nll_passes, limit=t.eval_molecules, n_nodes_histogram=hist,
-      nll_fn=evaluation.make_nll_fn(model), progress=progress)
+      nll_fn=evaluation.make_nll_fn(model), progress=progress and distributed.is_writer(),
+      part=(jax.process_index(), jax.process_count()),
+      combine=distributed.sum_over_processes)
 
   def step(state, graphs):
     graphs = jax.tree.map(
@@ -129,14 +140,16 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
                    'nonfinite_in_a_row': float(n_bad)}
 
   def validate(state):
-    val = evaluate(state.ema_params, s.splits['valid'], desc='val NLL')['nll']
+    val = evaluate(distributed.local_copy(state.ema_params), s.splits['valid'],
+                   desc='val NLL')['nll']
     return {'val_nll': val}, f'validation NLL {val:.3f} nats/molecule (EMA)'
 
   trainer = skeleton.Trainer(
       batches=lambda epoch, start: batches(epoch=epoch, start=start),
       step=step, evaluate=validate, best_metric='val_nll', meta=_meta(s),
-      finish=lambda state: {'test_nll': evaluate(state.ema_params, s.splits['test'],
-                                                 desc='test NLL')['nll']})
+      finish=lambda state: {'test_nll': evaluate(
+          distributed.local_copy(state.ema_params), s.splits['test'],
+          desc='test NLL')['nll']})
   schedule = skeleton.Schedule(
       total_steps=t.total_steps or t.epochs * steps_per_epoch,
       epoch_size=len(s.splits['train']),
