@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ from rdkit import Chem
 
 from edm_zoo import reporting
 from edm_zoo.compat import importer
+from edm_zoo.training import checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -115,13 +117,14 @@ def test_bad_input_is_one_line(ckpt, tmp_path, args, message):
 
 
 def test_checkpoint_whose_config_does_not_fit(ckpt, tmp_path):
-  import shutil
   broken = tmp_path / 'broken'
   shutil.copytree(ckpt, broken)
   meta = next(broken.glob('checkpoints/*/meta/metadata'))
   d = json.loads(meta.read_text())
   d['config']['model']['nf'] = 64
   meta.write_text(json.dumps(d))
+  # A checkpoint written that way (its commit record agrees), not a damaged one.
+  checkpoint.write_record(str(meta.parent.parent))
   result = _run('eval.py', f'--ckpt={broken}', '--n_samples=2', check=False)
   assert result.returncode != 0 and 'do not fit its config' in result.stderr
   assert 'Traceback' not in result.stderr
