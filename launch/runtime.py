@@ -108,7 +108,7 @@ def _supervise(argv, env) -> None:
       else:
         what = f'stopped by signal {-rc}' if rc < 0 else 'aborted'
       sys.stderr.write(f'error: {what} (native log: {log}).\n')
-  elif not os.path.getsize(log):
+  else:  # Kept only to explain a failure.
     os.remove(log)
   os._exit(rc if rc >= 0 else 128 - rc)
 
