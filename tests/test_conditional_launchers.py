@@ -27,10 +27,18 @@ def runs(tmp_path_factory):
   """(conditional generator, alpha classifier) trained with the launchers."""
   root = tmp_path_factory.mktemp('conditional')
   generator, classifier = root / 'gen', root / 'clf'
-  _run('train.py', '--preset=tiny', '--dataset=qm9_second_half', '--conditioning=alpha',
-       '--T=50', f'--workdir={generator}')
-  _run('train_classifier.py', '--preset=tiny', '--property=alpha',
-       f'--workdir={classifier}')
+  # Both at once: the two trainings are independent.
+  procs = [subprocess.Popen([sys.executable, os.path.join(REPO, 'launch', script), *args,
+                             '--progress=false'], cwd=REPO, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+           for script, *args in (
+               ('train.py', '--preset=tiny', '--dataset=qm9_second_half',
+                '--conditioning=alpha', '--T=50', f'--workdir={generator}'),
+               ('train_classifier.py', '--preset=tiny', '--property=alpha',
+                f'--workdir={classifier}'))]
+  for proc in procs:
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
   return generator, classifier
 
 
