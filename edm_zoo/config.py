@@ -90,6 +90,8 @@ class TrainConfig:
     seed: init and data-order seed; noise comes from fold_in(key(seed), step).
     max_nonfinite: consecutive non-finite steps that stop the run.
     train_molecules: use only the first n train molecules (0: all).
+    data_augmentation: rotate every training molecule randomly each step (EDM's
+      flag; `edm_zoo/augmentation.py`).
   """
   batch_size: int = 64
   lr: float = 1e-4
@@ -108,6 +110,7 @@ class TrainConfig:
   seed: int = 0
   max_nonfinite: int = 10
   train_molecules: int = 0
+  data_augmentation: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

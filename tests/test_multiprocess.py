@@ -4,6 +4,7 @@ The runs are real launcher processes (`launch/train.py`) on the tiny preset; a
 persistent compilation cache under the test's tmp folder keeps restarts short.
 """
 
+import json
 import os
 import random
 import shutil
@@ -298,3 +299,19 @@ def test_a_batch_the_devices_do_not_divide_fails_in_one_line(tmp_path, env):
   assert out.returncode == 1
   assert out.stderr.strip() == out.stderr.strip().splitlines()[-1], out.stderr
   assert 'not divisible by the 2 devices' in out.stderr
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_run_of_an_older_config_format_is_a_no_op(
+    finished_run, tmp_path, env):
+  workdir = tmp_path / 'w'
+  shutil.copytree(finished_run, workdir)
+  # As saved before TrainConfig.data_augmentation existed.
+  for meta in workdir.glob('*/*/meta/metadata'):
+    d = json.loads(meta.read_text())
+    del d['config']['train']['data_augmentation']
+    meta.write_text(json.dumps(d))
+    checkpoint.write_record(str(meta.parent.parent))
+  (out, err), = _finish(_train(workdir, *_FINISHED, env=env))
+  assert "'step': 8" in out and 'another config' not in err
+  assert _max_diff(_params(workdir, 8), _params(finished_run, 8)) == 0.0

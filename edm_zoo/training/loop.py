@@ -89,8 +89,9 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   Batches are split over every device (`jax.devices()`, all processes): the
   batch axis is sharded, parameters replicated; each process reads only its
   devices' shards. Step k's t and noise come from `fold_in(fold_in(key(seed), 1),
-  k)` and the shard index, so 1 process x 2 devices, 2 processes x 1 device and
-  1 device take the same steps. Evaluations are split over processes by batch.
+  k)` and the molecule's place in the global batch (its rotation under
+  `data_augmentation` from `fold_in(fold_in(key(seed), 2), k)`), so 1 process x
+  2 devices, 2 processes x 1 device and 1 device take the same steps. Evaluations are split over processes by batch.
   """
   s = setup(config, data_dir)
   t, model, mesh = s.config.train, s.model, s.mesh
@@ -112,6 +113,8 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   draw_fn, step_fn = train_state.make_step_fns(
       model, s.tx, ema_decay=t.ema_decay, clip_grad=t.clip_grad, mesh=mesh)
   noise_key = jax.random.fold_in(key, 1)
+  augment_fn = train_state.make_augment_fn(mesh) if t.data_augmentation else None
+  augment_key = jax.random.fold_in(key, 2)
   evaluate = functools.partial(
       evaluation.nll, model, batch_size=t.batch_size, seed=t.seed,
       passes=t.nll_passes, limit=t.eval_molecules, n_nodes_histogram=hist,
@@ -122,6 +125,8 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   def step(state, graphs):
     graphs = jax.tree.map(
         lambda a: jax.make_array_from_process_local_data(data_sharding, a), graphs)
+    if augment_fn is not None:
+      graphs = augment_fn(graphs, augment_key, state.step)
     t_int, eps = draw_fn(graphs, noise_key, state.step)
     state, metrics = step_fn(state, graphs, t_int, eps)
     metrics = jax.device_get(metrics)
@@ -147,6 +152,7 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   trainer = skeleton.Trainer(
       batches=lambda epoch, start: batches(epoch=epoch, start=start),
       step=step, evaluate=validate, best_metric='val_nll', meta=_meta(s),
+      canonical_config=lambda d: config_lib.to_dict(config_lib.from_dict(d)),
       finish=lambda state: {'test_nll': evaluate(
           distributed.local_copy(state.ema_params), s.splits['test'],
           desc='test NLL')['nll']})

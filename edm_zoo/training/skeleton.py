@@ -72,6 +72,8 @@ class Trainer:
     meta: JSON facts saved with every checkpoint; its 'config' must match on
       resume.
     desc: the progress bar's label.
+    canonical_config: a saved 'config' -> the same config with the fields added
+      since it was saved at their defaults, so that such runs still resume.
   """
   batches: Callable[[int, int], Iterator[tuple[Any, int]]]
   step: Callable[[Any, Any], tuple[Any, dict[str, float]]]
@@ -80,6 +82,7 @@ class Trainer:
   meta: dict[str, Any]
   finish: Callable[[Any], dict[str, float]] | None = None
   desc: str = 'train'
+  canonical_config: Callable[[Any], Any] = lambda config: config
 
 
 def _as_json(value: Any) -> Any:
@@ -97,7 +100,12 @@ def resume(workdir: str, state: Any, trainer: Trainer, keep_last: int
           'jax_version': jax.__version__}
   if ckpt.latest_step() is not None:
     state, restored = ckpt.restore(state)
-    if restored.get('config') != _as_json(meta['config']):
+    saved = restored.get('config')
+    try:
+      saved = _as_json(trainer.canonical_config(saved))
+    except (TypeError, ValueError):  # Not a config this code can read: refused below.
+      pass
+    if saved != _as_json(meta['config']):
       ckpt.close()
       raise TrainingError(f'{workdir} holds a run with another config; use a new '
                           '--workdir or the same flags.')
@@ -131,7 +139,7 @@ def run(workdir: str, state: Any, trainer: Trainer, schedule: Schedule, *,
   writing = distributed.is_writer()
   writer = (metrics_log.MetricsWriter(workdir, resume_step=step) if writing
             else metrics_log.NullWriter())
-  saved = [None]
+  saved = [step if ckpt.latest_step() == step else None]  # A resumed step is on disk.
 
   def save(val=None):
     if saved[0] == step and val is None:

@@ -17,6 +17,7 @@ import jraph
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from edm_zoo import augmentation
 from edm_zoo import masking
 from edm_zoo.diffusion import gaussians
 from edm_zoo.diffusion.objective import Diffusion, dense_width
@@ -106,6 +107,35 @@ def draw_noise(model: Diffusion, graphs: jraph.GraphsTuple, key: jax.Array,
     return jnp.stack([t for t, _ in draws]), jnp.stack([e for _, e in draws])
   return _on_mesh(local, mesh, graphs.n_node.shape[0], P('data'),
                   (P('data'), P('data')))(graphs)
+
+
+def rotate_molecules(graphs: jraph.GraphsTuple, key: jax.Array,
+                     mesh: Mesh | None = None) -> jraph.GraphsTuple:
+  """EDM's data augmentation on stacked shards [S, ...]: molecule j of the global
+  batch rotated by `augmentation.random_rotation(fold_in(key, j))`, so that, like
+  the noise, the rotation does not depend on the device layout."""
+  def local(offset, graphs, all_reduce):
+    del all_reduce
+    per_shard = graphs.n_node.shape[1] - 1
+    rotated = []
+    for d in range(graphs.n_node.shape[0]):
+      graph = _shard(graphs, d)
+      j = (offset + d) * per_shard + jnp.arange(graph.n_node.shape[0])
+      rotations = jax.vmap(
+          lambda j: augmentation.random_rotation(jax.random.fold_in(key, j)))(j)
+      rotated.append(augmentation.rotate(graph, rotations))
+    return jax.tree.map(lambda *a: jnp.stack(a), *rotated)
+  return _on_mesh(local, mesh, graphs.n_node.shape[0], P('data'), P('data'))(graphs)
+
+
+def make_augment_fn(mesh: Mesh | None = None):
+  """Jitted `(graphs, key, step) -> graphs` rotated from `fold_in(key, step)`."""
+  kwargs = {}
+  if mesh is not None:
+    replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+    kwargs = dict(in_shardings=(data, replicated, replicated), out_shardings=data)
+  return jax.jit(lambda graphs, key, step: rotate_molecules(
+      graphs, jax.random.fold_in(key, step), mesh), **kwargs)
 
 
 def _local_sums(model: Diffusion, params, graphs, t_int, eps, width):
