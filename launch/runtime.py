@@ -128,7 +128,7 @@ def _native_stderr_to(path: str) -> None:
     pass
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1, prefix: str = 'error: ') -> None:
   """Prints `error: message` and exits at once.
 
   Without Python's exit-time handlers: in a multi-process run JAX's shutdown
@@ -137,7 +137,7 @@ def fail(message: str, code: int = 1) -> None:
   `RuntimeError: Event loop is closed` tracebacks under the one line.
   """
   sys.stdout.flush()
-  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.write(f'{prefix}{message}\n')
   sys.stderr.flush()
   os._exit(code)
 

@@ -20,6 +20,7 @@ import os  # noqa: E402
 
 from edm_zoo.property_prediction import training  # noqa: E402
 from edm_zoo.training import distributed  # noqa: E402
+from edm_zoo.training import skeleton  # noqa: E402
 from launch import flags_util  # noqa: E402
 
 flags_util.define_classifier_flags()
@@ -45,6 +46,8 @@ def main(argv):
   try:
     result = training.train(config, workdir, data_dir=_DATA_DIR.value,
                             progress=_PROGRESS.value)
+  except skeleton.TrainingStopped as e:
+    runtime.fail(str(e), code=143, prefix='')  # 128 + SIGTERM, as if killed by it.
   except Exception as e:  # pylint: disable=broad-except
     runtime.fail(flags_util.training_error(e, workdir))
   if distributed.is_writer():

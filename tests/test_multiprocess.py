@@ -315,3 +315,24 @@ def test_rerunning_a_finished_run_of_an_older_config_format_is_a_no_op(
   (out, err), = _finish(_train(workdir, *_FINISHED, env=env))
   assert "'step': 8" in out and 'another config' not in err
   assert _max_diff(_params(workdir, 8), _params(finished_run, 8)) == 0.0
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_and_the_run_resumes(tmp_path, env):
+  workdir = tmp_path / 'w'
+  flags = ['--total_steps=30', '--eval_every_steps=1000', '--checkpoint_every_steps=10']
+  proc = _train(workdir, *flags, env=env)
+  deadline = time.time() + 240
+  log = workdir / 'metrics.jsonl'
+  while not (log.exists() and log.stat().st_size):  # Past the first step.
+    assert proc.poll() is None and time.time() < deadline
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGTERM)  # What SLURM sends before it kills a job.
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 143, err
+  stopped = int(err.split('at step ')[1].split(';')[0])
+  assert 0 < stopped < 30 and err.startswith('stopped by SIGTERM')
+  assert (workdir / 'checkpoints' / str(stopped) / checkpoint.RECORD).exists()
+  (out, _), = _finish(_train(workdir, *flags, env=env))
+  assert "'step': 30" in out
+  assert [r['step'] for r in metrics_log.read(workdir) if 'loss' in r] == list(range(1, 31))

@@ -14,6 +14,8 @@ how to evaluate, and its data. The skeleton owns everything else:
 * checkpoints: every `checkpoint_every` steps and after every evaluation (the
   last `keep_last` kept), the lowest `best_metric` in `best/`, and the end; a
   bad latest checkpoint is moved aside and the newest good one resumed.
+* stop requests: SIGTERM or SIGUSR1 (a scheduler's preemption notice) end the
+  run after the current step with a checkpoint of it (`TrainingStopped`).
 
 In a multi-process run every process runs the skeleton in lockstep (the same
 steps, evaluations and saves); process 0 alone writes logs and the progress bar.
@@ -21,9 +23,12 @@ steps, evaluations and saves); process 0 alone writes logs and the progress bar.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -35,6 +40,30 @@ from edm_zoo.training import checkpoint, distributed, metrics_log
 
 class TrainingError(RuntimeError):
   """A run that cannot go on (another run's workdir, repeated non-finite steps)."""
+
+
+class TrainingStopped(TrainingError):
+  """A run stopped on request (SIGTERM, SIGUSR1) after saving its checkpoint."""
+
+
+# SLURM sends SIGTERM before it kills a job (and SIGUSR1 with --signal=USR1@T).
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@contextlib.contextmanager
+def _stop_requests():
+  """Yields a list that holds the names of stop signals received meanwhile."""
+  received: list[str] = []
+  if threading.current_thread() is not threading.main_thread():
+    yield received
+    return
+  previous = {sig: signal.signal(sig, lambda s, _: received.append(signal.Signals(s).name))
+              for sig in _STOP_SIGNALS}
+  try:
+    yield received
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +183,9 @@ def run(workdir: str, state: Any, trainer: Trainer, schedule: Schedule, *,
                   desc=trainer.desc, dynamic_ncols=True)
   last_time, last_step = time.time(), step
   result: dict[str, Any] = {}
+  stack = contextlib.ExitStack()
   try:
+    stop_requests = stack.enter_context(_stop_requests())
     while step < schedule.total_steps:
       for batch, consumed in trainer.batches(meta['epoch'], meta['position']):
         state, scalars = trainer.step(state, batch)
@@ -184,6 +215,12 @@ def run(workdir: str, state: Any, trainer: Trainer, schedule: Schedule, *,
           result.update(figures)
         if step % schedule.checkpoint_every == 0 or val is not None:
           save(val)
+        # Every process stops at the same step (signals reach them at different ones).
+        if distributed.max_over_processes(len(stop_requests)):
+          save()
+          raise TrainingStopped(
+              f'stopped by {"/".join(stop_requests) or "another process"} at step '
+              f'{step}; its checkpoint is in {workdir}: run the same command to resume.')
         if step >= schedule.total_steps:
           break
     bar.close()
@@ -193,6 +230,7 @@ def run(workdir: str, state: Any, trainer: Trainer, schedule: Schedule, *,
       result.update(final)
     save()
   finally:
+    stack.close()
     writer.close()
     ckpt.close()
   result.update(step=step, **{best: meta[best]},
