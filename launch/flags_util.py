@@ -20,6 +20,7 @@ from edm_zoo.diffusion import samplers
 from edm_zoo.training import checkpoint
 from edm_zoo.training import distributed
 from edm_zoo.training import skeleton
+from launch import runtime
 
 _SKIP = {'norm_biases'}
 
@@ -99,6 +100,19 @@ def join_run(distributed_flag: flags.FlagHolder) -> None:
     return
   distributed.initialize(*explicit, timeout_s=f.join_timeout,
                          heartbeat_s=f.heartbeat_timeout)
+
+
+def run_trainer(train: typing.Callable[[], dict], workdir: str) -> None:
+  """Runs `train()` and prints its figures (process 0); a requested stop, a
+  condition that stops training or a lost peer ends the launcher in one line."""
+  try:
+    result = train()
+  except skeleton.TrainingStopped as e:
+    runtime.fail(str(e), code=143, prefix='')  # 128 + SIGTERM, as if killed by it.
+  except Exception as e:  # pylint: disable=broad-except
+    runtime.fail(training_error(e, workdir))
+  if distributed.is_writer():
+    print(f'done: {result}')
 
 
 def training_error(error: BaseException, workdir: str) -> str:

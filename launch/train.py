@@ -19,7 +19,6 @@ import os  # noqa: E402
 
 from edm_zoo.training import distributed  # noqa: E402
 from edm_zoo.training import loop  # noqa: E402
-from edm_zoo.training import skeleton  # noqa: E402
 from launch import flags_util  # noqa: E402
 
 flags_util.define_config_flags()
@@ -43,15 +42,8 @@ def main(argv):
   logging.info('config: %s', config)
   if distributed.is_writer():
     print(f'training {config.model.name} on {config.dataset} in {workdir}')
-  try:
-    result = loop.train(config, workdir, data_dir=_DATA_DIR.value,
-                        progress=_PROGRESS.value)
-  except skeleton.TrainingStopped as e:
-    runtime.fail(str(e), code=143, prefix='')  # 128 + SIGTERM, as if killed by it.
-  except Exception as e:  # pylint: disable=broad-except
-    runtime.fail(flags_util.training_error(e, workdir))
-  if distributed.is_writer():
-    print(f'done: {result}')
+  flags_util.run_trainer(lambda: loop.train(
+      config, workdir, data_dir=_DATA_DIR.value, progress=_PROGRESS.value), workdir)
 
 
 if __name__ == '__main__':

@@ -20,7 +20,6 @@ import os  # noqa: E402
 
 from edm_zoo.property_prediction import training  # noqa: E402
 from edm_zoo.training import distributed  # noqa: E402
-from edm_zoo.training import skeleton  # noqa: E402
 from launch import flags_util  # noqa: E402
 
 flags_util.define_classifier_flags()
@@ -43,15 +42,9 @@ def main(argv):
   flags_util.ensure_dataset(config.dataset, _DATA_DIR.value)
   if distributed.is_writer():
     print(f'training a {config.model} classifier for {config.property} in {workdir}')
-  try:
-    result = training.train(config, workdir, data_dir=_DATA_DIR.value,
-                            progress=_PROGRESS.value)
-  except skeleton.TrainingStopped as e:
-    runtime.fail(str(e), code=143, prefix='')  # 128 + SIGTERM, as if killed by it.
-  except Exception as e:  # pylint: disable=broad-except
-    runtime.fail(flags_util.training_error(e, workdir))
-  if distributed.is_writer():
-    print(f'done: {result}')
+  flags_util.run_trainer(lambda: training.train(
+      config, workdir, data_dir=_DATA_DIR.value, progress=_PROGRESS.value), workdir)
+
 
 if __name__ == '__main__':
   app.run(main)

@@ -60,6 +60,16 @@ def _finish(*procs, timeout=300):
   return outs
 
 
+def _wait_until(condition, *procs, timeout=240, poll=0.01):
+  """Waits until `condition()` while every process runs (a test failure if one ends
+  or `timeout` seconds pass first)."""
+  deadline = time.time() + timeout
+  while not condition():
+    assert all(p.poll() is None for p in procs), 'a run ended first'
+    assert time.time() < deadline, 'timed out'
+    time.sleep(poll)
+
+
 def _two_processes(workdir, *flags, env):
   port = _port()
   return [_train(workdir, *flags, env=env, process=(port, i, 2)) for i in range(2)]
@@ -108,10 +118,7 @@ def test_a_killed_process_stops_the_other_in_one_line_and_both_resume(tmp_path, 
   workdir = tmp_path / 'run'
   flags = ['--total_steps=30', '--eval_every_steps=1000', '--checkpoint_every_steps=2']
   procs = _two_processes(workdir, *flags, env=env)
-  deadline = time.time() + 240
-  while not (workdir / 'checkpoints' / '4' / checkpoint.RECORD).exists():
-    assert all(p.poll() is None for p in procs) and time.time() < deadline
-    time.sleep(0.05)
+  _wait_until((workdir / 'checkpoints' / '4' / checkpoint.RECORD).exists, *procs)
   procs[1].send_signal(signal.SIGKILL)
   killed = time.time()
   out, err = procs[0].communicate(timeout=60)
@@ -140,8 +147,7 @@ def test_kill_9_at_20_random_moments_ends_with_the_uninterrupted_parameters(
   workdir = tmp_path / 'killed'
   start = time.time()
   proc = _train(workdir, *flags, env=env)
-  while not (workdir / 'metrics.jsonl').exists() and proc.poll() is None:
-    time.sleep(0.01)
+  _wait_until((workdir / 'metrics.jsonl').exists, proc)
   startup = time.time() - start  # Imports, data, compiles: before the first step.
   rng = random.Random(0)
   kills = during_saves = 0
@@ -322,11 +328,8 @@ def test_sigterm_saves_the_current_step_and_the_run_resumes(tmp_path, env):
   workdir = tmp_path / 'w'
   flags = ['--total_steps=30', '--eval_every_steps=1000', '--checkpoint_every_steps=10']
   proc = _train(workdir, *flags, env=env)
-  deadline = time.time() + 240
   log = workdir / 'metrics.jsonl'
-  while not (log.exists() and log.stat().st_size):  # Past the first step.
-    assert proc.poll() is None and time.time() < deadline
-    time.sleep(0.01)
+  _wait_until(lambda: log.exists() and log.stat().st_size, proc)  # Past the first step.
   proc.send_signal(signal.SIGTERM)  # What SLURM sends before it kills a job.
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err

@@ -72,8 +72,7 @@ def test_a_bad_xyz_record_stops_in_one_line_or_is_skipped(molecules, tmp_path, b
   assert '\n' not in message and f'{path} record 4: {reason}' in message
   read = readers.read_molecules(str(path), skip_bad=True)
   assert len(read.molecules) == 5
-  assert [(b.record, b.reason) for b in read.bad] == [(4, read.bad[0].reason)]
-  assert reason in read.bad[0].reason
+  assert [b.record for b in read.bad] == [4] and reason in read.bad[0].reason
 
 
 def test_an_unparsable_sdf_block_and_a_large_molecule(molecules, tmp_path):

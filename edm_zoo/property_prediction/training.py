@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from edm_zoo import conditioning
 from edm_zoo import config as config_lib
@@ -67,17 +67,20 @@ def check(config: config_lib.ClassifierConfig) -> config_lib.ClassifierConfig:
   return config
 
 
+def _abs_errors(prediction: jax.Array, graph) -> jax.Array:
+  """[n_graph] |prediction - normalised target| of each molecule."""
+  return jnp.abs(prediction - graph.globals[features.CONTEXT][:, 0])
+
+
 def l1_sums(prediction: jax.Array, graph) -> tuple[jax.Array, jax.Array]:
-  """(sum of |prediction - normalised target| over the batch's real molecules,
-  their number): what the data-parallel step adds up over shards."""
-  target = graph.globals[features.CONTEXT][:, 0]
-  return masking.graph_sum(jnp.abs(prediction - target), graph)
+  """(sum of the absolute errors over the batch's real molecules, their number):
+  what the data-parallel step adds up over shards."""
+  return masking.graph_sum(_abs_errors(prediction, graph), graph)
 
 
 def l1_loss(prediction: jax.Array, graph) -> jax.Array:
   """Mean |prediction - normalised target| over the batch's real molecules."""
-  total, count = l1_sums(prediction, graph)
-  return total / jnp.maximum(count, 1.0)
+  return masking.graph_mean(_abs_errors(prediction, graph), graph)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,18 +166,13 @@ def train(config: config_lib.ClassifierConfig, workdir: str, *,
   net = models.transform(config)
   tx = optimizer(config, steps_per_epoch)
   # Data parallel over every device of every process, as the generator's loop.
-  mesh = Mesh(np.array(jax.devices()), ('data',))
-  if config.batch_size % mesh.size:
-    raise ValueError(f'--batch_size={config.batch_size} is not divisible by the '
-                     f'{mesh.size} devices of the run; pick a multiple of {mesh.size}.')
+  mesh, local = distributed.data_mesh(config.batch_size)
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  local = [i for i, d in enumerate(mesh.devices.flat)
-           if d.process_index == jax.process_index()]
   batches = functools.partial(
       batching.sharded_batches, split['train'], config.batch_size, mesh.size,
       config.seed, budgets=batching.default_budgets(config.batch_size // mesh.size, hist),
       atomic_numbers=qm9.atomic_numbers(False), shards=local,
-      agree=distributed.max_over_processes if jax.process_count() > 1 else None)
+      agree=distributed.max_over_processes)
   first, _ = next(batches(epoch=0))
   params = net.init(jax.random.PRNGKey(config.seed), jax.tree.map(lambda a: a[0], first))
   state = jax.device_put(ClassifierState(jnp.zeros([], jnp.int32), params,
@@ -191,8 +189,7 @@ def train(config: config_lib.ClassifierConfig, workdir: str, *,
                            opt_state), loss
 
   def step(state, graphs):
-    graphs = jax.tree.map(
-        lambda a: jax.make_array_from_process_local_data(data, a), graphs)
+    graphs = distributed.global_batch(graphs, mesh)
     state, loss = train_step(state, graphs)
     return state, {'l1': float(jax.device_get(loss))}
 

@@ -42,9 +42,11 @@ class CorruptCheckpointError(ValueError):
 
 
 def _ignore_closed_event_loops() -> None:
-  """Installed before an orbax read (once per process). After a failed read, tensorstore completes its pending reads into the
-  event loops orbax has already closed; each raises `RuntimeError('Event loop
-  is closed')` in a tensorstore thread, which Python prints as an unraisable
+  """Installed before an orbax read (once per process).
+
+  After a failed read, tensorstore completes its pending reads into the event
+  loops orbax has already closed; each raises `RuntimeError('Event loop is
+  closed')` in a tensorstore thread, which Python prints as an unraisable
   exception (a traceback under the one-line error, at random moments). Those
   alone are dropped; every other unraisable exception still goes to the
   previous hook."""

@@ -24,15 +24,12 @@ from typing import Any
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 _ADDRESS = re.compile(r'^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$')
 # What a lost peer looks like from inside a collective or the coordination client.
 _PEER_LOST = ('gloo', 'connection reset', 'connection closed', 'socket closed',
               'heartbeat', 'coordination service', 'unavailable', 'barrier')
-
-
-class PeerLostError(RuntimeError):
-  """Another process of the run stopped (killed, crashed or unreachable)."""
 
 
 def check_flags(coordinator_address: str | None, num_processes: int | None,
@@ -104,9 +101,10 @@ def is_peer_lost(error: BaseException) -> bool:
   """Whether `error` says that another process of a multi-process run is gone."""
   if jax.process_count() == 1:
     return False
+  # Whatever its type: a failed collective can surface as a ValueError too (seen
+  # from the padding agreement's all-gather).
   text = str(error).lower()
-  return isinstance(error, (RuntimeError, PeerLostError)) and any(
-      p in text for p in _PEER_LOST)
+  return any(p in text for p in _PEER_LOST)
 
 
 def is_writer() -> bool:
@@ -144,6 +142,32 @@ def barrier(name: str) -> None:
   """Waits until every process reaches `name`."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def data_mesh(batch_size: int) -> tuple[Mesh, list[int]]:
+  """(mesh of every device of every process, batch axis 'data'; the shards of the
+  global batch this process builds: those of its own devices).
+
+  Raises:
+    ValueError: one line, when the device count does not divide `batch_size`.
+  """
+  devices = jax.devices()
+  if batch_size % len(devices):
+    raise ValueError(
+        f'--batch_size={batch_size} is not divisible by the {len(devices)} devices of '
+        f'the run ({jax.process_count()} process(es) x {jax.local_device_count()} '
+        f'device(s)); pick a multiple of {len(devices)}.')
+  mesh = Mesh(np.array(devices), ('data',))
+  local = [i for i, d in enumerate(mesh.devices.flat)
+           if d.process_index == jax.process_index()]
+  return mesh, local
+
+
+def global_batch(graphs: Any, mesh: Mesh) -> Any:
+  """This process's stacked shards -> the global batch, sharded over 'data'."""
+  sharding = NamedSharding(mesh, P('data'))
+  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a),
+                      graphs)
 
 
 def local_copy(tree: Any) -> Any:

@@ -35,6 +35,7 @@ class Setup:
     model: the diffusion model.
     tx: the optimizer.
     mesh: the devices of every process, batch axis 'data'.
+    local_shards: the shards of each global batch this process builds.
     splits: {'train', 'valid', 'test'} sources (conditioned when the model is).
     statistics: the train split's statistics.
     normalizer: the property normaliser of a conditional model, else None.
@@ -43,6 +44,7 @@ class Setup:
   model: Diffusion
   tx: Any
   mesh: Mesh
+  local_shards: list[int]
   splits: dict[str, Any]
   statistics: qm9.Statistics
   normalizer: conditioning.Normalizer | None
@@ -52,12 +54,7 @@ def setup(config: config_lib.Config, data_dir: str | None = None) -> Setup:
   """Loads the data and builds the model, optimizer and device mesh of a run."""
   config = qm9.configure(config)
   t = config.train
-  devices = jax.devices()
-  if t.batch_size % len(devices):
-    raise ValueError(
-        f'--batch_size={t.batch_size} is not divisible by the {len(devices)} devices of '
-        f'the run ({jax.process_count()} process(es) x {jax.local_device_count()} '
-        f'device(s)); pick a multiple of {len(devices)}.')
+  mesh, local = distributed.data_mesh(t.batch_size)
   stats = qm9.dataset_statistics(config.dataset, data_dir)
   splits = {s: qm9.load_dataset(config.dataset, s, data_dir) for s in qm9.SPLITS}
   if t.train_molecules:
@@ -68,7 +65,7 @@ def setup(config: config_lib.Config, data_dir: str | None = None) -> Setup:
     splits = {k: conditioning.conditioned(v, normalizer) for k, v in splits.items()}
   return Setup(config=config, model=Diffusion(config, stats.n_nodes_histogram),
                tx=optimizer.torch_adamw_amsgrad(t.lr, weight_decay=t.weight_decay),
-               mesh=Mesh(np.array(devices), ('data',)), splits=splits,
+               mesh=mesh, local_shards=local, splits=splits,
                statistics=stats, normalizer=normalizer)
 
 
@@ -91,19 +88,17 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   devices' shards. Step k's t and noise come from `fold_in(fold_in(key(seed), 1),
   k)` and the molecule's place in the global batch (its rotation under
   `data_augmentation` from `fold_in(fold_in(key(seed), 2), k)`), so 1 process x
-  2 devices, 2 processes x 1 device and 1 device take the same steps. Evaluations are split over processes by batch.
+  2 devices, 2 processes x 1 device and 1 device take the same steps.
+  Evaluations are split over processes by batch.
   """
   s = setup(config, data_dir)
   t, model, mesh = s.config.train, s.model, s.mesh
   hist = s.statistics.n_nodes_histogram
   n_shards = mesh.size
-  data_sharding = NamedSharding(mesh, P('data'))
-  local = [i for i, d in enumerate(mesh.devices.flat)
-           if d.process_index == jax.process_index()]
   batches = functools.partial(
       batching.sharded_batches, s.splits['train'], t.batch_size, n_shards, t.seed,
-      budgets=batching.default_budgets(t.batch_size // n_shards, hist), shards=local,
-      agree=distributed.max_over_processes if jax.process_count() > 1 else None)
+      budgets=batching.default_budgets(t.batch_size // n_shards, hist),
+      shards=s.local_shards, agree=distributed.max_over_processes)
   steps_per_epoch = math.ceil(len(s.splits['train']) / t.batch_size)
 
   first, _ = next(batches(epoch=0))
@@ -123,8 +118,7 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
       combine=distributed.sum_over_processes)
 
   def step(state, graphs):
-    graphs = jax.tree.map(
-        lambda a: jax.make_array_from_process_local_data(data_sharding, a), graphs)
+    graphs = distributed.global_batch(graphs, mesh)
     if augment_fn is not None:
       graphs = augment_fn(graphs, augment_key, state.step)
     t_int, eps = draw_fn(graphs, noise_key, state.step)

@@ -96,13 +96,18 @@ def _on_mesh(fn, mesh: Mesh | None, n_shards: int, in_specs, out_specs):
                        check_vma=False)
 
 
+def _first_molecule(graphs: jraph.GraphsTuple, offset, d: int):
+  """Index in the global batch of the first molecule of local shard d (the shards
+  before it are full: `n_graph - 1` real molecules plus jraph's padding graph)."""
+  return (offset + d) * (graphs.n_node.shape[1] - 1)
+
+
 def draw_noise(model: Diffusion, graphs: jraph.GraphsTuple, key: jax.Array,
                mesh: Mesh | None = None) -> tuple[jax.Array, jax.Array]:
   """(t_int [S, n_graph], eps [S, n_node, D]) for the stacked shards [S, ...]."""
   def local(offset, graphs, all_reduce):
     del all_reduce
-    per_shard = graphs.n_node.shape[1] - 1  # Real molecules a full shard holds.
-    draws = [draw(model, _shard(graphs, d), key, (offset + d) * per_shard)
+    draws = [draw(model, _shard(graphs, d), key, _first_molecule(graphs, offset, d))
              for d in range(graphs.n_node.shape[0])]
     return jnp.stack([t for t, _ in draws]), jnp.stack([e for _, e in draws])
   return _on_mesh(local, mesh, graphs.n_node.shape[0], P('data'),
@@ -116,11 +121,10 @@ def rotate_molecules(graphs: jraph.GraphsTuple, key: jax.Array,
   the noise, the rotation does not depend on the device layout."""
   def local(offset, graphs, all_reduce):
     del all_reduce
-    per_shard = graphs.n_node.shape[1] - 1
     rotated = []
     for d in range(graphs.n_node.shape[0]):
       graph = _shard(graphs, d)
-      j = (offset + d) * per_shard + jnp.arange(graph.n_node.shape[0])
+      j = _first_molecule(graphs, offset, d) + jnp.arange(graph.n_node.shape[0])
       rotations = jax.vmap(
           lambda j: augmentation.random_rotation(jax.random.fold_in(key, j)))(j)
       rotated.append(augmentation.rotate(graph, rotations))
