@@ -15,6 +15,8 @@ $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	# MOSES SMILES for --dataset=moses3d: the wheel's data only (its own deps pull torch).
+	$(PY) -m pip install -q --no-deps molsets==0.3.1
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from edm_zoo import config as config_lib
 from edm_zoo import evaluation, generate
-from edm_zoo.data import batching, qm9, sources
+from edm_zoo.data import batching, registry, sources
 from edm_zoo.diffusion import samplers
 from edm_zoo.diffusion.samplers import chain
 from edm_zoo.diffusion.objective import Diffusion
@@ -166,11 +166,10 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
   Raises:
     ValueError: the dataset is not prepared (one line).
   """
-  config = qm9.configure(config)
+  config = registry.configure(config, data_dir)
   what = set(bench.what)
   load_before = cpu_contention()
-  remove_h = qm9.remove_h_for(config.dataset)
-  stats = qm9.dataset_statistics(config.dataset, data_dir)
+  stats = registry.statistics(config.dataset, data_dir)
   hist = stats.n_nodes_histogram
   bs, m = config.train.batch_size, config.model
   results: dict[str, Any] = {
@@ -183,7 +182,7 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
       'config': {'model': m.name, 'nf': m.nf, 'n_layers': m.n_layers, 'batch_size': bs,
                  'T': config.diffusion.T},
   }
-  train_src = qm9.load(bench.bench_split, remove_h, data_dir)
+  train_src = registry.load(config.dataset, bench.bench_split, data_dir)
   if 'data' in what:
     it = batching.batches(train_src, bs, seed=0, epoch=0, n_nodes_histogram=hist)
     next(it)
@@ -233,7 +232,7 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
   if 'nll' in what:
     nll_fn = evaluation.make_nll_fn(model)
     valid = list(batching.batches(
-        sources.Subset(qm9.load('valid', remove_h, data_dir), bs * (bench.repeats + 1)),
+        sources.Subset(registry.load(config.dataset, 'valid', data_dir), bs * (bench.repeats + 1)),
         bs, shuffle=False, n_nodes_histogram=hist))
     _, first = _timed(nll_fn, state.ema_params, valid[0], jax.random.PRNGKey(0))
     results['nll_compile_and_first_s'] = first
@@ -245,7 +244,7 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
 
   graph = None
   if 'sample' in what or 'jit_study' in what:
-    graph = sampling_graph(model, bench.sample_molecules, qm9.atomic_numbers(remove_h))
+    graph = sampling_graph(model, bench.sample_molecules, stats.atomic_numbers)
   if 'sample' in what:
     n_mol, T = bench.sample_molecules, model.T
     n_steps = min(bench.sample_steps, T)

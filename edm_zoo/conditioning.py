@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from edm_zoo.config import Config
-from edm_zoo.data import qm9
+from edm_zoo.data import registry
 from edm_zoo.data import sources
 
 PROPERTIES = ('alpha', 'gap', 'homo', 'lumo', 'mu', 'Cv')
@@ -191,7 +191,7 @@ class PropertyDistribution:
 def fit_normalizer(config: Config, data_dir: str | None = None) -> Normalizer:
   """The config's property normaliser, fitted on `config.context_norm_split`."""
   properties = parse_properties(config.conditioning)
-  source = qm9.load_dataset(config.dataset, config.context_norm_split, data_dir)
+  source = registry.load(config.dataset, config.context_norm_split, data_dir)
   values, _ = property_table(source, properties)
   return Normalizer.fit(values, properties)
 
@@ -200,6 +200,6 @@ def property_distribution(config: Config,
                           data_dir: str | None = None) -> PropertyDistribution:
   """p(properties | size) of the config's train split (its conditional half)."""
   properties = parse_properties(config.conditioning)
-  source = qm9.load_dataset(config.dataset, 'train', data_dir)
+  source = registry.load(config.dataset, 'train', data_dir)
   values, sizes = property_table(source, properties)
   return PropertyDistribution(values, sizes, properties)

@@ -3,7 +3,7 @@
 A leaf module: it imports nothing of edm_zoo. It checks what it can see (types,
 ranges, the names of its own choices); each owner checks its own names where
 they are used: the model registry (`edm_zoo.models.get`) when a network is
-built, the dataset registry (`edm_zoo.data.qm9.configure`) when data loads, and
+built, the dataset registry (`edm_zoo.data.registry.configure`) when data loads, and
 `edm_zoo.conditioning.parse_properties` when properties are parsed.
 """
 
@@ -119,14 +119,15 @@ class Config:
 
   Attributes:
     model, diffusion, train: the sections above.
-    dataset: 'qm9', 'qm9_noh', or a train half ('qm9_second_half' is where the
-      reference trains its conditional models).
+    dataset: a `--dataset` of the registry (`edm_zoo.data.registry`): 'qm9',
+      'qm9_noh', a train half ('qm9_second_half' is where the reference trains its
+      conditional models), 'geom_drugs', 'moses3d', or one of your own.
     conditioning: molecular properties the model is conditioned on
       (`edm_zoo.conditioning.PROPERTIES`); empty for an unconditional model.
     context_norm_split: split whose mean and mean absolute deviation normalise
       the conditioning properties; the reference uses 'valid' for its half
       datasets (`compute_mean_mad`), 'train' is the alternative.
-    num_atom_types: set from the dataset by `edm_zoo.data.qm9.configure`.
+    num_atom_types: set from the dataset by `edm_zoo.data.registry.configure`.
   """
   model: ModelConfig = ModelConfig()
   diffusion: DiffusionConfig = DiffusionConfig()
@@ -157,6 +158,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   'total_steps': 2000, 'eval_every_steps': 250,
                   'eval_molecules': 512, 'checkpoint_every_steps': 250,
                   'log_every_steps': 10},
+    },
+    # EDM's published GEOM-Drugs run (its README): nf 256, 4 layers, batch 64, lr
+    # 1e-4, T 1000, polynomial_2, normalize_factors [1, 4, 10], EMA 0.9999,
+    # normalization_factor 1, no charge feature, random batches, tested every epoch.
+    'geom_drugs': {
+        'model': {'n_layers': 4},
+        'diffusion': {'include_charges': False},
+        'train': {'eval_every_epochs': 1},
     },
     # Seconds per step: for tests of the machinery (resume, logging, sharding).
     'tiny': {

@@ -15,7 +15,7 @@ from edm_zoo import conditioning
 from edm_zoo import config as config_lib
 from edm_zoo import evaluation, generate
 from edm_zoo.config import SamplingConfig
-from edm_zoo.data import batching, qm9, sources
+from edm_zoo.data import batching, elements as elements_lib, registry, sources
 from edm_zoo.diffusion.objective import Diffusion
 from edm_zoo.io import export, files, pictures
 from edm_zoo.metrics import rdkit_metrics, stability
@@ -24,24 +24,36 @@ from edm_zoo.property_prediction import training as clf_training
 from edm_zoo.training import checkpoint
 
 
-def molecule_metrics(molecules, elements, reference_smiles=None) -> dict[str, float]:
-  """Stability, validity, uniqueness (and novelty) of (positions, types) pairs."""
+def molecule_metrics(molecules, elements, reference_smiles=None, *,
+                     single_bonds: bool = False) -> dict[str, float]:
+  """Stability, validity, uniqueness (and novelty) of (positions, types) pairs;
+  `single_bonds`: RDKit molecules get single bonds (EDM's GEOM-Drugs scoring)."""
   start = time.time()
   out = stability.stability(molecules, elements)
   out['stability_seconds'] = time.time() - start
   start = time.time()
-  smiles = rdkit_metrics.valid_smiles(molecules, elements)
+  smiles = rdkit_metrics.valid_smiles(molecules, elements, single_bonds=single_bonds)
   out.update(rdkit_metrics.validity_uniqueness_novelty(smiles, reference_smiles))
   out['rdkit_seconds'] = time.time() - start
   return out
 
 
-def reference_split_metrics(split: str, remove_h: bool = False,
+def reference_split_metrics(split: str, dataset: str = 'qm9',
                             data_dir: str | None = None) -> dict[str, float]:
   """The metrics of a real split (the 'Data' row of EDM's tables)."""
-  source = qm9.load(split, remove_h, data_dir)
+  source = registry.load(dataset, split, data_dir)
   molecules = rdkit_metrics.source_molecules(source)
-  return molecule_metrics(molecules, qm9.atom_types(remove_h))
+  return molecule_metrics(molecules, registry.atom_types(dataset, data_dir),
+                          single_bonds=registry.metrics(dataset).rdkit_single_bonds)
+
+
+def elements_of(config: config_lib.Config, meta: dict,
+                data_dir: str | None = None) -> tuple[tuple[str, ...], np.ndarray]:
+  """(type symbols, Z) of a checkpoint's one-hot types: from its own statistics,
+  so that sampling needs no dataset (imports older than that ask the registry)."""
+  types = meta.get('statistics', {}).get('atom_types')
+  types = tuple(types) if types else registry.atom_types(config.dataset, data_dir)
+  return types, elements_lib.atomic_numbers(types)
 
 
 def load_model(ckpt: str) -> tuple[config_lib.Config, Diffusion, Any, dict]:
@@ -77,15 +89,17 @@ def condition_for(config: config_lib.Config, meta: dict, target: str | None = No
 
 
 def sample_and_export(model: Diffusion, params, config: config_lib.Config,
-                      out_dir: str, sampling: SamplingConfig, *, progress: bool = True,
+                      out_dir: str, sampling: SamplingConfig, *,
+                      atom_types: tuple[str, ...], progress: bool = True,
                       condition: generate.Condition | None = None) -> dict[str, Any]:
-  """Samples (resumably, via `out_dir/partial/`), writes SDF/XYZ/pictures."""
-  remove_h = qm9.remove_h_for(config.dataset)
-  elements = qm9.atom_types(remove_h)
+  """Samples (resumably, via `out_dir/partial/`), writes SDF/XYZ/pictures with the
+  model's `atom_types` (`elements_of`)."""
+  elements = tuple(atom_types)
+  z = elements_lib.atomic_numbers(elements)
   start = time.time()
   molecules = generate.generate(
       model, params, sampling, histogram=model.n_nodes_histogram,
-      atomic_numbers=qm9.atomic_numbers(remove_h),
+      atomic_numbers=z,
       partial_dir=os.path.join(out_dir, 'partial'), progress=progress,
       condition=condition)
   timings = {'sampling_seconds': time.time() - start}
@@ -99,7 +113,6 @@ def sample_and_export(model: Diffusion, params, config: config_lib.Config,
 
 
 def _chain_pictures(model, params, config, out_dir, seed, elements, condition=None):
-  remove_h = qm9.remove_h_for(config.dataset)
   hist = condition.size_histogram(model.n_nodes_histogram) if condition else \
       model.n_nodes_histogram
   size = generate.sample_sizes(hist, 1, seed, 10_000_000)
@@ -110,7 +123,7 @@ def _chain_pictures(model, params, config, out_dir, seed, elements, condition=No
     every -= 1
   out = generate.sample_batch(
       model, params, size, jax.random.PRNGKey(seed + 1),
-      atomic_numbers=qm9.atomic_numbers(remove_h),
+      atomic_numbers=elements_lib.atomic_numbers(elements),
       budgets=batching.default_budgets(1, model.n_nodes_histogram), chain_every=every,
       context=context)
   d = config.diffusion
@@ -153,7 +166,8 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, sampling: SamplingConfig,
   """
   e = evaluation_config
   config, model, params, meta = load_model(ckpt)
-  remove_h = qm9.remove_h_for(config.dataset)
+  types, _ = elements_of(config, meta, data_dir)
+  scoring = registry.metrics(config.dataset)
   if classifier and not config.conditioning:
     raise ValueError('--classifier needs a conditional model; this one is unconditional.')
   clf = atoms = None
@@ -167,7 +181,7 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, sampling: SamplingConfig,
                             'sampling': dataclasses.asdict(sampling), 'timings': {}}
   if e.nll_passes:
     start = time.time()
-    nll_source = qm9.load_dataset(config.dataset, e.nll_split, data_dir)
+    nll_source = registry.load(config.dataset, e.nll_split, data_dir)
     if condition:
       nll_source = conditioning.conditioned(nll_source, condition.normalizer)
     report['nll'] = evaluation.nll(
@@ -176,21 +190,23 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, sampling: SamplingConfig,
         n_nodes_histogram=model.n_nodes_histogram, progress=progress)
     report['nll']['split'] = e.nll_split
     report['timings']['nll_seconds'] = time.time() - start
-  out = sample_and_export(model, params, config, out_dir, sampling,
+  out = sample_and_export(model, params, config, out_dir, sampling, atom_types=types,
                           progress=progress, condition=condition)
   report['timings'].update(out['timings'])
   report['molecules_per_hour'] = 3600 * sampling.n_samples / max(
       out['timings']['sampling_seconds'], 1e-9)
-  reference = rdkit_metrics.training_smiles(remove_h, data_dir, progress)
+  reference = (rdkit_metrics.training_smiles(config.dataset, data_dir, progress)
+               if scoring.novelty else None)
   molecules = [(m['positions'], m['types']) for m in out['molecules']]
-  report['metrics'] = molecule_metrics(molecules, qm9.atom_types(remove_h), reference)
+  report['metrics'] = molecule_metrics(molecules, types, reference,
+                                       single_bonds=scoring.rdkit_single_bonds)
   if clf is not None:
     start = time.time()
     report['mae'] = protocol.evaluate(
         clf, out['molecules'], config.conditioning,
-        second_half=sources.Subset(qm9.load_dataset('qm9_second_half', 'train', data_dir),
+        second_half=sources.Subset(registry.load('qm9_second_half', 'train', data_dir),
                                    e.mae_molecules, spread=True),
-        first_half=qm9.load_dataset('qm9_first_half', 'train', data_dir),
+        first_half=registry.load('qm9_first_half', 'train', data_dir),
         atoms_classifier=atoms, seed=sampling.seed, progress=progress)
     report['mae']['classifier'] = os.path.abspath(classifier)
     report['timings']['mae_seconds'] = time.time() - start

@@ -23,15 +23,16 @@ import sys  # noqa: E402
 
 from edm_zoo import config as config_lib  # noqa: E402
 from edm_zoo import reporting  # noqa: E402
-from edm_zoo.data import qm9  # noqa: E402
+from edm_zoo.data import registry  # noqa: E402
 from edm_zoo.property_prediction import protocol  # noqa: E402
 from launch import flags_util  # noqa: E402
 
 flags_util.define_sampling_flags()
 flags_util.define_dataclass_flags(config_lib.EvalConfig, section='evaluation')
-_REFERENCE_SPLIT = flags.DEFINE_enum('reference_split', None, list(qm9.SPLITS),
+_REFERENCE_SPLIT = flags.DEFINE_enum('reference_split', None, list(registry.SPLITS),
                                      'report the metrics of this real split instead')
-_DATASET = flags.DEFINE_string('dataset', 'qm9', 'with --reference_split: qm9 or qm9_noh')
+_DATASET = flags.DEFINE_string('dataset', 'qm9', 'with --reference_split: the dataset '
+                               f'({registry.names()} or your own)')
 _SKIP_NLL = flags.DEFINE_bool('skip_nll', False, 'skip the NLL (= --nll_passes=0)')
 _CLASSIFIER = flags.DEFINE_string('classifier', None,
                                   'property classifier folder (launch/train_classifier.py):'
@@ -43,7 +44,7 @@ _ATOMS_CLASSIFIER = flags.DEFINE_string(
 
 def _reference_split(out_dir):
   metrics = reporting.reference_split_metrics(
-      _REFERENCE_SPLIT.value, qm9.remove_h_for(_DATASET.value), flags.FLAGS.data_dir)
+      _REFERENCE_SPLIT.value, _DATASET.value, flags.FLAGS.data_dir)
   print(f'{_REFERENCE_SPLIT.value} split ({metrics["molecules"]} molecules): '
         f'atom stability {100 * metrics["atom_stability"]:.3f}%, molecule stability '
         f'{100 * metrics["mol_stability"]:.3f}%, validity '

@@ -15,7 +15,7 @@ from absl import flags
 from edm_zoo import conditioning
 from edm_zoo import config as config_lib
 from edm_zoo import models
-from edm_zoo.data import qm9
+from edm_zoo.data import registry
 from edm_zoo.diffusion import samplers
 from edm_zoo.training import checkpoint
 from edm_zoo.training import distributed
@@ -59,16 +59,19 @@ def dataclass_values(cls, *, rename=None) -> dict:
 
 def define_data_dir_flag() -> flags.FlagHolder:
   return flags.DEFINE_string('data_dir', None, f'TFDS data dir (default '
-                             f'${qm9.DATA_DIR_ENV} or data/tfds)')
+                             f'${registry.DATA_DIR_ENV} or data/tfds)')
 
 
 def ensure_dataset(dataset: str, data_dir: str | None) -> None:
   """Builds a missing dataset once (offline) before a launcher needs it (process 0
   of a multi-process run builds, the others wait)."""
-  remove_h = qm9.remove_h_for(dataset)
-  if distributed.is_writer() and not qm9.is_prepared(remove_h, data_dir):
-    print(f'QM9 ({dataset}) is not prepared: building it once ...')
-    qm9.prepare(remove_h, data_dir)
+  entry = registry.get(dataset, data_dir)
+  if distributed.is_writer() and not registry.is_prepared(dataset, data_dir):
+    if not entry.builds_itself:
+      raise ValueError(f'dataset {dataset!r} is not prepared in '
+                       f'{data_dir or registry.default_data_dir()}: run `{entry.prepare}`.')
+    print(f'{dataset} is not prepared: building it once ...')
+    registry.prepare(dataset, data_dir)
   distributed.barrier('dataset_ready')
 
 
@@ -135,7 +138,8 @@ def define_config_flags() -> None:
                     'TF32 on GPUs (faster, numerics change slightly)')
   flags.DEFINE_string('preset', 'published',
                       f'named preset: {sorted(config_lib.PRESETS)}')
-  flags.DEFINE_string('dataset', None, f'one of {sorted(qm9.DATASETS)} (default qm9); '
+  flags.DEFINE_string('dataset', None, f'one of {registry.names()} (default qm9) or '
+                      'your own (launch/prepare_data.py --from); '
                       "'qm9_second_half' is where EDM trains its conditional models")
   flags.DEFINE_bool('remove_h', None, 'alias for --dataset=qm9_noh')
   flags.DEFINE_list('conditioning', None, 'properties to condition on, e.g. alpha or '
@@ -178,7 +182,7 @@ def config_from_flags() -> config_lib.Config:
       values['conditioning'] = conditioning.parse_properties(values['conditioning'])
     config = config_lib.build(flags.FLAGS.preset, **values)
     models.get(config.model.name)
-    return qm9.configure(config)
+    return registry.configure(config, flags.FLAGS.data_dir)
   except ValueError as e:
     sys.exit(f'error: {e}')
 

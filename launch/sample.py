@@ -33,8 +33,10 @@ def main(argv):
   try:
     config, model, params, meta = reporting.load_model(ckpt)
     condition = reporting.condition_for(config, meta, _CONDITION.value, f.data_dir)
+    types, _ = reporting.elements_of(config, meta, f.data_dir)
     out = reporting.sample_and_export(model, params, config, out_dir, sampling,
-                                      progress=f.progress, condition=condition)
+                                      atom_types=types, progress=f.progress,
+                                      condition=condition)
   except ValueError as e:
     runtime.fail(str(e))
   print(f"sampled {len(out['molecules'])} molecules in "

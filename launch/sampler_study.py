@@ -24,7 +24,6 @@ import sys  # noqa: E402
 from edm_zoo import benchmarks  # noqa: E402
 from edm_zoo import config as config_lib  # noqa: E402
 from edm_zoo import reporting  # noqa: E402
-from edm_zoo.data import qm9  # noqa: E402
 from edm_zoo.diffusion import samplers  # noqa: E402
 from edm_zoo.io import files  # noqa: E402
 from launch import flags_util  # noqa: E402
@@ -79,12 +78,12 @@ def main(argv):
   ckpt = flags_util.checked_ckpt_path(_CKPT.value)
   out_dir = flags_util.writable_out_dir(_OUT_DIR.value)
   try:
-    config, model, params, _ = reporting.load_model(ckpt)
+    config, model, params, meta = reporting.load_model(ckpt)
     for p in plan:
       samplers.model_grid(model, params, p.steps, p.spacing)
   except ValueError as e:
     runtime.fail(str(e))
-  remove_h = qm9.remove_h_for(config.dataset)
+  types, z = reporting.elements_of(config, meta, flags.FLAGS.data_dir)
   rows_path = os.path.join(out_dir, 'rows.json')
   rows = json.load(open(rows_path)) if os.path.exists(rows_path) else []
   key = lambda r: (r['sampler'], r['eta'], r.get('spacing', 'uniform'), r['steps'],
@@ -94,8 +93,7 @@ def main(argv):
     if (p.sampler, p.eta, p.spacing, p.steps, p.n_samples) in done:
       continue
     row = benchmarks.sampler_study_row(
-        model, params, p, atomic_numbers=qm9.atomic_numbers(remove_h),
-        elements=qm9.atom_types(remove_h), progress=_PROGRESS.value)
+        model, params, p, atomic_numbers=z, elements=types, progress=_PROGRESS.value)
     rows.append(row)
     print(benchmarks.sampler_study_table([row]).splitlines()[-1], flush=True)
     with files.atomic_path(rows_path) as tmp, open(tmp, 'w') as f:

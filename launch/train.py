@@ -38,7 +38,10 @@ def main(argv):
     runtime.fail(str(e))
   workdir = _WORKDIR.value or os.path.join(
       'workdirs', f'{config.model.name}_{config.dataset}_{flags.FLAGS.preset}')
-  flags_util.ensure_dataset(config.dataset, _DATA_DIR.value)
+  try:
+    flags_util.ensure_dataset(config.dataset, _DATA_DIR.value)
+  except ValueError as e:
+    runtime.fail(str(e))
   logging.info('config: %s', config)
   if distributed.is_writer():
     print(f'training {config.model.name} on {config.dataset} in {workdir}')

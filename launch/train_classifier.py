@@ -39,7 +39,10 @@ def main(argv):
     runtime.fail(str(e))
   workdir = _WORKDIR.value or os.path.join(
       'workdirs', f'classifier_{config.property}_{config.model}_{flags.FLAGS.preset}')
-  flags_util.ensure_dataset(config.dataset, _DATA_DIR.value)
+  try:
+    flags_util.ensure_dataset(config.dataset, _DATA_DIR.value)
+  except ValueError as e:
+    runtime.fail(str(e))
   if distributed.is_writer():
     print(f'training a {config.model} classifier for {config.property} in {workdir}')
   flags_util.run_trainer(lambda: training.train(

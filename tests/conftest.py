@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import edm_zoo  # noqa: F401  (jraph shim first)
-from edm_zoo.data import batching, qm9
+from edm_zoo.data import batching, registry
 
 # QM9's atom types with H (EDM's one-hot order H, C, N, O, F).
 ATOMIC_NUMBERS = (1, 6, 7, 8, 9)
@@ -25,14 +25,14 @@ SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared')
 @pytest.fixture(scope='session')
 def qm9_sources():
   """{split: SplitView} of QM9 with H (prepared on demand)."""
-  qm9.prepare(remove_h=False)
-  return {s: qm9.load(s) for s in qm9.SPLITS}
+  registry.prepare('qm9')
+  return {s: registry.load('qm9', s) for s in registry.SPLITS}
 
 
 @pytest.fixture(scope='session')
 def qm9_noh_sources():
-  qm9.prepare(remove_h=True)
-  return {s: qm9.load(s, remove_h=True) for s in qm9.SPLITS}
+  registry.prepare('qm9_noh')
+  return {s: registry.load('qm9_noh', s) for s in registry.SPLITS}
 
 
 @pytest.fixture(scope='session')

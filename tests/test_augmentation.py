@@ -6,7 +6,7 @@ import pytest
 
 from edm_zoo import augmentation
 from edm_zoo import config as config_lib
-from edm_zoo.data import batching, features, qm9
+from edm_zoo.data import batching, features, registry
 from edm_zoo.diffusion import Diffusion
 from edm_zoo.training import optimizer
 from edm_zoo.training import state as train_state
@@ -33,8 +33,8 @@ def test_rotation_is_the_originals_and_proper(seed):
 
 @pytest.fixture(scope='module')
 def molecules():
-  source = qm9.load('valid')
-  hist = qm9.statistics().n_nodes_histogram
+  source = registry.load('qm9', 'valid')
+  hist = registry.statistics('qm9').n_nodes_histogram
   one, _ = next(batching.sharded_batches(source, 8, 1, n_nodes_histogram=hist))
   two, _ = next(batching.sharded_batches(source, 8, 2, n_nodes_histogram=hist))
   return one, two, hist
@@ -74,7 +74,7 @@ def test_each_molecule_is_rotated_rigidly_and_the_same_on_any_layout(molecules):
 def test_augmented_step_trains_on_rotated_molecules(molecules):
   _, two, hist = molecules
   config = config_lib.build('tiny', data_augmentation=True)
-  model = Diffusion(qm9.configure(config), hist)
+  model = Diffusion(registry.configure(config), hist)
   tx = optimizer.torch_adamw_amsgrad(1e-3)
   state = train_state.init_state(model, tx, jax.random.PRNGKey(0),
                                  jax.tree.map(lambda a: a[0], two))

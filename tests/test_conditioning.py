@@ -10,7 +10,7 @@ from datasets.qm9 import edm_qm9
 from edm_zoo import conditioning, config as config_lib, generate, masking, models
 from edm_zoo.compat import edm_args
 from edm_zoo.config import Config, DiffusionConfig, ModelConfig
-from edm_zoo.data import batching, features, qm9
+from edm_zoo.data import batching, features, registry
 from edm_zoo.models import conventions
 from edm_zoo.diffusion import Diffusion
 
@@ -27,7 +27,7 @@ def test_halves_are_the_references(qm9_sources):
   first, second = (edm_qm9.half_positions(h) for h in ('first', 'second'))
   assert len(first) == len(second) == 50_000
   assert sorted(np.concatenate([first, second]).tolist()) == list(range(100_000))
-  stats = {h: qm9.dataset_statistics(f'qm9_{h}_half') for h in ('first', 'second')}
+  stats = {h: registry.statistics(f'qm9_{h}_half') for h in ('first', 'second')}
   assert stats['second'].type_counts == SECOND_HALF_TYPE_COUNTS
   assert stats['second'].n_nodes_histogram == SECOND_HALF_HISTOGRAM
   # Together the halves are the train split the reference publishes.
@@ -37,9 +37,9 @@ def test_halves_are_the_references(qm9_sources):
           stats['second'].n_nodes_histogram.get(n, 0) for n in REFERENCE_HISTOGRAM}
   assert both == REFERENCE_HISTOGRAM
   # Item k of a half is train molecule half_positions[k]; valid and test are whole.
-  half = qm9.load_dataset('qm9_second_half', 'train')
+  half = registry.load('qm9_second_half', 'train')
   assert half[3]['gdb_index'] == qm9_sources['train'][int(second[3])]['gdb_index']
-  assert len(qm9.load_dataset('qm9_second_half', 'valid')) == len(qm9_sources['valid'])
+  assert len(registry.load('qm9_second_half', 'valid')) == len(qm9_sources['valid'])
 
 
 def test_context_is_the_normalised_property(qm9_sources):
@@ -105,7 +105,7 @@ def _without_context(graph):
 def _model(name, conditioning_=()):
   config = Config(model=ModelConfig(name=name, nf=16, n_layers=2),
                   diffusion=DiffusionConfig(), conditioning=conditioning_)
-  return Diffusion(config, qm9.statistics().n_nodes_histogram)
+  return Diffusion(config, registry.statistics('qm9').n_nodes_histogram)
 
 
 @pytest.mark.parametrize('name', models.names())
@@ -199,7 +199,7 @@ def test_property_distribution_of_the_second_half():
   config = config_lib.build('tiny', dataset='qm9_second_half', conditioning=('alpha',))
   dist = conditioning.property_distribution(config)
   values, sizes = conditioning.property_table(
-      qm9.load_dataset('qm9_second_half', 'train'), ['alpha'])
+      registry.load('qm9_second_half', 'train'), ['alpha'])
   # The half's molecules are the ones its recorded statistics describe.
   assert dict(zip(*np.unique(sizes, return_counts=True))) == SECOND_HALF_HISTOGRAM
   assert set(dist.sizes) == set(SECOND_HALF_HISTOGRAM)
@@ -214,7 +214,7 @@ def test_property_distribution_of_the_second_half():
 def test_sampling_with_a_target_and_resuming_refuses_another(tmp_path, molecules):
   config = config_lib.build('tiny', dataset='qm9_second_half', conditioning=('alpha',),
                             T=10)
-  hist = qm9.dataset_statistics('qm9_second_half').n_nodes_histogram
+  hist = registry.statistics('qm9_second_half').n_nodes_histogram
   model = Diffusion(config, hist)
   params = model.init(jax.random.PRNGKey(0), batching.probe_graph(5, 1))
   norm = conditioning.Normalizer(('alpha',), (75.0,), (6.0,))

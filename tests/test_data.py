@@ -10,7 +10,7 @@ import pytest
 from conftest import REFERENCE_HISTOGRAM, REFERENCE_TYPE_COUNTS
 from datasets.qm9 import edm_qm9
 from edm_zoo import masking
-from edm_zoo.data import batching, qm9
+from edm_zoo.data import batching, registry
 
 pytestmark = pytest.mark.filterwarnings('ignore')
 
@@ -36,7 +36,7 @@ def test_split_is_the_reference_permutation(qm9_index):
 
 
 def test_train_statistics_equal_reference(qm9_index):
-  stats = qm9.statistics(remove_h=False)
+  stats = registry.statistics('qm9')
   assert stats.atom_types == ('H', 'C', 'N', 'O', 'F')
   assert stats.type_counts == REFERENCE_TYPE_COUNTS
   assert stats.n_nodes_histogram == REFERENCE_HISTOGRAM
@@ -78,7 +78,7 @@ def test_molecule_round_trips_from_qm9pack_into_a_batch(qm9_sources):
 
 
 def test_padding_masks_cover_exactly_real_nodes_and_edges(qm9_sources):
-  stats = qm9.statistics()
+  stats = registry.statistics('qm9')
   graph = next(batching.batches(qm9_sources['train'], 64, seed=1, epoch=0,
                                 n_nodes_histogram=stats.n_nodes_histogram))
   node, edge, glob = (masking.node_mask(graph), masking.edge_mask(graph),
@@ -114,7 +114,7 @@ def test_packed_mode_respects_the_budget_and_drops_nothing(qm9_sources):
 
 
 def test_no_h_config_has_at_most_9_atoms(qm9_noh_sources):
-  stats = qm9.statistics(remove_h=True)
+  stats = registry.statistics('qm9_noh')
   assert stats.atom_types == ('C', 'N', 'O', 'F')
   assert max(stats.n_nodes_histogram) == 9
   assert stats.type_counts == REFERENCE_TYPE_COUNTS[1:]
@@ -146,13 +146,13 @@ def test_shuffling_is_deterministic_differs_by_epoch_and_resumes(qm9_sources):
 # --- Bad input: each a one-line ValueError that names the problem and the fix.
 
 def test_unknown_dataset():
-  with pytest.raises(ValueError, match=r"unknown dataset 'qm10'.*allowed"):
-    qm9.remove_h_for('qm10')
+  with pytest.raises(ValueError, match=r"unknown dataset 'qm10'.*registered"):
+    registry.get('qm10')
 
 
 def test_missing_dataset(tmp_path):
   with pytest.raises(ValueError, match='not prepared.*make data'):
-    qm9.load('train', data_dir=str(tmp_path))
+    registry.load('qm9', 'train', data_dir=str(tmp_path))
 
 
 def test_corrupt_dataset(tmp_path, qm9_sources):
@@ -162,7 +162,7 @@ def test_corrupt_dataset(tmp_path, qm9_sources):
   for f in dst.glob('*valid.array_record*'):
     f.write_bytes(b'\x00garbage' * 100)
   with pytest.raises(ValueError, match='corrupt.*make data'):
-    qm9.load('valid', data_dir=str(tmp_path))
+    registry.load('qm9', 'valid', data_dir=str(tmp_path))
 
 
 def test_element_outside_the_type_list():

@@ -11,7 +11,7 @@ import pytest
 from conftest import padded_graph
 from edm_zoo import center_of_gravity, masking, models
 from edm_zoo.config import Config, DiffusionConfig, ModelConfig
-from edm_zoo.data import qm9
+from edm_zoo.data import registry
 from edm_zoo.diffusion import Diffusion, samplers, schedules
 from edm_zoo.diffusion.samplers import ancestral, chain
 
@@ -31,7 +31,7 @@ def molecules(qm9_sources):
 
 @pytest.fixture(scope='module')
 def histogram():
-  return qm9.statistics().n_nodes_histogram
+  return registry.statistics('qm9').n_nodes_histogram
 
 
 def _setup(name, molecules, histogram, **diffusion):

@@ -6,7 +6,7 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from edm_zoo.data import qm9
+from edm_zoo.data import registry
 from edm_zoo.io import export, readers
 
 ELEMENTS = ('H', 'C', 'N', 'O', 'F')
@@ -15,7 +15,7 @@ ELEMENTS = ('H', 'C', 'N', 'O', 'F')
 @pytest.fixture(scope='module')
 def molecules(qm9_sources):
   """20 real QM9 molecules as the exporters take them (types index ELEMENTS)."""
-  z = list(qm9.atomic_numbers(False))
+  z = list(registry.statistics('qm9').atomic_numbers)
   out = []
   for i in range(20):
     m = qm9_sources['valid'][i * 97]

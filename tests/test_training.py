@@ -11,7 +11,7 @@ import pytest
 
 from edm_zoo import config as config_lib
 from edm_zoo import evaluation
-from edm_zoo.data import batching, qm9
+from edm_zoo.data import batching, registry
 from edm_zoo.diffusion import Diffusion
 from edm_zoo.training import loop, optimizer
 from edm_zoo.training import state as train_state
@@ -23,9 +23,9 @@ PYTHON = sys.executable
 @pytest.fixture(scope='module')
 def tiny():
   config = config_lib.build('tiny')
-  hist = qm9.statistics().n_nodes_histogram
+  hist = registry.statistics('qm9').n_nodes_histogram
   model = Diffusion(config, hist)
-  source = qm9.load('valid')
+  source = registry.load('qm9', 'valid')
   graphs, _ = next(batching.sharded_batches(source, 8, 2, n_nodes_histogram=hist))
   return config, model, graphs
 
@@ -86,14 +86,14 @@ def test_validation_nll_falls_within_a_few_hundred_steps(tmp_path):
                             eval_every_steps=300, eval_molecules=128,
                             checkpoint_every_steps=1000, log_every_steps=50,
                             train_molecules=0)
-  hist = qm9.statistics().n_nodes_histogram
+  hist = registry.statistics('qm9').n_nodes_histogram
   model = Diffusion(config, hist)
-  graphs, _ = next(batching.sharded_batches(qm9.load('train'), 16, 1,
+  graphs, _ = next(batching.sharded_batches(registry.load('qm9', 'train'), 16, 1,
                                             n_nodes_histogram=hist))
   init = train_state.init_state(model, optimizer.torch_adamw_amsgrad(1e-3),
                                 jax.random.fold_in(jax.random.PRNGKey(0), 0),
                                 jax.tree.map(lambda a: a[0], graphs))
-  before = evaluation.nll(model, init.params, qm9.load('valid'), batch_size=16,
+  before = evaluation.nll(model, init.params, registry.load('qm9', 'valid'), batch_size=16,
                           limit=128, n_nodes_histogram=hist, progress=False)['nll']
   result = loop.train(config, str(tmp_path), progress=False)
   print(f'validation NLL {before:.1f} -> {result["val_nll"]:.1f} nats/molecule')

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from datasets import common
 
 # Hartree -> eV as in the reference's QM9 preparation.
 HARTREE_TO_EV = 27.2114
@@ -170,16 +172,16 @@ def read_qm9pack(folder: str | None = None) -> dict[str, object]:
 def train_statistics(data, rows, remove_h: bool) -> dict[str, object]:
   """Node-count histogram and atom-type counts of the given (train) rows."""
   types = ATOM_TYPES_WITHOUT_H if remove_h else ATOM_TYPES_WITH_H
-  type_counts = dict.fromkeys(types, 0)
-  histogram: dict[int, int] = {}
-  for row in rows:
-    elements = [e for e in data['elements'][row] if not (remove_h and e == 'H')]
-    for e in elements:
-      type_counts[e] += 1
-    histogram[len(elements)] = histogram.get(len(elements), 0) + 1
-  return {'atom_types': list(types),
-          'type_counts': [type_counts[t] for t in types],
-          'n_nodes_histogram': {str(k): v for k, v in sorted(histogram.items())}}
+  charges = (np.array([ATOMIC_NUMBER[e] for e in data['elements'][row]
+                       if not (remove_h and e == 'H')]) for row in rows)
+  return common.train_statistics(charges, types, [ATOMIC_NUMBER[t] for t in types])
+
+
+def decode(item: dict[str, Any]) -> dict[str, Any]:
+  """A stored record -> a molecule dict with each property under its own name."""
+  item['smiles'] = item['smiles'].decode()
+  item.update(zip(PROPERTY_NAMES, item.pop('properties')))
+  return item
 
 
 class EdmQm9Config(tfds.core.BuilderConfig):

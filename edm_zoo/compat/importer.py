@@ -5,7 +5,7 @@ from __future__ import annotations
 from edm_zoo import conditioning
 from edm_zoo import config as config_lib
 from edm_zoo.compat import edm_args, state_dict as state_dict_lib
-from edm_zoo.data import qm9
+from edm_zoo.data import registry
 from edm_zoo.diffusion.objective import Diffusion
 from edm_zoo.training import checkpoint, optimizer, state as train_state
 
@@ -24,14 +24,15 @@ def import_checkpoint(state_dict_path: str, args_path: str, out: str,
   state_dict = state_dict_lib.read_state_dict(state_dict_path)
   args = edm_args.read_args(args_path)
   config = config_lib.validate(edm_args.config_from_args(args))
-  stats = qm9.dataset_statistics(config.dataset, data_dir)
+  stats = registry.statistics(config.dataset, data_dir)
   model = Diffusion(config, stats.n_nodes_histogram)
   params = state_dict_lib.params_from_state_dict(state_dict)
   model.check_params(params)
   tx = optimizer.torch_adamw_amsgrad(float(args.get('lr', 1e-4)))
   state = train_state.new_state(params, tx)
   meta = {'config': config_lib.to_dict(config), 'epoch': 0, 'position': 0,
-          'statistics': {'n_nodes_histogram': {str(k): v for k, v in
+          'statistics': {'atom_types': list(stats.atom_types),
+                         'n_nodes_histogram': {str(k): v for k, v in
                                                stats.n_nodes_histogram.items()}},
           'best_val_nll': None, 'imported_from': [state_dict_path, args_path]}
   if config.conditioning:

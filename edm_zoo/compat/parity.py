@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from edm_zoo.compat import edm_args, state_dict as state_dict_lib
-from edm_zoo.data import batching, qm9
+from edm_zoo.data import batching, elements, registry
 from edm_zoo.diffusion.samplers import ancestral, chain
 from edm_zoo.diffusion.objective import Diffusion
 from edm_zoo.training import optimizer, state as train_state
@@ -80,15 +80,14 @@ def setup_from_vectors(vectors: Mapping[str, np.ndarray], prefix: str = 'param/'
   """(config, model, params, graph) rebuilt from a PARITY.md-format file."""
   args = json.loads(str(vectors['config_json']))
   config = edm_args.config_from_args(args)
-  remove_h = qm9.remove_h_for(config.dataset)
   if n_nodes_histogram is None:
-    n_nodes_histogram = qm9.statistics(remove_h).n_nodes_histogram
+    n_nodes_histogram = registry.statistics(config.dataset).n_nodes_histogram
   model = Diffusion(config, n_nodes_histogram)
   state = {k[len(prefix):]: v for k, v in vectors.items() if k.startswith(prefix)}
   params = state_dict_lib.params_from_state_dict(state)
   graph = graph_from_dense(vectors['input/one_hot'], vectors['input/charges'],
                            vectors['input/x'], vectors['input/node_mask'],
-                           qm9.atomic_numbers(remove_h))
+                           elements.atomic_numbers(registry.atom_types(config.dataset)))
   model.check_params(params)
   table = state.get('gamma.gamma')
   if table is not None and config.diffusion.noise_schedule != 'learned':

@@ -81,14 +81,19 @@ def default_budgets(batch_size: int, n_nodes_histogram: dict[int, int],
   return tuple(sorted(budgets))
 
 
+def molecule_ids(molecules: Sequence[dict]) -> list[str]:
+  """How messages name molecules: QM9's gdb id, else their place in the inputs."""
+  return [f'gdb {m[features.GDB_INDEX]}' if features.GDB_INDEX in m else
+          f'molecule {m.get(features.INDEX, "?")}' for m in molecules]
+
+
 def choose_budget(sizes: Sequence[int], budgets: Sequence[PaddingBudget],
-                  gdb_index: Sequence[int] = ()) -> PaddingBudget:
+                  ids: Sequence[str] = ()) -> PaddingBudget:
   for budget in budgets:
     if budget.fits(sizes):
       return budget
   largest = max(sizes)
-  culprit = (f' (gdb {gdb_index[int(np.argmax(sizes))]}, {largest} atoms)'
-             if len(gdb_index) else '')
+  culprit = f' ({ids[int(np.argmax(sizes))]}, {largest} atoms)' if len(ids) else ''
   raise ValueError(
       f'a batch of {len(sizes)} molecules with {sum(sizes)} atoms{culprit} '
       f'exceeds the largest padding budget {max(budgets)}; raise the budget '
@@ -114,8 +119,8 @@ def build_graph(molecules: Sequence[dict], atomic_numbers: Sequence[int],
   """Packs molecules into one GraphsTuple, padded to `budget` when given.
 
   Args:
-    molecules: dicts with `positions` [n, 3], `charges` [n] (Z), `gdb_index`,
-      and optionally (all or none) a `context` [C].
+    molecules: dicts with `positions` [n, 3], `charges` [n] (Z), an id
+      (`gdb_index` or `index`, for messages) and optionally (all or none) a `context` [C].
     atomic_numbers: Z of each one-hot type, in order.
     budget: the padding sizes; None leaves the graph unpadded.
 
@@ -133,9 +138,8 @@ def build_graph(molecules: Sequence[dict], atomic_numbers: Sequence[int],
     bad = int(np.argmax(types < 0))
     owner = int(np.searchsorted(np.cumsum(sizes), bad, side='right'))
     raise ValueError(
-        f'molecule gdb {gdb[owner]} has an atom with Z={charges[bad]}, not among '
-        f'the dataset types Z={list(atomic_numbers)}; use the matching --dataset '
-        '(qm9 for H,C,N,O,F).')
+        f'{molecule_ids(molecules)[owner]} has an atom with Z={charges[bad]}, not '
+        f'among the dataset types Z={list(atomic_numbers)}; use the matching --dataset.')
   offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
   senders, receivers = zip(*(_edge_template(int(n)) for n in sizes))
   senders = np.concatenate([s + o for s, o in zip(senders, offsets)])
@@ -167,7 +171,7 @@ def build_graph(molecules: Sequence[dict], atomic_numbers: Sequence[int],
   if budget is None:
     return graph
   if not budget.fits(sizes):
-    choose_budget(sizes, [budget], gdb)  # Raises the one-line error.
+    choose_budget(sizes, [budget], molecule_ids(molecules))  # Raises the one-line error.
   return jraph.pad_with_graphs(graph, budget.n_node, budget.n_edge,
                                budget.n_graph)
 
@@ -215,7 +219,7 @@ def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
   molecules as fit (one compiled shape).
 
   Args:
-    source: a sized, indexable source of molecule dicts (`qm9.load`).
+    source: a sized, indexable source of molecule dicts (`registry.load`).
     batch_size: molecules per batch, or None for budget packing.
     seed: shuffling seed.
     epoch: epoch number (the permutation depends on it).
@@ -249,7 +253,7 @@ def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
   for lo in range(start, n, batch_size):
     molecules = sources.fetch(source, order[lo:lo + batch_size])
     sizes = [len(m[features.CHARGES]) for m in molecules]
-    chosen = choose_budget(sizes, budgets, [m[features.GDB_INDEX] for m in molecules])
+    chosen = choose_budget(sizes, budgets, molecule_ids(molecules))
     yield build_graph(molecules, atomic_numbers, chosen)
 
 
@@ -262,7 +266,7 @@ def _packed(source, order, budget, atomic_numbers, chunk: int = 256):
       if (len(pending) + 1 >= budget.n_graph or nodes + n >= budget.n_node or
           edges + n * (n - 1) > budget.n_edge):
         if not pending:
-          choose_budget([n], [budget], [molecule[features.GDB_INDEX]])  # Raises.
+          choose_budget([n], [budget], molecule_ids([molecule]))  # Raises.
         yield build_graph(pending, atomic_numbers, budget)
         pending, nodes, edges = [], 0, 0
       pending.append(molecule)
@@ -327,7 +331,7 @@ def sharded_batches(source, batch_size: int, n_shards: int, seed: int = 0,
     parts = [[next(read) for _ in part] for part in wanted]
     level = max((budgets.index(choose_budget(
         [len(m[features.CHARGES]) for m in part], budgets,
-        [m[features.GDB_INDEX] for m in part])) for part in parts if part), default=0)
+        molecule_ids(part))) for part in parts if part), default=0)
     chosen = budgets[agree(level) if agree is not None else level]
     context = next((p[0] for p in parts if p), None) or sources.fetch(source, batch[:1])[0]
     context = context.get(features.CONTEXT)

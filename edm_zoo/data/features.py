@@ -18,4 +18,5 @@ CONTEXT = 'context'
 POSITIONS = 'positions'
 ONE_HOT = 'one_hot'
 CHARGES = 'charges'
-GDB_INDEX = 'gdb_index'
+GDB_INDEX = 'gdb_index'  # QM9's molecule id.
+INDEX = 'index'  # Other datasets: the molecule's place in the inputs.

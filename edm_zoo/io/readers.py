@@ -20,6 +20,8 @@ import numpy as np
 from rdkit import Chem
 from rdkit import RDLogger
 
+from edm_zoo.data import elements
+
 SUFFIXES = ('.sdf', '.xyz')
 
 
@@ -85,17 +87,6 @@ def content_hash(files: list[str]) -> str:
   return digest.hexdigest()
 
 
-def _atomic_number(symbol: str) -> int:
-  """Z of an element symbol; 0 for what is not one."""
-  symbol = symbol.strip()
-  if not symbol.isalpha():
-    return 0
-  try:
-    return Chem.GetPeriodicTable().GetAtomicNumber(symbol.capitalize())
-  except RuntimeError:
-    return 0
-
-
 def _xyz_records(path: str) -> Iterator[tuple[int, dict | str]]:
   """(record number, molecule or why it is bad) for each block of an XYZ file."""
   with open(path, errors='replace') as f:
@@ -132,7 +123,7 @@ def _xyz_records(path: str) -> Iterator[tuple[int, dict | str]]:
     if positions is None:
       yield record, f'no coordinates (atom line {line.strip()!r})'
       continue
-    z = [_atomic_number(s) for s in symbols]
+    z = [elements.atomic_number(s) for s in symbols]
     if 0 in z:
       yield record, f'unknown element {symbols[z.index(0)]!r}'
       continue

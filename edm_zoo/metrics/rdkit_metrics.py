@@ -10,7 +10,7 @@ import tqdm
 from rdkit import Chem
 from rdkit import RDLogger
 
-from edm_zoo.data import qm9
+from edm_zoo.data import registry
 from edm_zoo.io.files import atomic_path
 from edm_zoo.metrics import bond_tables
 from edm_zoo.metrics import stability
@@ -36,8 +36,11 @@ def cdist_distances(positions: np.ndarray) -> np.ndarray:
 
 
 def build_molecule(positions: np.ndarray, types: np.ndarray,
-                   elements: tuple[str, ...], conformer: bool = False) -> Chem.RWMol:
-  """An RDKit molecule with bonds inferred from distances (EDM's build_molecule)."""
+                   elements: tuple[str, ...], conformer: bool = False,
+                   single_bonds: bool = False) -> Chem.RWMol:
+  """An RDKit molecule with bonds inferred from distances (EDM's build_molecule);
+  with `single_bonds` every bond found is single (EDM's GEOM-Drugs convention,
+  `limit_bonds_to_one`)."""
   types = np.asarray(types)
   mol = Chem.RWMol()
   for t in types:
@@ -46,6 +49,8 @@ def build_molecule(positions: np.ndarray, types: np.ndarray,
   # EDM looks pairs up with sorted type indices here.
   orders = bond_tables.bond_orders(dist_pm, np.minimum.outer(types, types),
                                    np.maximum.outer(types, types), elements)
+  if single_bonds:
+    orders = np.minimum(orders, 1)
   for i, j in zip(*np.nonzero(np.tril(orders, -1))):
     mol.AddBond(int(i), int(j), _BOND_TYPES[int(orders[i, j])])
   if conformer:
@@ -65,12 +70,13 @@ def mol_to_smiles(mol: Chem.Mol) -> str | None:
 
 
 def valid_smiles(molecules: Sequence[tuple[np.ndarray, np.ndarray]],
-                 elements: tuple[str, ...], progress: bool = False) -> list[str | None]:
+                 elements: tuple[str, ...], progress: bool = False,
+                 single_bonds: bool = False) -> list[str | None]:
   """Per molecule: SMILES of its largest fragment if it sanitizes, else None."""
   out = []
   for positions, types in tqdm.tqdm(molecules, disable=not progress, desc='RDKit',
                                     unit='mol', leave=False):
-    mol = build_molecule(positions, types, elements)
+    mol = build_molecule(positions, types, elements, single_bonds=single_bonds)
     smiles = mol_to_smiles(mol)
     if smiles is not None:
       frags = Chem.rdmolops.GetMolFrags(mol, asMols=True)
@@ -101,19 +107,22 @@ def source_molecules(source) -> list[tuple[np.ndarray, np.ndarray]]:
           for m in items]
 
 
-def training_smiles(remove_h: bool = False, data_dir: str | None = None,
+def training_smiles(dataset: str = 'qm9', data_dir: str | None = None,
                     progress: bool = True) -> set[str]:
-  """SMILES of the train split through this same pipeline, cached with the dataset.
+  """SMILES of the whole train split through this same pipeline, cached with it.
 
-  Computed once (~30 s) into `<dataset folder>/train_smiles.txt`; novelty compares
-  generated molecules against it.
+  Computed once (QM9: ~30 s) into `<dataset folder>/train_smiles.txt`; novelty
+  compares generated molecules against it. A QM9 half uses all of QM9's train split.
   """
-  source = qm9.load('train', remove_h, data_dir)
-  path = os.path.join(source.path, 'train_smiles.txt')
+  entry = registry.get(dataset, data_dir)
+  source = registry.load(entry.base or dataset, 'train', data_dir)
+  single = entry.metrics.rdkit_single_bonds
+  path = os.path.join(source.path, 'train_smiles_single.txt' if single else 'train_smiles.txt')
   if not os.path.exists(path):
     if progress:
       print('computing the train-split SMILES for novelty (once, ~40 s) ...')
-    smiles = valid_smiles(source_molecules(source), qm9.atom_types(remove_h), progress)
+    types = tuple(registry.statistics(entry.base or dataset, data_dir).atom_types)
+    smiles = valid_smiles(source_molecules(source), types, progress, single_bonds=single)
     with atomic_path(path) as tmp, open(tmp, 'w') as f:
       f.writelines(f'{s}\n' for s in smiles if s is not None)
   with open(path) as f:

@@ -24,12 +24,15 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from edm_zoo import conditioning
 from edm_zoo import config as config_lib
 from edm_zoo import masking
-from edm_zoo.data import batching, features, qm9, sources
+from edm_zoo.data import batching, elements, features, registry, sources
 from edm_zoo.property_prediction import models
 from edm_zoo.training import checkpoint, distributed, skeleton
 from edm_zoo.training import state as train_state
 
 KIND = 'classifier'
+
+# Classifiers see QM9 with hydrogens (EDM's property protocol): its types, in order.
+QM9_ATOMIC_NUMBERS = elements.atomic_numbers(registry.get('qm9').atom_types)
 
 
 class ClassifierState(NamedTuple):
@@ -61,7 +64,10 @@ def check(config: config_lib.ClassifierConfig) -> config_lib.ClassifierConfig:
   """The names a ClassifierConfig cannot check itself: its property and dataset
   (one-line ValueErrors)."""
   conditioning.parse_properties([config.property])
-  if qm9.remove_h_for(config.dataset):
+  entry = registry.get(config.dataset)
+  if config.property not in entry.properties:
+    raise ValueError(f'--dataset={config.dataset} has no property {config.property!r}.')
+  if 'H' not in entry.atom_types:
     raise ValueError('property classifiers use molecules with hydrogens; '
                      f'--dataset={config.dataset} has none.')
   return config
@@ -106,7 +112,7 @@ class Classifier:
     budgets = batching.default_budgets(batch_size, histogram or {29: 1})
     out = []
     it = batching.batches(source, batch_size, shuffle=False, budgets=budgets,
-                          atomic_numbers=qm9.atomic_numbers(False))
+                          atomic_numbers=QM9_ATOMIC_NUMBERS)
     for graph in tqdm.tqdm(it, total=-(-len(source) // batch_size), leave=False,
                            disable=not progress, desc=desc):
       out.append(self.predict_graph(graph))
@@ -130,17 +136,17 @@ def classifier_splits(config: config_lib.ClassifierConfig, data_dir: str | None 
   The reference tests on the half its classifiers never see: with the default
   first half for training, the test set is the second half.
   """
-  train = qm9.load_dataset(config.dataset, 'train', data_dir)
+  train = registry.load(config.dataset, 'train', data_dir)
   if config.train_molecules:
     train = sources.Subset(train, config.train_molecules)
   other = {'qm9_first_half': 'qm9_second_half',
            'qm9_second_half': 'qm9_first_half'}.get(config.dataset)
-  test = (qm9.load_dataset(other, 'train', data_dir) if other
-          else qm9.load_dataset(config.dataset, 'test', data_dir))
+  test = (registry.load(other, 'train', data_dir) if other
+          else registry.load(config.dataset, 'test', data_dir))
   values, _ = conditioning.property_table(
-      qm9.load_dataset(config.dataset, config.norm_split, data_dir), [config.property])
+      registry.load(config.dataset, config.norm_split, data_dir), [config.property])
   normalizer = conditioning.Normalizer.fit(values, [config.property])
-  split = {'train': train, 'valid': qm9.load_dataset(config.dataset, 'valid', data_dir),
+  split = {'train': train, 'valid': registry.load(config.dataset, 'valid', data_dir),
            'test': test}
   return normalizer, {k: conditioning.conditioned(v, normalizer)
                       for k, v in split.items()}
@@ -161,7 +167,7 @@ def train(config: config_lib.ClassifierConfig, workdir: str, *,
   the final figures."""
   check(config)
   normalizer, split = classifier_splits(config, data_dir)
-  hist = qm9.dataset_statistics(config.dataset, data_dir).n_nodes_histogram
+  hist = registry.statistics(config.dataset, data_dir).n_nodes_histogram
   steps_per_epoch = math.ceil(len(split['train']) / config.batch_size)
   net = models.transform(config)
   tx = optimizer(config, steps_per_epoch)
@@ -171,7 +177,7 @@ def train(config: config_lib.ClassifierConfig, workdir: str, *,
   batches = functools.partial(
       batching.sharded_batches, split['train'], config.batch_size, mesh.size,
       config.seed, budgets=batching.default_budgets(config.batch_size // mesh.size, hist),
-      atomic_numbers=qm9.atomic_numbers(False), shards=local,
+      atomic_numbers=QM9_ATOMIC_NUMBERS, shards=local,
       agree=distributed.max_over_processes)
   first, _ = next(batches(epoch=0))
   params = net.init(jax.random.PRNGKey(config.seed), jax.tree.map(lambda a: a[0], first))
@@ -224,7 +230,7 @@ def train(config: config_lib.ClassifierConfig, workdir: str, *,
 def predictions_for_molecules(classifier: Classifier, molecules: Sequence[dict], *,
                               batch_size: int = 96, progress: bool = False) -> np.ndarray:
   """Predictions for generated molecules (their one-hot `types` decide the atoms)."""
-  z = qm9.atomic_numbers(False)
+  z = QM9_ATOMIC_NUMBERS
   source = [{'positions': m['positions'], 'charges': z[np.asarray(m['types'])],
              'gdb_index': -1} for m in molecules]
   return classifier.predict(source, batch_size=batch_size, progress=progress,

@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from edm_zoo import conditioning
 from edm_zoo import config as config_lib
 from edm_zoo import evaluation
-from edm_zoo.data import batching, qm9, sources
+from edm_zoo.data import batching, registry, sources
 from edm_zoo.diffusion.objective import Diffusion
 from edm_zoo.training import distributed, optimizer, skeleton
 from edm_zoo.training import state as train_state
@@ -46,17 +46,17 @@ class Setup:
   mesh: Mesh
   local_shards: list[int]
   splits: dict[str, Any]
-  statistics: qm9.Statistics
+  statistics: registry.Statistics
   normalizer: conditioning.Normalizer | None
 
 
 def setup(config: config_lib.Config, data_dir: str | None = None) -> Setup:
   """Loads the data and builds the model, optimizer and device mesh of a run."""
-  config = qm9.configure(config)
+  config = registry.configure(config, data_dir)
   t = config.train
   mesh, local = distributed.data_mesh(t.batch_size)
-  stats = qm9.dataset_statistics(config.dataset, data_dir)
-  splits = {s: qm9.load_dataset(config.dataset, s, data_dir) for s in qm9.SPLITS}
+  stats = registry.statistics(config.dataset, data_dir)
+  splits = {s: registry.load(config.dataset, s, data_dir) for s in registry.SPLITS}
   if t.train_molecules:
     splits['train'] = sources.Subset(splits['train'], t.train_molecules)
   normalizer = None

@@ -1,0 +1,84 @@
+"""What every builder of `datasets/` shares: the stored features, the train
+statistics recorded in the metadata at build time, seeded splits and build options.
+
+Statistics are computed once, when a dataset is built, from its train split: the
+node-count histogram (EDM samples molecule sizes from it) and the atom-type counts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+
+def molecule_features(**extra) -> tfds.features.FeaturesDict:
+  """positions [n, 3] float32 (Angstrom), charges [n] int32 (Z), num_atoms, index
+  (the molecule's place in the inputs), plus `extra` features."""
+  return tfds.features.FeaturesDict({
+      'positions': tfds.features.Tensor(shape=(None, 3), dtype=np.float32),
+      'charges': tfds.features.Tensor(shape=(None,), dtype=np.int32),
+      'num_atoms': tfds.features.Scalar(dtype=np.int32),
+      'index': tfds.features.Scalar(dtype=np.int64),
+      **extra})
+
+
+def train_statistics(charges: Iterable[np.ndarray], atom_types: Sequence[str],
+                     atomic_numbers: Sequence[int]) -> dict[str, object]:
+  """Node-count histogram and atom-type counts of the train molecules.
+
+  Args:
+    charges: Z of each train molecule's atoms.
+    atom_types: the dataset's type symbols, in one-hot order.
+    atomic_numbers: Z of each type.
+
+  Returns:
+    JSON-able metadata: `atom_types`, `atomic_numbers`, `type_counts` and
+    `n_nodes_histogram` ({str(size): molecules}).
+  """
+  lookup = np.full(max(atomic_numbers) + 1, -1, np.int64)
+  lookup[np.asarray(atomic_numbers)] = np.arange(len(atomic_numbers))
+  type_counts = np.zeros(len(atom_types), np.int64)
+  histogram: dict[int, int] = {}
+  for z in charges:
+    type_counts += np.bincount(lookup[np.asarray(z)], minlength=len(atom_types))
+    histogram[len(z)] = histogram.get(len(z), 0) + 1
+  return {'atom_types': list(atom_types),
+          'atomic_numbers': [int(z) for z in atomic_numbers],
+          'type_counts': [int(c) for c in type_counts],
+          'n_nodes_histogram': {str(k): v for k, v in sorted(histogram.items())}}
+
+
+def seeded_split(n: int, valid_fraction: float, test_fraction: float,
+                 seed: int) -> dict[str, np.ndarray]:
+  """Row indices of a seeded random split, each split in ascending input order.
+
+  `perm = np.random.RandomState(seed).permutation(n)`; valid = the first
+  int(n * valid_fraction) of perm, test the next int(n * test_fraction), train
+  the rest.
+
+  Raises:
+    ValueError: fractions outside [0, 1) that leave no train molecule, or a split
+      that would be empty.
+  """
+  if not (0 < valid_fraction < 1 and 0 < test_fraction < 1 and
+          valid_fraction + test_fraction < 1):
+    raise ValueError(f'split fractions valid={valid_fraction}, test={test_fraction} '
+                     'must be in (0, 1) and leave a train split.')
+  perm = np.random.RandomState(seed).permutation(n)
+  n_valid, n_test = int(n * valid_fraction), int(n * test_fraction)
+  out = {'valid': perm[:n_valid], 'test': perm[n_valid:n_valid + n_test],
+         'train': perm[n_valid + n_test:]}
+  empty = [k for k, v in out.items() if not len(v)]
+  if empty:
+    raise ValueError(f'{n} molecules are too few for a {empty[0]} split with '
+                     f'valid={valid_fraction}, test={test_fraction}.')
+  return {k: np.sort(v) for k, v in out.items()}
+
+
+def options_key(options: dict) -> str:
+  """A canonical text of build options, stored in the metadata: a dataset rebuilt
+  with other options (or other inputs) under the same name is refused."""
+  return json.dumps(options, sort_keys=True, default=str)

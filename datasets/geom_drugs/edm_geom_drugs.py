@@ -1,0 +1,201 @@
+"""TFDS builder for GEOM-Drugs from the files of the original EDM's `build_geom_dataset.py`.
+
+GEOM cannot be downloaded here: users bring what the original writes from GEOM's
+`drugs_crude.msgpack` (its `extract_conformers`), in one folder (`--from=DIR`):
+
+  geom_drugs_30.npy         float64 rows [conformer id, Z, x, y, z] (Angstrom), the
+                            30 lowest-energy conformers of every molecule, each
+                            conformer its own sample, ids ascending;
+  geom_drugs_n_30.npy       atoms of each conformer (checked against the rows);
+  geom_drugs_smiles.txt     one SMILES per molecule (counted, not needed);
+  geom_permutation.npy      the split permutation of the paper's run;
+  and the `no_h_` variants (`geom_drugs_no_h_30.npy`, `geom_drugs_n_no_h_30.npy`).
+
+The split is the original's `load_split_data`: cut the rows into conformers where
+the id changes; keep conformers of at most `filter_size` atoms when asked; reorder
+by the permutation file (it must permute exactly those conformers); then the first
+int(0.1 n) are valid, the next int(0.1 n) test, the rest train. Inside a split the
+permutation order is kept (the original's dataset re-sorts by size, which its
+random batches do not see). Without the permutation file the build stops, unless
+`seed` is given: then `np.random.RandomState(seed).permutation(n)` replaces it and
+the metadata says that the split is not the paper's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from datasets import common
+
+ATOM_TYPES_WITH_H = ('H', 'B', 'C', 'N', 'O', 'F', 'Al', 'Si', 'P', 'S', 'Cl', 'As',
+                     'Br', 'I', 'Hg', 'Bi')
+ATOMIC_NUMBERS_WITH_H = (1, 5, 6, 7, 8, 9, 13, 14, 15, 16, 17, 33, 35, 53, 80, 83)
+ATOM_TYPES_WITHOUT_H = ATOM_TYPES_WITH_H[1:]
+ATOMIC_NUMBERS_WITHOUT_H = ATOMIC_NUMBERS_WITH_H[1:]
+VALID_FRACTION = TEST_FRACTION = 0.1
+PERMUTATION_FILE = 'geom_permutation.npy'
+SMILES_FILE = 'geom_drugs_smiles.txt'
+_CHUNK_ROWS = 1 << 24  # Bounds the memory of reading ids (GEOM has ~3e8 rows).
+
+
+def file_names(remove_h: bool, conformations: int = 30) -> tuple[str, str]:
+  """(conformer rows file, atom counts file) as the original names them."""
+  tag = f"{'no_h_' if remove_h else ''}{conformations}"
+  return f'geom_drugs_{tag}.npy', f'geom_drugs_n_{tag}.npy'
+
+
+def _load(path: str) -> np.ndarray:
+  if not os.path.exists(path):
+    raise ValueError(f'--from {os.path.dirname(path)}: no {os.path.basename(path)} there '
+                     "(the files of the original's build_geom_dataset.py).")
+  try:
+    return np.load(path, mmap_mode='r')
+  except (ValueError, OSError) as e:
+    raise ValueError(f'{path} is not a readable .npy file ({e}).') from e
+
+
+def conformer_bounds(rows: np.ndarray) -> np.ndarray:
+  """int64 [n + 1]: conformer k is rows[b[k]:b[k + 1]] (cut where the id changes)."""
+  cuts = []
+  for lo in range(0, len(rows), _CHUNK_ROWS):
+    ids = np.asarray(rows[lo:lo + _CHUNK_ROWS + 1, 0])
+    cuts.append(np.flatnonzero(ids[:-1] != ids[1:]) + lo + 1)
+  return np.concatenate([[0], *cuts, [len(rows)]]).astype(np.int64)
+
+
+def split_conformers(sizes: np.ndarray, permutation: np.ndarray | None,
+                     seed: int | None, filter_size: int | None) -> dict[str, np.ndarray]:
+  """Conformer numbers of each split (the original's `load_split_data`).
+
+  Args:
+    sizes: atoms of each conformer, in file order.
+    permutation: the permutation file's contents, or None.
+    seed: without a permutation file, a seeded permutation (else it is an error).
+    filter_size: keep conformers of at most this many atoms first (None: all).
+
+  Returns:
+    {'train'|'valid'|'test': conformer numbers (into `sizes`), permutation order}.
+  """
+  kept = np.arange(len(sizes))
+  if filter_size is not None:
+    kept = kept[sizes <= filter_size]
+    if not len(kept):
+      raise ValueError(f'no conformer has at most --filter_molecule_size={filter_size} atoms.')
+  n = len(kept)
+  if permutation is None:
+    if seed is None:
+      raise ValueError(f'--from has no {PERMUTATION_FILE}: the paper\'s split needs it; '
+                       'pass --seed=N for a seeded split (not the paper\'s).')
+    permutation = np.random.RandomState(seed).permutation(n)
+  permutation = np.asarray(permutation).astype(np.int64).ravel()
+  if len(permutation) != n or not np.array_equal(np.sort(permutation), np.arange(n)):
+    raise ValueError(f'{PERMUTATION_FILE} does not permute the {n} conformers'
+                     f'{" left by the size filter" if filter_size else ""} (it has '
+                     f'{len(permutation)} entries).')
+  order = kept[permutation]
+  n_valid, n_test = int(n * VALID_FRACTION), int(n * TEST_FRACTION)
+  return {'valid': order[:n_valid], 'test': order[n_valid:n_valid + n_test],
+          'train': order[n_valid + n_test:]}
+
+
+class GeomConfig(tfds.core.BuilderConfig):
+  """GEOM-Drugs with or without H; the build options matter only when it is built.
+
+  Args:
+    remove_h: the `no_h_` files (15 types) instead of the with-H ones (16).
+    source: the folder with the original's files.
+    seed: a seeded split when the permutation file is absent.
+    filter_size: keep conformers of at most this many atoms.
+    conformations: the number in the file names (30 in the paper).
+  """
+
+  def __init__(self, *, remove_h: bool, source: str | None = None, seed: int | None = None,
+               filter_size: int | None = None, conformations: int = 30):
+    super().__init__(name='without_h' if remove_h else 'with_h',
+                     version=tfds.core.Version('1.0.0'),
+                     description='GEOM-Drugs conformers, EDM split')
+    self.remove_h = remove_h
+    self.source = source
+    self.options = {'seed': seed, 'filter_size': filter_size,
+                    'conformations': conformations}
+
+
+def decode(item: dict[str, Any]) -> dict[str, Any]:
+  return item
+
+
+class EdmGeomDrugs(tfds.core.GeneratorBasedBuilder):
+  """GEOM-Drugs conformers (the original's files), split as in EDM."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def build_key(self) -> str | None:
+    """The build options (None without --from)."""
+    if not self.builder_config.source:
+      return None
+    return common.options_key(self.builder_config.options)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        features=common.molecule_features(),
+        metadata=tfds.core.MetadataDict(),
+        description=__doc__,
+        homepage='https://github.com/learningmatter-mit/geom',
+        disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing is downloaded.
+    config = self.builder_config
+    if not config.source:
+      raise ValueError('GEOM-Drugs is built from the original\'s files: pass --from=DIR.')
+    rows_file, counts_file = file_names(config.remove_h, config.options['conformations'])
+    rows = _load(os.path.join(config.source, rows_file))
+    if rows.ndim != 2 or rows.shape[1] != 5:
+      raise ValueError(f'{rows_file}: expected rows [conformer id, Z, x, y, z], got '
+                       f'shape {rows.shape}.')
+    bounds = conformer_bounds(rows)
+    sizes = np.diff(bounds)
+    counts = np.asarray(_load(os.path.join(config.source, counts_file)))
+    if not np.array_equal(counts, sizes):
+      raise ValueError(f'{counts_file} ({len(counts)} conformers) does not match the '
+                       f'{len(sizes)} conformers of {rows_file}.')
+    perm_path = os.path.join(config.source, PERMUTATION_FILE)
+    permutation = np.load(perm_path) if os.path.exists(perm_path) else None
+    splits = split_conformers(sizes, permutation, config.options['seed'],
+                              config.options['filter_size'])
+    types = ATOM_TYPES_WITHOUT_H if config.remove_h else ATOM_TYPES_WITH_H
+    z = ATOMIC_NUMBERS_WITHOUT_H if config.remove_h else ATOMIC_NUMBERS_WITH_H
+    found = np.unique(np.asarray(rows[:, 1]).astype(np.int64))
+    unknown = sorted(set(found.tolist()) - set(z))
+    if unknown:
+      raise ValueError(f'{rows_file} has atomic number(s) {unknown} outside the '
+                       f'{len(types)} GEOM-Drugs types {list(types)}.')
+    train = np.sort(splits['train'])  # Sequential reads of the memory map.
+    self.info.metadata.update(common.train_statistics(
+        (np.asarray(rows[bounds[k]:bounds[k + 1], 1]).astype(np.int64) for k in train),
+        types, z))
+    smiles = os.path.join(config.source, SMILES_FILE)
+    self.info.metadata.update({
+        'build_key': common.options_key(config.options),
+        'options': config.options,
+        'paper_split': permutation is not None,
+        'split_recipe': ('geom_permutation.npy' if permutation is not None else
+                         f'np.random.RandomState({config.options["seed"]}).permutation(n): '
+                         "NOT the paper's split") + ': valid 10%, test 10%, train the rest',
+        'num_conformers': int(len(sizes)),
+        'num_smiles': (sum(1 for _ in open(smiles)) if os.path.exists(smiles) else None)})
+    return {name: self._generate_examples(rows, bounds, order)
+            for name, order in splits.items()}
+
+  def _generate_examples(self, rows, bounds, order) -> Iterator[tuple[int, dict]]:
+    # TFDS writes examples in key order: the key is the place in the split.
+    for position, k in enumerate(order):
+      block = np.asarray(rows[bounds[k]:bounds[k + 1]])
+      yield position, {'positions': block[:, 2:5].astype(np.float32),
+                     'charges': block[:, 1].astype(np.int32),
+                     'num_atoms': len(block), 'index': int(k)}
