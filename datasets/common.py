@@ -25,6 +25,16 @@ def molecule_features(**extra) -> tfds.features.FeaturesDict:
       **extra})
 
 
+def info(builder: tfds.core.GeneratorBasedBuilder, description: str,
+         homepage: str | None = None, **extra) -> tfds.core.DatasetInfo:
+  """The DatasetInfo of a molecule builder: `molecule_features(**extra)`, metadata
+  filled at build time, and examples stored in key order (TFDS sorts by key even
+  without shuffling: builders key examples by their place in the split)."""
+  return builder.dataset_info_from_configs(
+      features=molecule_features(**extra), metadata=tfds.core.MetadataDict(),
+      description=description, homepage=homepage, disable_shuffling=True)
+
+
 def train_statistics(charges: Iterable[np.ndarray], atom_types: Sequence[str],
                      atomic_numbers: Sequence[int]) -> dict[str, object]:
   """Node-count histogram and atom-type counts of the train molecules.

@@ -205,6 +205,12 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
   real_edges = np.mean([float(g.edges['mask'].sum()) for g in batches])
   fwd = flops_forward(real_nodes, real_edges, m.nf, m.n_layers)
   results['flops_forward_per_batch'] = fwd
+  results['batch_shapes'] = batch_shapes(train_src, bs, hist, bench.data_batches)
+  shapes = results['batch_shapes']
+  log(f"batches of {bs}: {shapes['real_edges_mean']:.0f} real edges, "
+      f"{shapes['padded_edges_mean']:.0f} padded, {shapes['dense_pairs_mean']:.0f} in a dense "
+      f"[B, N_max, N_max] layout; ladder {shapes['ladder']}; "
+      f"{shapes['shapes_used']} compiled shapes over {shapes['batches']} batches")
 
   if 'train' in what:
     draw_fn, step_fn = train_state.make_step_fns(
@@ -265,9 +271,109 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
           ' molecules/h')
     results['jit_study'] = rows
 
+  if 'size_study' in what:
+    results['size_study'] = size_study(model, tx, config, bench, data_dir, log)
+
   results['peak_rss_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   results['other_busy_cores_before_after'] = [load_before, cpu_contention()]
   return results
+
+
+def batch_shapes(source, batch_size: int, histogram: dict[int, int],
+                 n_batches: int) -> dict[str, Any]:
+  """Edges per random batch: real, padded to the ladder, and dense.
+
+  The dense count is what a [B, N_max, N_max] layout computes (the original pads
+  each random batch to its largest molecule); `shapes_used` is how many ladder
+  levels (compiled shapes) `n_batches` random batches need.
+  """
+  budgets = batching.default_budgets(batch_size, histogram)
+  order = batching.permutation(len(source), 0, 0)[:n_batches * batch_size]
+  sizes = np.array([len(m['charges']) for m in sources.fetch(source, order)])
+  real, padded, dense, used = [], [], [], set()
+  for lo in range(0, len(sizes) - batch_size + 1, batch_size):
+    b = sizes[lo:lo + batch_size]
+    budget = batching.choose_budget(b, budgets)
+    used.add(budget)
+    real.append(int((b * (b - 1)).sum()))
+    padded.append(budget.n_edge)
+    dense.append(batch_size * int(b.max()) ** 2)
+  return {'ladder': [(b.n_node, b.n_edge, b.n_graph) for b in budgets],
+          'batches': len(real), 'shapes_used': len(used),
+          'real_edges_mean': float(np.mean(real)), 'padded_edges_mean': float(np.mean(padded)),
+          'dense_pairs_mean': float(np.mean(dense)), 'largest_molecule': int(sizes.max())}
+
+
+def _joined(molecules: Sequence[dict], k: int) -> list[dict]:
+  """Molecules of k molecules each, placed 50 Angstrom apart: the graph sizes of
+  GEOM-Drugs' 100+ atom tail (the cost of a step depends on sizes, not chemistry)."""
+  out = []
+  for lo in range(0, len(molecules) - k + 1, k):
+    part = molecules[lo:lo + k]
+    out.append({'positions': np.concatenate([m['positions'] + 50.0 * j
+                                             for j, m in enumerate(part)]),
+                'charges': np.concatenate([m['charges'] for m in part]),
+                'index': lo})
+  return out
+
+
+def size_study(model: Diffusion, tx, config: config_lib.Config,
+               bench: config_lib.BenchConfig, data_dir: str | None, log) -> list[dict]:
+  """Train-step time and memory against molecule size, one model for all: QM9
+  batches, batches of the config's dataset, and 100+ atom molecules (three of the
+  dataset's joined), each padded to its own ladder."""
+  bs = config.train.batch_size
+  own = registry.load(config.dataset, 'train', data_dir)
+  own_molecules = sources.fetch(own, range(min(len(own), 3 * bs * (bench.repeats + 2))))
+  z = registry.statistics(config.dataset, data_dir).atomic_numbers
+  groups = [(config.dataset, own_molecules[:bs * (bench.repeats + 2)]),
+            (f'{config.dataset} x3 joined', _joined(own_molecules, 3))]
+  if config.dataset != 'qm9' and registry.is_prepared('qm9', data_dir):
+    # QM9's molecules whose elements the model knows.
+    qm9 = sources.fetch(registry.load('qm9', 'train', data_dir), range(4 * bs * bench.repeats))
+    qm9 = [m for m in qm9 if np.isin(m['charges'], z).all()][:bs * (bench.repeats + 2)]
+    groups.insert(0, ('qm9', qm9))
+  draw_fn, step_fn = train_state.make_step_fns(
+      model, tx, ema_decay=config.train.ema_decay, clip_grad=config.train.clip_grad)
+  key = jax.random.PRNGKey(1)
+  rows = []
+  for name, molecules in groups:
+    sizes = [len(m['charges']) for m in molecules]
+    hist = {n: sizes.count(n) for n in set(sizes)}
+    budgets = batching.default_budgets(bs, hist)
+    graphs = [batching.stack([batching.build_graph(
+        molecules[lo:lo + bs], z, batching.choose_budget(sizes[lo:lo + bs], budgets))])
+        for lo in range(0, len(molecules) - bs + 1, bs)]
+    state = train_state.init_state(model, tx, jax.random.PRNGKey(0),
+                                   jax.tree.map(lambda a: a[0], graphs[0]))
+
+    def one_step(state, graphs):
+      t_int, eps = draw_fn(graphs, key, state.step)
+      return step_fn(state, graphs, t_int, eps)
+    times, shapes = [], set()
+    for g in graphs:
+      shape = jax.tree.map(np.shape, g).n_node
+      (state, _), seconds = _timed(one_step, state, g)
+      if shape in shapes:  # A new shape compiles: not a step time.
+        times.append(seconds)
+      shapes.add(shape)
+    med, _ = median_spread(times) if times else (float('nan'), 0.0)
+    nodes = float(np.mean([g.nodes['mask'].sum() for g in graphs]))
+    edges = float(np.mean([g.edges['mask'].sum() for g in graphs]))
+    row = {'molecules': name, 'mean_atoms': float(np.mean(sizes)), 'max_atoms': max(sizes),
+           'real_edges': edges, 'padded_edges': float(np.mean([g.n_edge.sum() for g in graphs])),
+           'dense_pairs': float(np.mean([bs * max(sizes[lo:lo + bs]) ** 2
+                                         for lo in range(0, len(sizes) - bs + 1, bs)])),
+           'train_step_median_s': med,
+           'gflops_per_s': 3 * flops_forward(nodes, edges, config.model.nf,
+                                             config.model.n_layers) / med / 1e9,
+           'timed_steps': len(times), 'compiled_shapes': len(shapes),
+           'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    rows.append(row)
+    log(f"size study {name}: {row['mean_atoms']:.1f} atoms (max {row['max_atoms']}), "
+        f"{edges:.0f} real edges/batch, step {med:.3f} s, {row['gflops_per_s']:.1f} GFLOP/s, "
+        f"peak RSS {row['peak_rss_gb']:.2f} GB")
+  return rows
 
 
 # --- Quality versus network evaluations: the sampler study.

@@ -451,7 +451,8 @@ class BenchConfig:
   """What `launch/bench.py` measures (`edm_zoo.benchmarks`).
 
   Attributes:
-    what: any of 'train', 'nll', 'sample', 'data', 'jit_study'.
+    what: any of 'train', 'nll', 'sample', 'data', 'jit_study', 'size_study'
+      (train-step time and memory against molecule size).
     repeats: timed repetitions after warm-up.
     sample_molecules: molecules per sampling batch.
     sample_steps: reverse steps timed (scaled to T for molecules/hour).
@@ -470,7 +471,7 @@ class BenchConfig:
   jit_study_unrolls: tuple[int, ...] = (1, 4)
 
 
-BENCH_PARTS = ('train', 'nll', 'sample', 'data', 'jit_study')
+BENCH_PARTS = ('train', 'nll', 'sample', 'data', 'jit_study', 'size_study')
 
 
 def build_bench(**overrides) -> BenchConfig:

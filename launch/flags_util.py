@@ -137,7 +137,9 @@ def define_config_flags() -> None:
                     'float32 matmul precision: highest keeps parity; default allows '
                     'TF32 on GPUs (faster, numerics change slightly)')
   flags.DEFINE_string('preset', 'published',
-                      f'named preset: {sorted(config_lib.PRESETS)}')
+                      f'named preset: {sorted(config_lib.PRESETS)} (default: the '
+                      "dataset's published run if it has one, e.g. geom_drugs, else "
+                      "'published', EDM's QM9 run)")
   flags.DEFINE_string('dataset', None, f'one of {registry.names()} (default qm9) or '
                       'your own (launch/prepare_data.py --from); '
                       "'qm9_second_half' is where EDM trains its conditional models")
@@ -180,6 +182,10 @@ def config_from_flags() -> config_lib.Config:
   try:
     if values.get('conditioning') is not None:
       values['conditioning'] = conditioning.parse_properties(values['conditioning'])
+    if not flags.FLAGS['preset'].present and values.get('dataset'):
+      # A dataset with its own published run (GEOM-Drugs) starts from it.
+      flags.FLAGS.preset = registry.get(values['dataset'], flags.FLAGS.data_dir).preset or \
+          flags.FLAGS.preset
     config = config_lib.build(flags.FLAGS.preset, **values)
     models.get(config.model.name)
     return registry.configure(config, flags.FLAGS.data_dir)

@@ -46,13 +46,26 @@ def qm9_index(qm9_sources):
   return out
 
 
-def padded_graph(molecules, extra_nodes=1, extra_graphs=1, extra_edges=0):
+def exportable(source, count, stride):
+  """`count` real molecules of a split, every `stride`-th, as the exporters take them
+  (`types` index QM9's types with H)."""
+  out = []
+  for i in range(count):
+    m = source[i * stride]
+    out.append({'positions': np.asarray(m['positions']),
+                'types': np.array([ATOMIC_NUMBERS.index(c) for c in m['charges']]),
+                'charges': np.asarray(m['charges'])})
+  return out
+
+
+def padded_graph(molecules, extra_nodes=1, extra_graphs=1, extra_edges=0,
+                 atomic_numbers=ATOMIC_NUMBERS):
   """A batch of exactly these molecules plus the given padding."""
   sizes = np.array([len(m['charges']) for m in molecules])
   budget = batching.PaddingBudget(int(sizes.sum()) + extra_nodes,
                                   int((sizes * (sizes - 1)).sum()) + extra_edges,
                                   len(sizes) + extra_graphs)
-  return batching.build_graph(molecules, ATOMIC_NUMBERS, budget)
+  return batching.build_graph(molecules, atomic_numbers, budget)
 
 
 def shared_path(*parts):

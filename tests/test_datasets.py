@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import exportable
 from datasets.geom_drugs import edm_geom_drugs
 from edm_zoo import config as config_lib
 from edm_zoo import evaluation, reporting
@@ -24,14 +25,7 @@ MOSES_MOLECULES = 240
 @pytest.fixture(scope='module')
 def qm9_molecules(qm9_sources):
   """60 real QM9 molecules as the exporters take them."""
-  z = list(registry.statistics('qm9').atomic_numbers)
-  out = []
-  for i in range(60):
-    m = qm9_sources['valid'][i * 211]
-    out.append({'positions': np.asarray(m['positions']),
-                'types': np.array([z.index(c) for c in m['charges']]),
-                'charges': np.asarray(m['charges'])})
-  return out
+  return exportable(qm9_sources['valid'], 60, 211)
 
 
 @pytest.fixture(scope='module')

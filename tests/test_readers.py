@@ -6,7 +6,8 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from edm_zoo.data import registry
+from conftest import exportable
+
 from edm_zoo.io import export, readers
 
 ELEMENTS = ('H', 'C', 'N', 'O', 'F')
@@ -15,14 +16,7 @@ ELEMENTS = ('H', 'C', 'N', 'O', 'F')
 @pytest.fixture(scope='module')
 def molecules(qm9_sources):
   """20 real QM9 molecules as the exporters take them (types index ELEMENTS)."""
-  z = list(registry.statistics('qm9').atomic_numbers)
-  out = []
-  for i in range(20):
-    m = qm9_sources['valid'][i * 97]
-    out.append({'positions': np.asarray(m['positions']),
-                'types': np.array([z.index(c) for c in m['charges']]),
-                'charges': np.asarray(m['charges'])})
-  return out
+  return exportable(qm9_sources['valid'], 20, 97)
 
 
 @pytest.mark.parametrize('writer,suffix', [(export.write_sdf, 'sdf'),

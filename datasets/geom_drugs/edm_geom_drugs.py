@@ -140,13 +140,7 @@ class EdmGeomDrugs(tfds.core.GeneratorBasedBuilder):
     return common.options_key(self.builder_config.options)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        features=common.molecule_features(),
-        metadata=tfds.core.MetadataDict(),
-        description=__doc__,
-        homepage='https://github.com/learningmatter-mit/geom',
-        disable_shuffling=True,
-    )
+    return common.info(self, __doc__, 'https://github.com/learningmatter-mit/geom')
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing is downloaded.

@@ -85,14 +85,8 @@ class EdmMolecules(tfds.core.GeneratorBasedBuilder):
     return build_key(self.read(), self.builder_config.options)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        features=common.molecule_features(
-            name=tfds.features.Text(), file=tfds.features.Text(),
-            record=tfds.features.Scalar(dtype=np.int32)),
-        metadata=tfds.core.MetadataDict(),
-        description=__doc__,
-        disable_shuffling=True,  # Input order inside a split.
-    )
+    return common.info(self, __doc__, name=tfds.features.Text(), file=tfds.features.Text(),
+                       record=tfds.features.Scalar(dtype=np.int32))
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing is downloaded.

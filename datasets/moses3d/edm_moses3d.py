@@ -137,13 +137,8 @@ class EdmMoses3d(tfds.core.GeneratorBasedBuilder):
     return common.options_key(config.options) if config.explicit else None
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        features=common.molecule_features(smiles=tfds.features.Text()),
-        metadata=tfds.core.MetadataDict(),
-        description=__doc__,
-        homepage='https://github.com/molecularsets/moses',
-        disable_shuffling=True,
-    )
+    return common.info(self, __doc__, 'https://github.com/molecularsets/moses',
+                       smiles=tfds.features.Text())
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing is downloaded.
