@@ -37,7 +37,7 @@ from edm_zoo.diffusion import samplers
 from edm_zoo.diffusion.samplers import chain
 from edm_zoo.diffusion.objective import Diffusion
 from edm_zoo.metrics import rdkit_metrics, stability
-from edm_zoo.training import optimizer, state as train_state
+from edm_zoo.training import distributed, optimizer, state as train_state
 
 
 def flops_forward(n_node: float, n_edge: float, nf: int, n_layers: int) -> float:
@@ -64,6 +64,11 @@ def median_spread(times: Sequence[float]) -> tuple[float, float]:
   """(median, p90 - p10) of a list of timings."""
   t = np.asarray(times)
   return float(np.median(t)), float(np.percentile(t, 90) - np.percentile(t, 10))
+
+
+def _shape(graphs) -> tuple:
+  """What a compiled step depends on: the padded node and edge counts."""
+  return (graphs.nodes['positions'].shape, graphs.senders.shape)
 
 
 def _timed(fn, *args) -> tuple[Any, float]:
@@ -222,13 +227,13 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
       return step_fn(state, graphs, t_int, eps)
     (state, _), first = _timed(one_step, state, batches[0])
     results['train_compile_and_first_step_s'] = first
-    shapes = {jax.tree.map(np.shape, g).n_node for g in batches}
-    times = []
+    seen, times = {_shape(batches[0])}, []
     for g in batches[1:]:
       (state, _), seconds = _timed(one_step, state, g)
-      times.append(seconds)
-    # The first call at a new padding budget compiles: drop those from the timing.
-    times = times[len(shapes) - 1:] if len(times) > len(shapes) else times
+      if _shape(g) in seen:  # The first call at a new padding level compiles.
+        times.append(seconds)
+      seen.add(_shape(g))
+    results['train_timed_steps'] = len(times)
     med, spread = median_spread(times)
     results.update(train_step_median_s=med, train_step_spread_p10_p90_s=spread,
                    train_gflops_per_s=3 * fwd / med / 1e9)
@@ -324,14 +329,17 @@ def size_study(model: Diffusion, tx, config: config_lib.Config,
   dataset's joined), each padded to its own ladder."""
   bs = config.train.batch_size
   own = registry.load(config.dataset, 'train', data_dir)
-  own_molecules = sources.fetch(own, range(min(len(own), 3 * bs * (bench.repeats + 2))))
+  n_own = min(len(own), 3 * bs * (bench.repeats + 2))
+  own_molecules = sources.fetch(sources.Subset(own, n_own, spread=True), range(n_own))
   z = registry.statistics(config.dataset, data_dir).atomic_numbers
   groups = [(config.dataset, own_molecules[:bs * (bench.repeats + 2)]),
             (f'{config.dataset} x3 joined', _joined(own_molecules, 3))]
   if config.dataset != 'qm9' and registry.is_prepared('qm9', data_dir):
     # QM9's molecules whose elements the model knows.
-    qm9 = sources.fetch(registry.load('qm9', 'train', data_dir), range(4 * bs * bench.repeats))
-    qm9 = [m for m in qm9 if np.isin(m['charges'], z).all()][:bs * (bench.repeats + 2)]
+    qm9 = sources.fetch(sources.Subset(registry.load('qm9', 'train', data_dir),
+                                       bs * (bench.repeats + 2), spread=True),
+                        range(bs * (bench.repeats + 2)))
+    qm9 = [m for m in qm9 if np.isin(m['charges'], z).all()]
     groups.insert(0, ('qm9', qm9))
   draw_fn, step_fn = train_state.make_step_fns(
       model, tx, ema_decay=config.train.ema_decay, clip_grad=config.train.clip_grad)
@@ -350,17 +358,23 @@ def size_study(model: Diffusion, tx, config: config_lib.Config,
     def one_step(state, graphs):
       t_int, eps = draw_fn(graphs, key, state.step)
       return step_fn(state, graphs, t_int, eps)
-    times, shapes = [], set()
-    for g in graphs:
-      shape = jax.tree.map(np.shape, g).n_node
-      (state, _), seconds = _timed(one_step, state, g)
-      if shape in shapes:  # A new shape compiles: not a step time.
-        times.append(seconds)
-      shapes.add(shape)
+    times, shapes, error = [], set(), None
+    try:
+      for g in graphs:
+        shape = _shape(g)
+        (state, _), seconds = _timed(one_step, state, g)
+        if shape in shapes:  # A new shape compiles: not a step time.
+          times.append(seconds)
+        shapes.add(shape)
+    except jax.errors.JaxRuntimeError as e:
+      if 'RESOURCE_EXHAUSTED' not in str(e):
+        raise
+      error = f'out of memory: {distributed.first_line(e)}'
     med, _ = median_spread(times) if times else (float('nan'), 0.0)
     nodes = float(np.mean([g.nodes['mask'].sum() for g in graphs]))
     edges = float(np.mean([g.edges['mask'].sum() for g in graphs]))
-    row = {'molecules': name, 'mean_atoms': float(np.mean(sizes)), 'max_atoms': max(sizes),
+    row = {'molecules': name, 'batch_size': bs, 'error': error,
+           'mean_atoms': float(np.mean(sizes)), 'max_atoms': max(sizes),
            'real_edges': edges, 'padded_edges': float(np.mean([g.n_edge.sum() for g in graphs])),
            'dense_pairs': float(np.mean([bs * max(sizes[lo:lo + bs]) ** 2
                                          for lo in range(0, len(sizes) - bs + 1, bs)])),
@@ -372,7 +386,8 @@ def size_study(model: Diffusion, tx, config: config_lib.Config,
     rows.append(row)
     log(f"size study {name}: {row['mean_atoms']:.1f} atoms (max {row['max_atoms']}), "
         f"{edges:.0f} real edges/batch, step {med:.3f} s, {row['gflops_per_s']:.1f} GFLOP/s, "
-        f"peak RSS {row['peak_rss_gb']:.2f} GB")
+        f"peak RSS {row['peak_rss_gb']:.2f} GB" + (f' ({error})' if error else ''))
+    del state
   return rows
 
 
