@@ -30,6 +30,8 @@ class ModelConfig:
     aggregation: only 'sum' (EDM's published setting).
     sin_embedding: sinusoidal embedding of the squared distances.
     condition_time: append t/T to the node features.
+    latent_nf: GeoLDM's latent feature width L per atom (the diffusion runs on
+      [x, z_h], z_h of width L; unused by EDM's networks).
   """
   name: str = 'egnn'
   nf: int = 256
@@ -43,6 +45,7 @@ class ModelConfig:
   aggregation: str = 'sum'
   sin_embedding: bool = False
   condition_time: bool = True
+  latent_nf: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
