@@ -19,7 +19,7 @@ from edm_zoo.training import loop, optimizer
 from edm_zoo.training import state as train_state
 
 QM9_ELEMENTS = ('H', 'C', 'N', 'O', 'F')
-MOSES_MOLECULES = 240
+MOSES_MOLECULES = 160
 
 
 @pytest.fixture(scope='module')
@@ -235,8 +235,8 @@ def test_geom_drugs_bad_inputs_in_one_line(moses_molecules, tmp_path):
 @pytest.mark.slow
 def test_small_model_on_moses3d_learns_and_samples_its_elements(moses_dir, tmp_path):
   config = registry.configure(config_lib.build(
-      'tiny', dataset='moses3d', nf=32, batch_size=8, total_steps=150,
-      eval_every_steps=150, eval_molecules=24, checkpoint_every_steps=1000,
+      'tiny', dataset='moses3d', nf=32, batch_size=8, total_steps=80,
+      eval_every_steps=80, eval_molecules=16, checkpoint_every_steps=1000,
       log_every_steps=50, train_molecules=0), moses_dir)
   assert config.in_node_nf == 16 and not config.diffusion.include_charges
   stats = registry.statistics('moses3d', moses_dir)
@@ -248,7 +248,7 @@ def test_small_model_on_moses3d_learns_and_samples_its_elements(moses_dir, tmp_p
   init = train_state.init_state(model, optimizer.torch_adamw_amsgrad(1e-3),
                                 jax.random.fold_in(jax.random.PRNGKey(0), 0),
                                 jax.tree.map(lambda a: a[0], graphs))
-  before = evaluation.nll(model, init.params, valid, batch_size=8, limit=24,
+  before = evaluation.nll(model, init.params, valid, batch_size=8, limit=16,
                           n_nodes_histogram=stats.n_nodes_histogram, progress=False)['nll']
   result = loop.train(config, str(tmp_path / 'run'), data_dir=moses_dir, progress=False)
   print(f'moses3d validation NLL {before:.1f} -> {result["val_nll"]:.1f}')

@@ -1,4 +1,5 @@
-"""GeoLDM (issue 16, first part): parity with vectors from GeoLDM's own code, E(3)
+"""GeoLDM (issue 16, first part): parity with vectors from GeoLDM's own code (forward,
+losses, NLL, VAE, gradients, the zoo's ancestral sampler on the latent, decoding), E(3)
 equivariance of the encoder, the decoder and the whole objective, padding and
 permutation invariance, and a latent-diffusion loss that falls."""
 
@@ -24,7 +25,8 @@ def test_forward_loss_nll_vae_and_gradient_parity():
   assert not bad, bad
   for key in ('train/enc/x_mean', 'train/latent/z', 'train/dec/h', 'train/dyn/eps_pred',
               'train/nll', 'eval/dyn_0/eps_pred', 'eval/neg_log_pxh', 'eval/nll',
-              'vae/nll', 'grad/global_norm', 'grad/vae.decoder.egnn.embedding_out.weight'):
+              'vae/nll', 'grad/global_norm', 'grad/vae.decoder.egnn.embedding_out.weight',
+              'sample/step2/zs', 'sample/p_x_given_z0/h_latent', 'sample/decode/charges'):
     assert key in report, key
 
 

@@ -45,4 +45,5 @@ def test_flag_values_fill_the_typed_configs():
   assert sampling == config_lib.SamplingConfig(n_samples=7, fix_noise=True)
   assert config_lib.build_eval(nll_passes=0).nll_passes == 0
   bench = config_lib.build_bench(what=('all', 'jit_study'), jit_study_ks=('1', '20'))
-  assert bench.what == config_lib.BENCH_PARTS and bench.jit_study_ks == (1, 20)
+  assert bench.what == ('train', 'nll', 'sample', 'data', 'jit_study')
+  assert bench.jit_study_ks == (1, 20)

@@ -10,6 +10,7 @@ Nothing about the configuration is assumed beyond the file's `args` and `param/*
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Mapping
 
@@ -19,7 +20,8 @@ import numpy as np
 
 from edm_zoo import center_of_gravity, masking
 from edm_zoo.compat import edm_args, parity, state_dict as state_dict_lib
-from edm_zoo.data import elements, registry
+from edm_zoo.data import batching, elements, registry
+from edm_zoo.diffusion.samplers import ancestral
 from edm_zoo.diffusion.latent import LatentDiffusion
 from edm_zoo.training import optimizer, state as train_state
 
@@ -129,7 +131,7 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
   b = _Batch(v, 'batch/x_train', z)
   args = (b.graph, b.t_int(v['rand/train/t_int']), b.noise(v, 'rand/train/eps'),
           b.noise(v, 'rand/train/enc_eps'))
-  terms = model.train_terms(params, *args)
+  terms = jax.jit(model.train_terms)(params, *args)
   common('train', b, terms, recon_tol=TOL_LOSS)
   out['train/dyn/eps_pred'] = _check(b.dense(terms['eps_hat']), v['train/dyn/eps_pred'],
                                      TOL_NETWORK)
@@ -138,7 +140,7 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
                             ('loss_ld', 'train/loss_ld/value', TOL_LOSS),
                             ('neg_log_pxh', 'train/neg_log_pxh', TOL_LOSS)):
     out[theirs] = _check(per_molecule(terms[ours], b), v[theirs], tol)
-  loss, grads = jax.value_and_grad(model.train_loss)(params, *args)
+  loss, grads = jax.jit(jax.value_and_grad(model.train_loss))(params, *args)
   out['train/nll'] = _check(loss, v['train/nll'], TOL_LOSS)
   with_grad = json.loads(str(v['meta/params_with_grad']))
   for name in with_grad:
@@ -151,7 +153,7 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
 
   # Eval mode: what validation and test report.
   b = _Batch(v, 'batch/x_eval', z)
-  terms = model.eval_terms(params, b.graph, b.t_int(v['rand/eval/t_int']),
+  terms = jax.jit(model.eval_terms)(params, b.graph, b.t_int(v['rand/eval/t_int']),
                            b.noise(v, 'rand/eval/eps'), b.noise(v, 'rand/eval/eps0'),
                            b.noise(v, 'rand/eval/enc_eps'))
   common('eval', b, terms, recon_tol=(1e-4, 1e-5))
@@ -170,15 +172,57 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
   nll = float(np.mean(per_molecule(terms['nll_per_molecule'], b)))
   out['eval/nll'] = _check(nll, v['eval/nll'], TOL_EVAL_LD)
 
+  # The sampler: three ancestral steps (the zoo's), p(z | z_0) and the decoder.
+  out.update(_sampler_report(v, model, params, z))
+
   # The stage-1 autoencoder's loss.
   b = _Batch(v, 'batch/x_train', z)
-  terms = model.vae_terms(params, b.graph, b.noise(v, 'rand/vae/eps'))
+  terms = jax.jit(model.vae_terms)(params, b.graph, b.noise(v, 'rand/vae/eps'))
   common('vae', b, terms, recon_tol=TOL_LOSS)
   for ours, theirs in (('kl_h', 'vae/kl_h'), ('kl_x', 'vae/kl_x'),
                        ('vae_loss', 'vae/vae_loss')):
     out[theirs] = _check(per_molecule(terms[ours], b), v[theirs], TOL_LOSS)
   out['vae/nll'] = _check(np.mean(per_molecule(terms['nll_per_molecule'], b)), v['vae/nll'],
                           TOL_LOSS)
+  return out
+
+
+def _sampler_report(v, model, params, atomic_numbers) -> dict[str, dict[str, float]]:
+  mask = v['sample/node_mask']
+  sizes = mask[..., 0].sum(1).astype(int)
+  budget = batching.PaddingBudget(int(sizes.sum()) + 1, int((sizes * (sizes - 1)).sum()),
+                                  len(sizes) + 1)
+  graph = batching.placeholder_graph(sizes, atomic_numbers, budget)
+  n_total = graph.nodes['positions'].shape[0]
+  nodes = lambda a: parity.nodes_from_dense(np.asarray(a), mask, n_total)
+  dense = lambda a: parity.dense_from_nodes(a, mask)
+
+  def noise(prefix):
+    x = center_of_gravity.remove_mean(nodes(v[f'{prefix}_x']), graph)
+    return jnp.concatenate([x, nodes(v[f'{prefix}_h'])], -1)
+  out = {}
+  z = noise('rand/sample/zT')
+  out['sample/zT'] = _check(dense(z), v['sample/zT'], TOL_NETWORK)
+  per_graph = lambda a: jnp.concatenate([jnp.asarray(a, jnp.float32).reshape(-1),
+                                         jnp.zeros(1)])
+  reverse = jax.jit(lambda *a: ancestral.p_zs_given_zt(model, params, graph, *a))
+  for k in range(3):
+    s, t = per_graph(v[f'sample/step{k}/s']), per_graph(v[f'sample/step{k}/t'])
+    step = reverse(s, t, z, noise(f'rand/sample/step{k}_eps'))
+    z = step['z_s']
+    out[f'sample/step{k}/zs'] = _check(dense(z), v[f'sample/step{k}/zs'], TOL_NETWORK)
+  xh = jax.jit(model.p_z_given_z0)(params, graph, z, noise('rand/sample/final_eps'))
+  out['sample/p_x_given_z0/x'] = _check(dense(xh[:, :3]), v['sample/p_x_given_z0/x'],
+                                        TOL_NETWORK)
+  out['sample/p_x_given_z0/h_latent'] = _check(
+      dense(xh[:, 3:]), v['sample/p_x_given_z0/h_latent'], TOL_NETWORK)
+  mol = jax.jit(model.decode_molecules)(params, graph, xh)
+  out['sample/decode/x'] = _check(dense(mol['x']), v['sample/decode/x'], TOL_NETWORK)
+  out['sample/decode/one_hot'] = _check(dense(mol['one_hot']), v['sample/decode/one_hot'],
+                                        (0.0, 0.0))
+  if 'charges' in mol:
+    out['sample/decode/charges'] = _check(dense(mol['charges']), v['sample/decode/charges'],
+                                          (0.0, 0.0))
   return out
 
 
@@ -208,19 +252,24 @@ def train_parity_report(path: str) -> dict[str, dict[str, float]]:
   names = [n for n in json.loads(str(v['meta/param_order'])) if n not in SKIP]
   with_grad = [n for n in names if f'step0/grad/{n}' in v]
   out: dict[str, dict[str, float]] = {}
+
+  @jax.jit
+  def loss_and_grads(p, t_int, eps, enc_noise):
+    def sum_fn(p, graph):
+      terms = model.train_terms(p, graph, t_int, eps, enc_noise)
+      return masking.graph_sum(terms['nll_per_molecule'], graph)
+    return train_state.mean_loss_and_grads(sum_fn, p, graphs)
+  apply = jax.jit(functools.partial(train_state.apply_gradients, tx=tx,
+                                    ema_decay=float(args.get('ema_decay', 0.9999))))
   for k in range(3):
     sp = f'step{k}/'
     t_int = b.t_int(v[f'rand/{sp}t_int'])
     eps, enc_noise = b.noise(v, f'rand/{sp}eps'), b.noise(v, f'rand/{sp}enc_eps')
 
-    def sum_fn(p, graph):
-      terms = model.train_terms(p, graph, t_int, eps, enc_noise)
-      return masking.graph_sum(terms['nll_per_molecule'], graph)
-    loss, grads = train_state.mean_loss_and_grads(sum_fn, state.params, graphs)
+    loss, grads = loss_and_grads(state.params, t_int, eps, enc_noise)
     out[sp + 'nll'] = _check(loss, v[sp + 'nll'], TOL_LOSS)
     out[sp + 'grad'] = _tree_check(grads, v, sp + 'grad/', with_grad, TOL_GRAD)
-    state, info = train_state.apply_gradients(state, grads, loss, tx=tx,
-                                              ema_decay=float(args.get('ema_decay', 0.9999)))
+    state, info = apply(state, grads, loss)
     out[sp + 'grad_norm'] = _check(info['grad_norm'], v[sp + 'grad_norm'], (0.0, 1e-5))
     out[sp + 'clip_threshold'] = _check(info['max_grad_norm'], v[sp + 'clip_threshold'],
                                         (0.0, 1e-6))

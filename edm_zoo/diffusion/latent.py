@@ -108,7 +108,13 @@ class LatentDiffusion:
     """The dynamics' eps prediction [n_node, 3 + L] at t in [0, 1] ([n_graph])."""
     return self._nets.apply[2](params, graph, z_t, t)
 
-  def gamma(self, t_int: jax.Array) -> jax.Array:
+  def gamma(self, params: Params, t: jax.Array) -> jax.Array:
+    """gamma at t in [0, 1], as `objective.Diffusion.gamma` (so the zoo's samplers
+    run on the latent)."""
+    del params  # GeoLDM's schedule is fixed.
+    return schedules.lookup(self.table, t)
+
+  def _gamma_int(self, t_int: jax.Array) -> jax.Array:
     return self.table[t_int]
 
   # --- Pieces of the objectives.
@@ -142,7 +148,7 @@ class LatentDiffusion:
 
   def kl_prior(self, graph, z) -> jax.Array:
     """[n_graph] KL(q(z_T | z) || N(0, I)) on zero-CoG x and the latent h."""
-    gamma_T = self.gamma(jnp.full(graph.n_node.shape, self.T))
+    gamma_T = self._gamma_int(jnp.full(graph.n_node.shape, self.T))
     alpha_T, sigma_T = schedules.alpha_sigma(gamma_T)
     mu = masking.per_node(alpha_T, graph) * z
     kl_h = gaussians.kl_to_standard_normal(mu[:, 3:], masking.per_node(sigma_T, graph), graph)
@@ -151,7 +157,7 @@ class LatentDiffusion:
         mu_x2, sigma_T, gaussians.subspace_dim(graph))
 
   def _diffuse(self, params, graph, z, t_int, eps) -> dict[str, jax.Array]:
-    gamma_t = self.gamma(t_int)
+    gamma_t = self._gamma_int(t_int)
     alpha_t, sigma_t = schedules.alpha_sigma(gamma_t)
     z_t = masking.per_node(alpha_t, graph) * z + masking.per_node(sigma_t, graph) * eps
     t = t_int.astype(jnp.float32) / self.T
@@ -173,7 +179,7 @@ class LatentDiffusion:
       enc_noise: [n_node, 3 + L] the latent's noise.
     """
     x, h = self.data(graph)
-    gamma_0 = self.gamma(jnp.zeros_like(t_int))
+    gamma_0 = self._gamma_int(jnp.zeros_like(t_int))
     lat = self.latent(params, graph, x, h, enc_noise, schedules.alpha_sigma(gamma_0)[1])
     width = dense_width(graph).astype(jnp.float32)
     d = self._diffuse(params, graph, lat['z'], t_int, eps)
@@ -193,12 +199,12 @@ class LatentDiffusion:
     """GeoLDM's eval-mode NLL (validation and test), §5.3; t_int in {1..T}."""
     x, h = self.data(graph)
     zeros = jnp.zeros_like(t_int)
-    gamma_0 = self.gamma(zeros)
+    gamma_0 = self._gamma_int(zeros)
     alpha_0, sigma_0 = schedules.alpha_sigma(gamma_0)
     lat = self.latent(params, graph, x, h, enc_noise, sigma_0)
     z = lat['z']
     d = self._diffuse(params, graph, z, t_int, eps)
-    w = schedules.snr_weight(self.gamma(t_int - 1), d['gamma_t'])
+    w = schedules.snr_weight(self._gamma_int(t_int - 1), d['gamma_t'])
     d0 = self._diffuse(params, graph, z, zeros, eps0)
     n = graph.n_node.astype(jnp.float32)
     log_const = -0.5 * gamma_0 - 0.5 * _LOG_2PI
@@ -235,6 +241,32 @@ class LatentDiffusion:
     return dict(latent={**enc, 'mean': mean, 'z': z}, dec=dec, rec=rec, recon=recon,
                 kl_h=kl_h, kl_x=kl_x, vae_loss=loss, log_pN=log_pN,
                 nll_per_molecule=loss - log_pN)
+
+  # --- Sampling: EDM's reverse chain on the latent (the zoo's samplers), then
+  # p(z_x, z_h | z_0) and the decoder.
+
+  def p_z_given_z0(self, params, graph, z_0, noise) -> jax.Array:
+    """z = (z_0 - sigma_0 eps_hat) / alpha_0 + exp(gamma_0 / 2) * noise: the
+    latent h is sampled, not rounded (GeoLDM's `sample_p_xh_given_z0`)."""
+    zeros = jnp.zeros(graph.n_node.shape[0])
+    gamma_0 = self.gamma(params, zeros)
+    alpha_0, sigma_0 = schedules.alpha_sigma(gamma_0)
+    node = lambda v: masking.per_node(v, graph)
+    eps_hat = self.eps(params, graph, z_0, zeros)
+    mean = (z_0 - node(sigma_0) * eps_hat) / node(alpha_0)
+    return mean + node(jnp.exp(0.5 * gamma_0)) * noise
+
+  def decode_molecules(self, params, graph, z) -> dict[str, jax.Array]:
+    """The decoder's molecules: positions, one-hot of the argmax type and the
+    charge rounded half to even, zero on padding."""
+    mask = masking.node_mask(graph)[:, None]
+    dec = self.decode(params, graph, z)
+    K = self.n_types
+    one_hot = jax.nn.one_hot(jnp.argmax(dec['h'][:, :K], -1), K) * mask
+    out = {'x': dec['x'], 'one_hot': one_hot, 'dec': dec}
+    if self.config.diffusion.include_charges:
+      out['charges'] = jnp.round(dec['h'][:, K:K + 1]) * mask
+    return out
 
   def train_loss(self, params, graph, t_int, eps, enc_noise) -> jax.Array:
     return masking.graph_mean(
