@@ -344,7 +344,7 @@ def size_study(model: Diffusion, tx, config: config_lib.Config,
   draw_fn, step_fn = train_state.make_step_fns(
       model, tx, ema_decay=config.train.ema_decay, clip_grad=config.train.clip_grad)
   key = jax.random.PRNGKey(1)
-  rows = []
+  rows, params = [], None
   for name, molecules in groups:
     sizes = [len(m['charges']) for m in molecules]
     hist = {n: sizes.count(n) for n in set(sizes)}
@@ -352,8 +352,10 @@ def size_study(model: Diffusion, tx, config: config_lib.Config,
     graphs = [batching.stack([batching.build_graph(
         molecules[lo:lo + bs], z, batching.choose_budget(sizes[lo:lo + bs], budgets))])
         for lo in range(0, len(molecules) - bs + 1, bs)]
-    state = train_state.init_state(model, tx, jax.random.PRNGKey(0),
-                                   jax.tree.map(lambda a: a[0], graphs[0]))
+    if params is None:  # The parameters do not depend on the molecules' sizes.
+      params = train_state.init_state(model, tx, jax.random.PRNGKey(0),
+                                      jax.tree.map(lambda a: a[0], graphs[0])).params
+    state = train_state.new_state(jax.tree.map(jnp.copy, params), tx)
 
     def one_step(state, graphs):
       t_int, eps = draw_fn(graphs, key, state.step)
@@ -375,7 +377,8 @@ def size_study(model: Diffusion, tx, config: config_lib.Config,
     edges = float(np.mean([g.edges['mask'].sum() for g in graphs]))
     row = {'molecules': name, 'batch_size': bs, 'error': error,
            'mean_atoms': float(np.mean(sizes)), 'max_atoms': max(sizes),
-           'real_edges': edges, 'padded_edges': float(np.mean([g.n_edge.sum() for g in graphs])),
+           'real_nodes': nodes, 'real_edges': edges,
+           'padded_edges': float(np.mean([g.n_edge.sum() for g in graphs])),
            'dense_pairs': float(np.mean([bs * max(sizes[lo:lo + bs]) ** 2
                                          for lo in range(0, len(sizes) - bs + 1, bs)])),
            'train_step_median_s': med,

@@ -1,4 +1,5 @@
-"""launch/bench.py runs end to end on a tiny preset and writes valid JSON (not timed)."""
+"""launch/bench.py runs end to end on a tiny preset and writes valid JSON; the size study
+runs on QM9 molecules and joined ones (figures checked for consistency, not timed)."""
 
 import json
 import os
@@ -7,16 +8,22 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from edm_zoo import benchmarks
+from edm_zoo import config as config_lib
+from edm_zoo.data import registry
+from edm_zoo.diffusion import Diffusion
+from edm_zoo.training import optimizer
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_bench_runs_and_writes_json(tmp_path):
   out = tmp_path / 'bench.json'
   md = tmp_path / 'B.md'
   subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'bench.py'),
-                  '--preset=tiny', '--T=20', '--what=all,jit_study,size_study', '--repeats=3',
+                  '--preset=tiny', '--T=20', '--what=all,jit_study', '--repeats=3',
                   '--sample_steps=5', '--data_batches=20', '--jit_study_ks=1,20',
                   '--jit_study_unrolls=1', f'--json={out}', f'--markdown={md}',
                   f'--plot={tmp_path / "jit.png"}'],
@@ -37,11 +44,23 @@ def test_bench_runs_and_writes_json(tmp_path):
   assert shapes['real_edges_mean'] <= shapes['padded_edges_mean']
   assert shapes['real_edges_mean'] < shapes['dense_pairs_mean']
   assert 1 <= shapes['shapes_used'] <= len(shapes['ladder'])
-  # The size study: QM9 molecules, then three of them joined.
-  small, joined = result['size_study']
-  assert joined['mean_atoms'] > 2.5 * small['mean_atoms']
-  assert joined['real_edges'] > 6 * small['real_edges']
-  assert small['timed_steps'] > 0 and joined['timed_steps'] > 0
   rows = [line for line in md.read_text().splitlines() if line.startswith('| 1 |') or
           line.startswith('| 20 |')]
   assert len(rows) == 2 and (tmp_path / 'jit.png').stat().st_size > 1000
+
+
+def test_size_study_times_small_and_joined_molecules():
+  config = config_lib.build('tiny', batch_size=4, T=20)
+  bench = config_lib.build_bench(what=('size_study',), repeats=1)
+  model = Diffusion(config, registry.statistics('qm9').n_nodes_histogram)
+  tx = optimizer.torch_adamw_amsgrad(config.train.lr)
+  small, joined = benchmarks.size_study(model, tx, config, bench, None, log=lambda _: None)
+  assert small['molecules'] == 'qm9' and joined['molecules'] == 'qm9 x3 joined'
+  assert joined['mean_atoms'] > 2.5 * small['mean_atoms']
+  assert joined['real_edges'] > 6 * small['real_edges']
+  for row in (small, joined):
+    assert row['error'] is None and row['compiled_shapes'] >= 1
+    if row['timed_steps']:
+      assert row['gflops_per_s'] == pytest.approx(
+          3 * benchmarks.flops_forward(row['real_nodes'], row['real_edges'], 16, 2)
+          / row['train_step_median_s'] / 1e9)

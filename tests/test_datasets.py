@@ -85,6 +85,11 @@ def test_own_molecules_rebuild_rules(own_files, qm9_molecules, tmp_path):
     registry.prepare('mine', data_dir, options={'source': str(own_files), 'seed': 1})
   registry.prepare('mine', data_dir, options={'source': str(source)}, rebuild=True)
   assert sum(len(registry.load('mine', s, data_dir)) for s in registry.SPLITS) == 50
+  # A rebuild that fails leaves the dataset that was there.
+  with pytest.raises(ValueError, match='no such file'):
+    registry.prepare('mine', data_dir, options={'source': str(tmp_path / 'gone.sdf')},
+                     rebuild=True)
+  assert sum(len(registry.load('mine', s, data_dir)) for s in registry.SPLITS) == 50
 
 
 def test_own_molecules_bad_record_stops_or_is_skipped_and_listed(qm9_molecules, tmp_path):

@@ -246,8 +246,23 @@ def prepare(name: str, data_dir: str | None = None, *, options: dict | None = No
       raise ValueError(f'dataset {name!r} in {builder.data_dir} was built from other '
                        'inputs or options; pass --rebuild to replace it (or use another '
                        '--dataset name).')
-    shutil.rmtree(builder.data_dir)
-    builder = _builder(entry, data_dir, options)
+    # Moved aside, not deleted, until the new build has succeeded.
+    aside = builder.data_dir.rstrip('/') + '.replaced'
+    shutil.rmtree(aside, ignore_errors=True)
+    os.rename(builder.data_dir, aside)
+    try:
+      path = _build(entry, name, data_dir, options)
+    except BaseException:
+      shutil.rmtree(_builder(entry, data_dir, options).data_dir, ignore_errors=True)
+      os.rename(aside, builder.data_dir)
+      raise
+    shutil.rmtree(aside)
+    return path
+  return _build(entry, name, data_dir, options)
+
+
+def _build(entry: Dataset, name: str, data_dir: str | None, options: dict | None) -> str:
+  builder = _builder(entry, data_dir, options)
   if entry.needs_source and not (options or {}).get('source'):
     raise ValueError(f'{name!r} is not prepared in {data_dir or default_data_dir()} and '
                      f'is built from your files: run `{entry.prepare}`.')
