@@ -143,3 +143,20 @@ def test_the_latent_diffusion_loss_falls(setup):
   assert enc and all(np.array_equal(v['w'], params[k]['w']) for k, v in enc.items()
                      if 'w' in v)
   assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
+
+
+def test_a_geoldm_state_dict_and_args_import(tmp_path):
+  vectors = np.load(shared_path('parity', 'geoldm', 'geoldm_parity_small.npz'))
+  names = [k[len('param/'):] for k in vectors.files if k.startswith('param/')]
+  np.savez(tmp_path / 'generative_model_ema.npz', **{n: vectors['param/' + n] for n in names})
+  (tmp_path / 'args.json').write_text(str(vectors['args']))
+  config, model, params = geoldm.read_model(str(tmp_path / 'generative_model_ema.npz'),
+                                            str(tmp_path / 'args.json'))
+  assert config.model.latent_nf == 1 and config.model.nf == 32
+  want = geoldm.params_from_vectors(vectors)
+  assert jax.tree.all(jax.tree.map(np.array_equal, params, want))
+  # A state dict that lacks a layer is refused in one line.
+  np.savez(tmp_path / 'partial.npz', **{n: vectors['param/' + n] for n in names
+                                        if 'decoder.egnn.e_block_1' not in n})
+  with pytest.raises(ValueError, match=r'partial.npz: state dict does not match.*missing'):
+    geoldm.read_model(str(tmp_path / 'partial.npz'), str(tmp_path / 'args.json'))

@@ -52,6 +52,26 @@ def params_from_vectors(vectors: Mapping[str, np.ndarray]) -> dict:
   return state_dict_lib.params_from_state_dict(state)
 
 
+def read_model(state_dict_path: str, args_path: str, data_dir: str | None = None):
+  """(config, model, params) of a GeoLDM run: its state dict (`.npz`, or torch's
+  `generative_model_ema.npy`) and its `args.pickle` (or JSON); one-line
+  ValueErrors for unreadable files or parameters that do not fit the args."""
+  args = edm_args.read_args(args_path)
+  config = config_from_args(args)
+  types = registry.atom_types(config.dataset, data_dir)
+  config = dataclasses.replace(config, num_atom_types=len(types))
+  hist = registry.statistics(config.dataset, data_dir).n_nodes_histogram
+  model = LatentDiffusion(config, hist, len(types))
+  state = state_dict_lib.read_state_dict(state_dict_path)
+  params = state_dict_lib.params_from_state_dict(
+      {k: v for k, v in state.items() if k not in SKIP})
+  try:
+    model.check_params(params)
+  except ValueError as e:
+    raise ValueError(f'{state_dict_path}: {e}') from e
+  return config, model, params
+
+
 def _check(ours, ref, tol) -> dict[str, float]:
   ours = np.asarray(ours, np.float64)
   ref = np.asarray(ref, np.float64).reshape(ours.shape)

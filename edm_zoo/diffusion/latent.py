@@ -22,7 +22,7 @@ import numpy as np
 from edm_zoo import center_of_gravity, masking
 from edm_zoo.config import Config
 from edm_zoo.diffusion import gaussians, schedules
-from edm_zoo.diffusion.objective import dense_width, log_pn_table
+from edm_zoo.diffusion.objective import check_param_shapes, dense_width, log_pn_table
 from edm_zoo.models import egnn, geoldm
 
 Params = Any
@@ -84,6 +84,11 @@ class LatentDiffusion:
     x, h = self.data(graph)
     z = jnp.zeros((n, 3 + self.latent_nf))
     return self._nets.init(rng, graph, x, h, z, jnp.zeros(graph.n_node.shape[0]))
+
+  def check_params(self, params: Params) -> None:
+    """Raises ValueError (one line) unless `params` has exactly this model's
+    names and shapes."""
+    check_param_shapes(self.init, params, self.config)
 
   # --- The networks.
 

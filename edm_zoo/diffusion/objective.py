@@ -21,7 +21,7 @@ Conventions (those of the original EDM, `en_diffusion.py`):
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -104,16 +104,7 @@ class Diffusion:
 
   def check_params(self, params: Params) -> None:
     """Raises ValueError unless `params` has exactly this model's names and shapes."""
-    graph = batching.probe_graph(self.config.num_atom_types, self.config.context_nf)
-    expected = jax.eval_shape(self.init, jax.random.PRNGKey(0), graph)
-    want = {(m, k): v.shape for m, d in expected.items() for k, v in d.items()}
-    have = {(m, k): np.shape(v) for m, d in params.items() for k, v in d.items()}
-    if want != have:
-      missing = sorted(set(want) - set(have))[:3]
-      extra = sorted(set(have) - set(want))[:3]
-      wrong = [k for k in set(want) & set(have) if want[k] != have[k]][:3]
-      raise ValueError(f'state dict does not match the config: missing {missing}, '
-                       f'unexpected {extra}, wrong shapes {wrong}.')
+    check_param_shapes(self.init, params, self.config)
 
   # --- Data <-> z.
 
@@ -311,6 +302,21 @@ class Diffusion:
     """Mean eval NLL -log p(x, h, N) (nats per molecule) of the batch."""
     terms = self.eval_terms(params, graph, t_int, eps, eps0)
     return masking.graph_mean(terms['nll_per_molecule'], graph)
+
+
+def check_param_shapes(init: Callable, params: Params, config: Config) -> None:
+  """One-line ValueError unless `params` has exactly the names and shapes that
+  `init(rng, graph)` creates for a batch of the config's shape."""
+  graph = batching.probe_graph(config.num_atom_types, config.context_nf)
+  expected = jax.eval_shape(init, jax.random.PRNGKey(0), graph)
+  want = {(m, k): v.shape for m, d in expected.items() for k, v in d.items()}
+  have = {(m, k): np.shape(v) for m, d in params.items() for k, v in d.items()}
+  if want != have:
+    missing = sorted(set(want) - set(have))[:3]
+    extra = sorted(set(have) - set(want))[:3]
+    wrong = [k for k in set(want) & set(have) if want[k] != have[k]][:3]
+    raise ValueError(f'state dict does not match the config: missing {missing}, '
+                     f'unexpected {extra}, wrong shapes {wrong}.')
 
 
 def dense_width(graph: jraph.GraphsTuple) -> jax.Array:
