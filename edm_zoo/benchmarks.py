@@ -35,6 +35,7 @@ from edm_zoo import evaluation, generate
 from edm_zoo.data import batching, registry, sources
 from edm_zoo.diffusion import samplers
 from edm_zoo.diffusion.samplers import chain
+from edm_zoo import diffusion
 from edm_zoo.diffusion.objective import Diffusion
 from edm_zoo.metrics import rdkit_metrics, stability
 from edm_zoo.training import distributed, optimizer, state as train_state
@@ -200,7 +201,7 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
     results['data_batches_per_s'] = n / (time.perf_counter() - start)
     log(f"data: {results['data_batches_per_s']:.1f} batches of {bs} per second")
 
-  model = Diffusion(config, hist)
+  model = diffusion.make(config, hist)
   tx = optimizer.torch_adamw_amsgrad(config.train.lr)
   batches = [g for (g, _), _ in zip(batching.sharded_batches(
       train_src, bs, 1, seed=0, n_nodes_histogram=hist), range(bench.repeats + 2))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -21,7 +22,10 @@ def make_nll_fn(model: Diffusion):
   def fn(params, graph, key):
     k_t, k_eps, k_eps0 = jax.random.split(key, 3)
     t_int = jax.random.randint(k_t, graph.n_node.shape, 1, model.T + 1)
-    eps = model.sample_noise(k_eps, graph)
+    # Block 0 from k_eps itself (EDM's draw), block b > 0 from fold_in(k_eps, b).
+    eps = jnp.concatenate([model.sample_noise(
+        k_eps if b == 0 else jax.random.fold_in(k_eps, b), graph)
+        for b in range(model.noise_blocks)], -1)
     eps0 = model.sample_noise(k_eps0, graph)
     per = model.eval_terms(params, graph, t_int, eps, eps0)['nll_per_molecule']
     return masking.graph_sum(per, graph)

@@ -1,10 +1,11 @@
-"""Converts an original PyTorch EDM model into an edm_zoo checkpoint.
+"""Converts an original PyTorch EDM (or GeoLDM) model into an edm_zoo checkpoint.
 
   python launch/import_edm.py --state_dict=outputs/edm_qm9/generative_model_ema.npy \
       --args=outputs/edm_qm9/args.pickle --out=workdirs/edm_qm9_imported
 
 `.npy`/`.pt` state dicts need torch (an optional extra); an `.npz` of arrays keyed
-by the PyTorch parameter names does not. `--args` takes args.pickle or JSON.
+by the PyTorch parameter names does not. `--args` takes args.pickle or JSON; GeoLDM's
+(its args have `latent_nf`) become `--model=geoldm` checkpoints.
 """
 
 

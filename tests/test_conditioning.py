@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ATOMIC_NUMBERS, REFERENCE_HISTOGRAM, REFERENCE_TYPE_COUNTS, padded_graph
+from conftest import (ATOMIC_NUMBERS, NETWORKS, REFERENCE_HISTOGRAM, REFERENCE_TYPE_COUNTS,
+                      padded_graph)
 from datasets.qm9 import edm_qm9
 from edm_zoo import conditioning, config as config_lib, generate, masking, models
 from edm_zoo.compat import edm_args
@@ -108,7 +109,7 @@ def _model(name, conditioning_=()):
   return Diffusion(config, registry.statistics('qm9').n_nodes_histogram)
 
 
-@pytest.mark.parametrize('name', models.names())
+@pytest.mark.parametrize('name', NETWORKS)
 def test_conditioning_widens_the_input_and_nothing_else(name, molecules):
   plain = _model(name)
   cond = _model(name, ('alpha', 'mu'))
@@ -128,7 +129,7 @@ def test_conditioning_widens_the_input_and_nothing_else(name, molecules):
   assert cond.eps(p_cond, graph, z, jnp.full(graph.n_node.shape, 0.4)).shape == z.shape
 
 
-@pytest.mark.parametrize('name', models.names())
+@pytest.mark.parametrize('name', NETWORKS)
 def test_zero_width_context_is_the_unconditional_path(name, molecules):
   model = _model(name)
   with_empty = _graph(molecules, context_nf=0)
@@ -144,7 +145,7 @@ def test_zero_width_context_is_the_unconditional_path(name, molecules):
                                 model.nll(params, plain, t_int + 1, eps, eps0))
 
 
-@pytest.mark.parametrize('name', models.names())
+@pytest.mark.parametrize('name', NETWORKS)
 def test_context_matters_and_keeps_the_symmetries(name, molecules):
   model = _model(name, ('alpha', 'mu'))
   graph = _graph(molecules)

@@ -8,7 +8,7 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from conftest import padded_graph
+from conftest import NETWORKS, padded_graph
 from datasets.geom_drugs import edm_geom_drugs
 from edm_zoo import masking, models
 from edm_zoo.config import Config, DiffusionConfig, ModelConfig
@@ -47,7 +47,7 @@ def _setup(name, molecules):
   return model, params, graph, 0.8 * xh + 0.6 * eps, eps
 
 
-@pytest.mark.parametrize('name', [n for n in models.names() if models.get(n).equivariant])
+@pytest.mark.parametrize('name', [n for n in NETWORKS if models.get(n).equivariant])
 def test_e3_equivariance_on_100_plus_atoms(name, molecules):
   model, params, graph, z_t, eps = _setup(name, molecules)
   q, _ = np.linalg.qr(np.random.RandomState(0).normal(size=(3, 3)))
@@ -63,7 +63,7 @@ def test_e3_equivariance_on_100_plus_atoms(name, molecules):
   np.testing.assert_allclose(out_moved[:, 3:], out[:, 3:], atol=1e-5 * max(scale, 1))
 
 
-@pytest.mark.parametrize('name', models.names())
+@pytest.mark.parametrize('name', NETWORKS)
 def test_padding_and_permutation_on_100_plus_atoms(name, molecules):
   model, params, graph, z_t, eps = _setup(name, molecules)
   n = int(graph.n_node[:-1].sum())

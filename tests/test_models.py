@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import padded_graph
+from conftest import NETWORKS, padded_graph
 from edm_zoo import center_of_gravity, masking, models
 from edm_zoo.config import Config, DiffusionConfig, ModelConfig
 from edm_zoo.data import registry
@@ -55,7 +55,7 @@ def _z_t(model, graph, seed=1):
   return 0.8 * xh + 0.6 * eps, eps
 
 
-@pytest.mark.parametrize('name', models.names())
+@pytest.mark.parametrize('name', NETWORKS)
 def test_output_shape_zero_cog_and_zero_padding(name, molecules, histogram):
   model, params, graph = _setup(name, molecules, histogram)
   z_t, _ = _z_t(model, graph)
@@ -68,7 +68,7 @@ def test_output_shape_zero_cog_and_zero_padding(name, molecules, histogram):
   assert jnp.all(jnp.isfinite(out))
 
 
-@pytest.mark.parametrize('name', [n for n in models.names() if models.get(n).equivariant])
+@pytest.mark.parametrize('name', [n for n in NETWORKS if models.get(n).equivariant])
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_e3_equivariance(name, seed, molecules, histogram):
   model, params, graph = _setup(name, molecules, histogram)
@@ -91,7 +91,7 @@ def test_e3_equivariance(name, seed, molecules, histogram):
                              model.train_loss(params, graph, t_int, eps), rtol=1e-5)
 
 
-@pytest.mark.parametrize('name', models.names())
+@pytest.mark.parametrize('name', NETWORKS)
 def test_permutation_equivariance(name, molecules, histogram):
   model, params, graph = _setup(name, molecules, histogram)
   perms = [np.random.RandomState(i).permutation(len(m['charges']))
@@ -110,7 +110,7 @@ def test_permutation_equivariance(name, molecules, histogram):
   np.testing.assert_allclose(out_p[:n], out[index], atol=2e-5)
 
 
-@pytest.mark.parametrize('name', models.names())
+@pytest.mark.parametrize('name', NETWORKS)
 def test_padding_invariance(name, molecules, histogram):
   model, params, graph = _setup(name, molecules, histogram)
   big = padded_graph(molecules, extra_nodes=37, extra_graphs=5, extra_edges=300)
@@ -132,7 +132,7 @@ def test_padding_invariance(name, molecules, histogram):
       model.nll(params, graph, t_int + 1, eps, eps0), rtol=1e-6)
 
 
-@pytest.mark.parametrize('name', models.names())
+@pytest.mark.parametrize('name', NETWORKS)
 @pytest.mark.parametrize('loss_type', ['l2', 'vlb'])
 def test_losses_finite_and_differentiable(name, loss_type, molecules, histogram):
   model, params, graph = _setup(name, molecules, histogram, loss_type=loss_type)
@@ -164,7 +164,7 @@ def test_schedules_are_increasing(schedule, molecules, histogram):
 def test_bad_schedule_and_model_names():
   with pytest.raises(ValueError, match="unknown noise schedule 'linear'"):
     schedules.gamma_table('linear', 10, 1e-5)
-  with pytest.raises(ValueError, match=r"unknown model 'mlp'; allowed: \['egnn', 'gnn'\]"):
+  with pytest.raises(ValueError, match=r"unknown model 'mlp'; allowed: \['egnn', 'geoldm', 'gnn'\]"):
     models.get('mlp')
 
 

@@ -39,10 +39,16 @@ TOL_KL = (5e-6, 0.0)
 TOL_GRAD = (5e-5, 1e-5)
 
 
+def is_geoldm(args: Mapping) -> bool:
+  """GeoLDM's argument namespace (EDM's has no latent space)."""
+  return 'latent_nf' in args
+
+
 def config_from_args(args: Mapping) -> object:
   """Our Config for GeoLDM's argument namespace (EDM's arguments plus latent_nf)."""
   config = edm_args.config_from_args(args)
-  model = dataclasses.replace(config.model, latent_nf=int(args.get('latent_nf', 1)))
+  model = dataclasses.replace(config.model, name='geoldm',
+                              latent_nf=int(args.get('latent_nf', 1)))
   return dataclasses.replace(config, model=model)
 
 
@@ -149,8 +155,8 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
 
   # Train mode (the README's training objective), and its gradients.
   b = _Batch(v, 'batch/x_train', z)
-  args = (b.graph, b.t_int(v['rand/train/t_int']), b.noise(v, 'rand/train/eps'),
-          b.noise(v, 'rand/train/enc_eps'))
+  args = (b.graph, b.t_int(v['rand/train/t_int']),
+          jnp.concatenate([b.noise(v, 'rand/train/eps'), b.noise(v, 'rand/train/enc_eps')], -1))
   terms = jax.jit(model.train_terms)(params, *args)
   common('train', b, terms, recon_tol=TOL_LOSS)
   out['train/dyn/eps_pred'] = _check(b.dense(terms['eps_hat']), v['train/dyn/eps_pred'],
@@ -173,9 +179,10 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
 
   # Eval mode: what validation and test report.
   b = _Batch(v, 'batch/x_eval', z)
-  terms = jax.jit(model.eval_terms)(params, b.graph, b.t_int(v['rand/eval/t_int']),
-                           b.noise(v, 'rand/eval/eps'), b.noise(v, 'rand/eval/eps0'),
-                           b.noise(v, 'rand/eval/enc_eps'))
+  terms = jax.jit(model.eval_terms)(
+      params, b.graph, b.t_int(v['rand/eval/t_int']),
+      jnp.concatenate([b.noise(v, 'rand/eval/eps'), b.noise(v, 'rand/eval/enc_eps')], -1),
+      b.noise(v, 'rand/eval/eps0'))
   common('eval', b, terms, recon_tol=(1e-4, 1e-5))
   out['eval/dyn_t/eps_pred'] = _check(b.dense(terms['eps_hat']), v['eval/dyn_t/eps_pred'],
                                       TOL_NETWORK)
@@ -276,7 +283,7 @@ def train_parity_report(path: str) -> dict[str, dict[str, float]]:
   @jax.jit
   def loss_and_grads(p, t_int, eps, enc_noise):
     def sum_fn(p, graph):
-      terms = model.train_terms(p, graph, t_int, eps, enc_noise)
+      terms = model.train_terms(p, graph, t_int, jnp.concatenate([eps, enc_noise], -1))
       return masking.graph_sum(terms['nll_per_molecule'], graph)
     return train_state.mean_loss_and_grads(sum_fn, p, graphs)
   apply = jax.jit(functools.partial(train_state.apply_gradients, tx=tx,

@@ -1,10 +1,10 @@
-"""An original EDM model (state dict + args) as an edm_zoo checkpoint."""
+"""An original EDM or GeoLDM model (state dict + args) as an edm_zoo checkpoint."""
 
 from __future__ import annotations
 
 from edm_zoo import conditioning
 from edm_zoo import config as config_lib
-from edm_zoo.compat import edm_args, state_dict as state_dict_lib
+from edm_zoo.compat import edm_args, geoldm, state_dict as state_dict_lib
 from edm_zoo.data import registry
 from edm_zoo.diffusion.objective import Diffusion
 from edm_zoo.training import checkpoint, optimizer, state as train_state
@@ -12,7 +12,8 @@ from edm_zoo.training import checkpoint, optimizer, state as train_state
 
 def import_checkpoint(state_dict_path: str, args_path: str, out: str,
                       data_dir: str | None = None) -> str:
-  """Converts an original EDM model into an edm_zoo checkpoint folder.
+  """Converts an original EDM (or GeoLDM: its args have `latent_nf`) model into an
+  edm_zoo checkpoint folder.
 
   The imported weights become both params and EMA params of a fresh train state
   (step 0); `launch/eval.py --ckpt=OUT` and `edm_zoo.training.checkpoint.
@@ -21,13 +22,18 @@ def import_checkpoint(state_dict_path: str, args_path: str, out: str,
   Returns:
     The checkpoint folder.
   """
-  state_dict = state_dict_lib.read_state_dict(state_dict_path)
   args = edm_args.read_args(args_path)
-  config = config_lib.validate(edm_args.config_from_args(args))
-  stats = registry.statistics(config.dataset, data_dir)
-  model = Diffusion(config, stats.n_nodes_histogram)
-  params = state_dict_lib.params_from_state_dict(state_dict)
-  model.check_params(params)
+  if geoldm.is_geoldm(args):
+    config, _, params = geoldm.read_model(state_dict_path, args_path, data_dir)
+    config = config_lib.validate(config)
+    stats = registry.statistics(config.dataset, data_dir)
+  else:
+    state_dict = state_dict_lib.read_state_dict(state_dict_path)
+    config = config_lib.validate(edm_args.config_from_args(args))
+    stats = registry.statistics(config.dataset, data_dir)
+    model = Diffusion(config, stats.n_nodes_histogram)
+    params = state_dict_lib.params_from_state_dict(state_dict)
+    model.check_params(params)
   tx = optimizer.torch_adamw_amsgrad(float(args.get('lr', 1e-4)))
   state = train_state.new_state(params, tx)
   meta = {'config': config_lib.to_dict(config), 'epoch': 0, 'position': 0,

@@ -69,9 +69,16 @@ class LatentDiffusion:
       `include_charges`).
   """
 
+  # eps holds two noise blocks: the diffusion's and the encoder's latent noise.
+  noise_blocks = 2
+
   def __init__(self, config: Config, n_nodes_histogram: dict[int, int], n_types: int):
+    if config.conditioning:
+      raise ValueError('geoldm is unconditional here: drop --conditioning.')
     self.config = config
     self.latent_nf = config.model.latent_nf
+    self.n_features = self.latent_nf
+    self.n_nodes_histogram = dict(n_nodes_histogram)
     self.n_types = n_types
     self.T = config.diffusion.T
     d = config.diffusion
@@ -84,6 +91,15 @@ class LatentDiffusion:
     x, h = self.data(graph)
     z = jnp.zeros((n, 3 + self.latent_nf))
     return self._nets.init(rng, graph, x, h, z, jnp.zeros(graph.n_node.shape[0]))
+
+  def sample_noise(self, rng: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
+    """[n_node, 3 + L]: zero-CoG positions, masked latent features."""
+    return gaussians.sample_noise(rng, graph, self.latent_nf)
+
+  def _split(self, eps: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(diffusion noise, the latent's noise) of a two-block eps."""
+    width = 3 + self.latent_nf
+    return eps[:, :width], eps[:, width:2 * width]
 
   def check_params(self, params: Params) -> None:
     """Raises ValueError (one line) unless `params` has exactly this model's
@@ -173,20 +189,22 @@ class LatentDiffusion:
 
   # --- The objectives, per molecule.
 
-  def train_terms(self, params, graph, t_int, eps, enc_noise) -> dict[str, jax.Array]:
+  def train_terms(self, params, graph, t_int, eps, padded_n=None) -> dict[str, jax.Array]:
     """GeoLDM's training objective (`--train_diffusion --trainable_ae`), §5.2.
 
     Args:
       params: all parameters.
-      graph: the padded batch (positions already zero-CoG).
+      graph: the padded batch.
       t_int: [n_graph] integer times in {0..T}.
-      eps: [n_node, 3 + L] diffusion noise.
-      enc_noise: [n_node, 3 + L] the latent's noise.
+      eps: [n_node, 2 (3 + L)]: the diffusion noise, then the latent's noise.
+      padded_n: GeoLDM's dense batch width for the normalisers; defaults to this
+        batch's largest molecule (pass the global one when a batch is sharded).
     """
+    eps, enc_noise = self._split(eps)
     x, h = self.data(graph)
     gamma_0 = self._gamma_int(jnp.zeros_like(t_int))
     lat = self.latent(params, graph, x, h, enc_noise, schedules.alpha_sigma(gamma_0)[1])
-    width = dense_width(graph).astype(jnp.float32)
+    width = (dense_width(graph) if padded_n is None else padded_n).astype(jnp.float32)
     d = self._diffuse(params, graph, lat['z'], t_int, eps)
     error = d['error'] / ((3 + self.latent_nf) * width)
     kl = self.kl_prior(graph, lat['z'])
@@ -200,8 +218,10 @@ class LatentDiffusion:
                 kl_prior=kl, loss_ld=loss_ld, neg_log_pxh=neg_log_pxh, log_pN=log_pN,
                 nll_per_molecule=neg_log_pxh - log_pN)
 
-  def eval_terms(self, params, graph, t_int, eps, eps0, enc_noise) -> dict[str, jax.Array]:
-    """GeoLDM's eval-mode NLL (validation and test), §5.3; t_int in {1..T}."""
+  def eval_terms(self, params, graph, t_int, eps, eps0) -> dict[str, jax.Array]:
+    """GeoLDM's eval-mode NLL (validation and test), §5.3; t_int in {1..T}; eps
+    holds the diffusion and the latent's noise (`train_terms`), eps0 the t = 0 draw."""
+    eps, enc_noise = self._split(eps)
     x, h = self.data(graph)
     zeros = jnp.zeros_like(t_int)
     gamma_0 = self._gamma_int(zeros)
@@ -273,6 +293,17 @@ class LatentDiffusion:
       out['charges'] = jnp.round(dec['h'][:, K:K + 1]) * mask
     return out
 
-  def train_loss(self, params, graph, t_int, eps, enc_noise) -> jax.Array:
+  def p_xh_given_z0(self, params, graph, z_0, noise) -> dict[str, jax.Array]:
+    """The sampler's last step (`samplers.chain.final_step`): p(z | z_0), then the
+    decoder's molecule as `x`, one-hot `h_cat` and charges `h_int`."""
+    mol = self.decode_molecules(params, graph, self.p_z_given_z0(params, graph, z_0, noise))
+    return {'x': mol['x'], 'h_cat': mol['one_hot'],
+            'h_int': mol.get('charges', jnp.zeros_like(mol['x'][:, :1]))}
+
+  def train_loss(self, params, graph, t_int, eps, padded_n=None) -> jax.Array:
     return masking.graph_mean(
-        self.train_terms(params, graph, t_int, eps, enc_noise)['nll_per_molecule'], graph)
+        self.train_terms(params, graph, t_int, eps, padded_n)['nll_per_molecule'], graph)
+
+  def nll(self, params, graph, t_int, eps, eps0) -> jax.Array:
+    return masking.graph_mean(
+        self.eval_terms(params, graph, t_int, eps, eps0)['nll_per_molecule'], graph)

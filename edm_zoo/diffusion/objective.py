@@ -123,6 +123,10 @@ class Diffusion:
   def sample_noise(self, rng: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
     return gaussians.sample_noise(rng, graph, self.n_features)
 
+  # Independent [n_node, 3 + n_features] draws the objective takes as one `eps`
+  # (GeoLDM's latent model also takes its encoder's noise).
+  noise_blocks = 1
+
   # --- Pieces of the objective.
 
   def kl_prior(self, params, graph, xh) -> jax.Array:

@@ -17,14 +17,18 @@ from edm_zoo.models import egnn, gnn
 
 
 class Entry(NamedTuple):
-  """A zoo model: its pure `net_fn` and whether its position output is E(3)-equivariant."""
+  """A zoo model: its pure `net_fn`, whether its position output is E(3)-equivariant,
+  and whether the diffusion runs on an autoencoder's latent (GeoLDM: `net_fn` is
+  then the latent dynamics, `edm_zoo.diffusion.latent`)."""
   net_fn: Callable
   equivariant: bool
+  latent: bool = False
 
 
 _REGISTRY: dict[str, Entry] = {
     'egnn': Entry(egnn.net_fn, equivariant=True),
     'gnn': Entry(gnn.net_fn, equivariant=False),
+    'geoldm': Entry(egnn.net_fn, equivariant=True, latent=True),
 }
 
 

@@ -18,6 +18,7 @@ from edm_zoo import conditioning
 from edm_zoo import config as config_lib
 from edm_zoo import evaluation
 from edm_zoo.data import batching, registry, sources
+from edm_zoo import diffusion
 from edm_zoo.diffusion.objective import Diffusion
 from edm_zoo.training import distributed, optimizer, skeleton
 from edm_zoo.training import state as train_state
@@ -63,7 +64,7 @@ def setup(config: config_lib.Config, data_dir: str | None = None) -> Setup:
   if config.conditioning:
     normalizer = conditioning.fit_normalizer(config, data_dir)
     splits = {k: conditioning.conditioned(v, normalizer) for k, v in splits.items()}
-  return Setup(config=config, model=Diffusion(config, stats.n_nodes_histogram),
+  return Setup(config=config, model=diffusion.make(config, stats.n_nodes_histogram),
                tx=optimizer.torch_adamw_amsgrad(t.lr, weight_decay=t.weight_decay),
                mesh=mesh, local_shards=local, splits=splits,
                statistics=stats, normalizer=normalizer)

@@ -78,9 +78,10 @@ def draw(model: Diffusion, graph: jraph.GraphsTuple, key: jax.Array, first: jax.
       first + jnp.arange(graph.n_node.shape[0]))
   t_int = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 0), (), 0,
                                                 model.T + 1))(keys)
-  eps = gaussians.sample_noise_per_molecule(
-      jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys), graph, model.n_features,
-      max(model.n_nodes_histogram))
+  # Block b of the noise from fold_in(k, 1 + b): block 0 is EDM's eps.
+  eps = jnp.concatenate([gaussians.sample_noise_per_molecule(
+      jax.vmap(lambda k: jax.random.fold_in(k, 1 + b))(keys), graph, model.n_features,
+      max(model.n_nodes_histogram)) for b in range(model.noise_blocks)], -1)
   return t_int, eps
 
 

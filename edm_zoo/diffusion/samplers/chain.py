@@ -180,8 +180,9 @@ def reverse_steps(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
 @functools.partial(jax.jit, static_argnames=('model', 'fix_noise'))
 def final_step(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
                z: jax.Array, rng: jax.Array, *, fix_noise: bool = False):
-  out = p_xh_given_z0(model, params, graph, z,
-                      noise(model, graph, rng, model.T + 1, fix_noise))
+  # A latent model (GeoLDM) decodes its own molecules.
+  last = getattr(model, 'p_xh_given_z0', None) or functools.partial(p_xh_given_z0, model)
+  out = last(params, graph, z, noise(model, graph, rng, model.T + 1, fix_noise))
   out['x'] = center_of_gravity.remove_mean(out['x'], graph)
   return out
 
