@@ -94,8 +94,8 @@ def main(argv):
     meta = registry.metadata(name, data_dir)
   except ValueError as e:
     runtime.fail(str(e))
-  rebuilt = seconds > 1 or not was_prepared
-  print(f'{name} {"prepared in %.1f s" % seconds if rebuilt else "already prepared"} '
+  built = _REBUILD.value or not was_prepared  # Else prepare() kept it or refused.
+  print(f'{name} {"prepared in %.1f s" % seconds if built else "already prepared"} '
         f'at {path}: {sizes}; types {list(stats.atom_types)}, up to '
         f'{max(stats.n_nodes_histogram)} atoms')
   for key in ('content_hash', 'split_recipe', 'embedded', 'failed'):

@@ -38,6 +38,9 @@ ATOM_TYPES_WITHOUT_H = ATOM_TYPES_WITH_H[1:]
 ATOMIC_NUMBERS_WITHOUT_H = ATOMIC_NUMBERS_WITH_H[1:]
 VALID_FRACTION = TEST_FRACTION = 0.1
 PERMUTATION_FILE = 'geom_permutation.npy'
+SPLIT_RECIPE = ('the original\'s load_split_data: conformers cut where the id changes, '
+                'optional size filter, reordered by geom_permutation.npy, then valid 10%, '
+                'test 10%, train the rest')
 SMILES_FILE = 'geom_drugs_smiles.txt'
 _CHUNK_ROWS = 1 << 24  # Bounds the memory of reading ids (GEOM has ~3e8 rows).
 

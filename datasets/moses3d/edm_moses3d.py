@@ -91,7 +91,7 @@ def embed_all(cache: str, smiles: list[str], indices: np.ndarray, seed: int,
     path = os.path.join(cache, f'chunk_{c:05d}.npz')
     paths.append(path)
     if not os.path.exists(path):
-      jobs.append((path, seed, [(int(i), smiles[i]) for i in indices[lo:lo + CHUNK]], 1))
+      jobs.append((path, seed, [(int(i), smiles[i]) for i in indices[lo:lo + CHUNK]]))
   done = len(indices) - sum(len(j[2]) for j in jobs)
   bar = tqdm.tqdm(total=len(indices), initial=done, unit='mol', disable=not progress,
                   desc='Embedding (ETKDG+MMFF)')

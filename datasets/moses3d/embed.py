@@ -33,14 +33,14 @@ def embed(smiles: str, seed: int) -> tuple[np.ndarray, np.ndarray] | str:
   return z, mol.GetConformer().GetPositions().astype(np.float32)
 
 
-def embed_chunk(job: tuple[str, int, list[tuple[int, str]], int]) -> tuple[int, int]:
+def embed_chunk(job: tuple[str, int, list[tuple[int, str]]]) -> tuple[int, int]:
   """Embeds a chunk and writes `<path>` (npz, atomically); returns (done, failed).
 
   Args:
-    job: (path, seed, [(index, SMILES)], threads unused) of one chunk.
+    job: (path, seed, [(index, SMILES)]) of one chunk.
   """
   RDLogger.DisableLog('rdApp.*')
-  path, seed, items, _ = job
+  path, seed, items = job
   sizes, z_all, pos_all, indices, smiles_ok, failed = [], [], [], [], [], []
   for index, smiles in items:
     out = embed(smiles, seed * 1_000_003 + index)

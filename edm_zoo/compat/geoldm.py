@@ -79,14 +79,7 @@ def read_model(state_dict_path: str, args_path: str, data_dir: str | None = None
 
 
 def _check(ours, ref, tol) -> dict[str, float]:
-  ours = np.asarray(ours, np.float64)
-  ref = np.asarray(ref, np.float64).reshape(ours.shape)
-  diff = np.abs(ours - ref)
-  atol, rtol = tol
-  return {'max_abs': float(diff.max(initial=0.0)),
-          'max_rel': float((diff / np.maximum(np.abs(ref), 1e-30)).max(initial=0.0)),
-          'tol_abs': atol, 'tol_rel': rtol,
-          'ok': bool(np.all(diff <= atol + rtol * np.abs(ref)))}
+  return parity.array_error(ours, ref, rtol=tol[1], atol=tol[0])
 
 
 class _Batch:
@@ -255,12 +248,7 @@ def _sampler_report(v, model, params, atomic_numbers) -> dict[str, dict[str, flo
 
 def _tree_check(tree, v, prefix: str, names, tol) -> dict[str, float]:
   """The worst error over the named parameters (torch layout) of a tree."""
-  worst = {'max_abs': 0.0, 'max_rel': 0.0, 'ok': True, 'tol_abs': tol[0], 'tol_rel': tol[1]}
-  for name in names:
-    e = _check(state_dict_lib.torch_view(tree, name), v[prefix + name], tol)
-    worst = {**worst, 'max_abs': max(worst['max_abs'], e['max_abs']),
-             'max_rel': max(worst['max_rel'], e['max_rel']), 'ok': worst['ok'] and e['ok']}
-  return worst
+  return parity.tree_error(tree, v, prefix, names, rtol=tol[1], atol=tol[0])
 
 
 def train_parity_report(path: str) -> dict[str, dict[str, float]]:

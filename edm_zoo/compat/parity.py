@@ -58,13 +58,15 @@ def dense_from_nodes(a, node_mask: np.ndarray) -> np.ndarray:
   return out
 
 
-def _error(ours, ref) -> dict[str, float]:
+def array_error(ours, ref, *, rtol: float = 1e-4, atol: float = 1e-5) -> dict[str, float]:
+  """Max absolute and relative error of an array, and whether every element is
+  within atol + rtol * |ref|."""
   ours = np.asarray(ours, np.float64)
   ref = np.asarray(ref, np.float64).reshape(ours.shape)
   diff = np.abs(ours - ref)
   return {'max_abs': float(diff.max(initial=0.0)),
           'max_rel': float((diff / np.maximum(np.abs(ref), 1e-30)).max(initial=0.0)),
-          'ok': bool(np.all(diff <= 1e-4 * np.abs(ref) + 1e-5))}
+          'ok': bool(np.all(diff <= rtol * np.abs(ref) + atol)), 'rtol': rtol, 'atol': atol}
 
 
 def load_vectors(path: str) -> dict[str, np.ndarray]:
@@ -120,7 +122,7 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
       ours = dense_from_nodes(ours, mask)
     elif not whole:
       ours = np.asarray(ours)[:B]
-    report[name] = _error(ours, v[ref_key])
+    report[name] = array_error(ours, v[ref_key])
 
   if 'schedule/gamma' in v:
     check('schedule/gamma', model.gamma(params, jnp.arange(model.T + 1) / model.T),
@@ -130,14 +132,14 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
   for key, value in terms.items():
     if f'eval/{key}' in v:
       check(f'eval/{key}', value, f'eval/{key}', node_level=value.ndim == 2)
-  report['eval/nll_batch_mean'] = _error(
+  report['eval/nll_batch_mean'] = array_error(
       np.mean(np.asarray(terms['nll_per_molecule'])[:B]), v['eval/nll_batch_mean'])
   terms = jax.jit(model.train_terms)(params, graph, per_graph(v['fixed/t_train_int']),
                                      nodes('fixed/eps_train'))
   for key, value in terms.items():
     if f'train/{key}' in v:
       check(f'train/{key}', value, f'train/{key}', node_level=value.ndim == 2)
-  report['train/nll_batch_mean'] = _error(
+  report['train/nll_batch_mean'] = array_error(
       np.mean(np.asarray(terms['nll_per_molecule'])[:B]), v['train/nll_batch_mean'])
 
   step = jax.jit(lambda s, t, z, n: ancestral.p_zs_given_zt(model, params, graph, s, t, z, n))
@@ -160,7 +162,7 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
   return report
 
 
-def _tree_error(tree: dict, v: Mapping[str, np.ndarray], prefix: str, names,
+def tree_error(tree: dict, v: Mapping[str, np.ndarray], prefix: str, names,
                 rtol: float, atol: float) -> dict[str, float]:
   """Max errors over every named parameter-shaped array `prefix + name`."""
   worst = {'max_abs': 0.0, 'max_rel': 0.0, 'ok': True, 'rtol': rtol, 'atol': atol}
@@ -226,7 +228,7 @@ def train_parity_report(path: str) -> dict[str, dict[str, float]]:
                                jnp.zeros(1, jnp.int32)])[None]
       eps = nodes_from_dense(v[sp + 'eps'], mask, n_total)[None]
       _, grads = grad_fn(state.params, t_int, eps)
-      report[sp + 'grad'] = _tree_error(grads, v, sp + 'grad/', with_grad, 1e-4, 2e-5)
+      report[sp + 'grad'] = tree_error(grads, v, sp + 'grad/', with_grad, 1e-4, 2e-5)
       state, info = step_fn(state, graphs, t_int, eps)
       report[sp + 'loss'] = _scalar_error(info['loss'], v[sp + 'loss'], 2e-6)
       report[sp + 'grad_norm'] = _scalar_error(info['grad_norm'], v[sp + 'grad_norm'], 1e-5)
@@ -239,14 +241,14 @@ def train_parity_report(path: str) -> dict[str, dict[str, float]]:
       queue = np.asarray(state.clip_queue.items)[:int(state.clip_queue.count)]
       ref_queue = np.asarray(v[sp + 'queue_after'])
       report[sp + 'queue_after'] = (
-          _error(queue, ref_queue) if queue.shape == ref_queue.shape else
+          array_error(queue, ref_queue) if queue.shape == ref_queue.shape else
           {'max_abs': np.inf, 'max_rel': np.inf, 'ok': False})
-      report[sp + 'param'] = _tree_error(state.params, v, sp + 'param/', all_params, 0, 1e-6)
-      report[sp + 'ema'] = _tree_error(state.ema_params, v, sp + 'ema/', all_params, 0, 1e-6)
+      report[sp + 'param'] = tree_error(state.params, v, sp + 'param/', all_params, 0, 1e-6)
+      report[sp + 'ema'] = tree_error(state.ema_params, v, sp + 'ema/', all_params, 0, 1e-6)
     amsgrad = state.opt_state[0]
     for ours, key, atol in ((amsgrad.mu, 'exp_avg', 1e-6), (amsgrad.nu, 'exp_avg_sq', 1e-8),
                             (amsgrad.nu_max, 'max_exp_avg_sq', 1e-8)):
-      report[f'{prefix}opt/{key}'] = _tree_error(ours, v, f'{prefix}opt/{key}/', with_grad,
+      report[f'{prefix}opt/{key}'] = tree_error(ours, v, f'{prefix}opt/{key}/', with_grad,
                                                  1e-3, atol)
     report[f'{prefix}opt/step'] = _scalar_error(amsgrad.count, v[f'{prefix}opt/step'], 0)
   return report

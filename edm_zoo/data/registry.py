@@ -129,7 +129,7 @@ def _geom(name: str, remove_h: bool) -> Dataset:
       name=name, make_builder=make,
       atom_types=(edm_geom_drugs.ATOM_TYPES_WITHOUT_H if remove_h
                   else edm_geom_drugs.ATOM_TYPES_WITH_H),
-      charges_feature=False, split_recipe=edm_geom_drugs.__doc__.split('\n\n')[2],
+      charges_feature=False, split_recipe=edm_geom_drugs.SPLIT_RECIPE,
       metrics=MetricSet(rdkit_single_bonds=True, novelty=False),
       preset='geom_drugs', decode=edm_geom_drugs.decode, needs_source=True,
       prepare=f'python launch/prepare_data.py --dataset={name} --from=DIR')
@@ -312,7 +312,7 @@ def load(name: str, split: str, data_dir: str | None = None) -> sources.SplitVie
                      f'({type(e).__name__}: {e}); delete that folder and run '
                      f'`{entry.prepare}`{_or_make(entry)}.') from e
   source = sources.SplitView(records, split=split,
-                             atomic_numbers=statistics(name, data_dir).atomic_numbers,
+                             atomic_numbers=_statistics(entry, builder, data_dir).atomic_numbers,
                              path=builder.data_dir, decode=entry.decode)
   if split != 'train' or entry.half is None:
     return source
@@ -339,7 +339,11 @@ class Statistics:
 def statistics(name: str, data_dir: str | None = None) -> Statistics:
   """The train statistics of a prepared dataset (of its half for a QM9 half)."""
   entry = get(name, data_dir)
-  meta = _prepared_builder(entry, data_dir).info.metadata
+  return _statistics(entry, _prepared_builder(entry, data_dir), data_dir)
+
+
+def _statistics(entry: Dataset, builder, data_dir: str | None) -> Statistics:
+  name, meta = entry.name, builder.info.metadata
   try:
     if entry.half is not None:
       meta = meta['halves'][entry.half]
