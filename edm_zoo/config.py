@@ -95,6 +95,14 @@ class TrainConfig:
     train_molecules: use only the first n train molecules (0: all).
     data_augmentation: rotate every training molecule randomly each step (EDM's
       flag; `edm_zoo/augmentation.py`).
+    stage: 'diffusion' (the generative model) or 'autoencoder': a latent model's
+      stage 1, its autoencoder alone on the stage-1 VAE loss (GeoLDM without
+      --train_diffusion).
+    trainable_ae: a latent model's decoder is trained alongside the diffusion by
+      the reconstruction term (GeoLDM's --trainable_ae); the encoder never is.
+      The launchers turn it off when --ae_ckpt is given without it.
+    ae_ckpt: a stage-1 run whose (EMA) autoencoder a latent diffusion starts
+      from (GeoLDM's --ae_path); '' starts from the initialisation.
   """
   batch_size: int = 64
   lr: float = 1e-4
@@ -114,6 +122,12 @@ class TrainConfig:
   max_nonfinite: int = 10
   train_molecules: int = 0
   data_augmentation: bool = False
+  stage: str = 'diffusion'
+  trainable_ae: bool = True
+  ae_ckpt: str = ''
+
+
+STAGES = ('diffusion', 'autoencoder')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +260,11 @@ def validate(config: Config) -> Config:
   if config.context_norm_split not in ('train', 'valid'):
     raise ValueError(f'unknown context_norm_split {config.context_norm_split!r}; '
                      "allowed: ['train', 'valid'].")
+  if t.stage not in STAGES:
+    raise ValueError(f'unknown stage {t.stage!r}; allowed: {list(STAGES)}.')
+  if t.stage == 'autoencoder' and t.ae_ckpt:
+    raise ValueError('--ae_ckpt starts a latent diffusion from a trained autoencoder; '
+                     'it does not apply to --stage=autoencoder.')
   if config.num_atom_types <= 0:
     raise ValueError(f'num_atom_types must be positive, got {config.num_atom_types}.')
   return dataclasses.replace(config, conditioning=tuple(config.conditioning))

@@ -95,6 +95,10 @@ def sample_and_export(model: Diffusion, params, config: config_lib.Config,
                       condition: generate.Condition | None = None) -> dict[str, Any]:
   """Samples (resumably, via `out_dir/partial/`), writes SDF/XYZ/pictures with the
   model's `atom_types` (`elements_of`)."""
+  if config.train.stage == 'autoencoder':
+    raise ValueError('this checkpoint is a stage-1 autoencoder (--stage=autoencoder): '
+                     'it has no trained diffusion to sample from; train one on it with '
+                     '--ae_ckpt=DIR.')
   elements = tuple(atom_types)
   z = elements_lib.atomic_numbers(elements)
   start = time.time()
@@ -139,6 +143,7 @@ def _chain_pictures(model, params, config, out_dir, seed, elements, condition=No
 
 
 def write_report(report: dict[str, Any], path: str) -> None:
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   with files.atomic_path(path) as tmp, open(tmp, 'w') as f:
     json.dump(report, f, indent=1, default=float)
 
@@ -190,7 +195,11 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, sampling: SamplingConfig,
         seed=sampling.seed, passes=e.nll_passes, limit=e.nll_molecules,
         n_nodes_histogram=model.n_nodes_histogram, progress=progress)
     report['nll']['split'] = e.nll_split
+    report['nll']['figure'] = getattr(model, 'objective_name', 'nll')
     report['timings']['nll_seconds'] = time.time() - start
+  if config.train.stage == 'autoencoder':  # Nothing to sample: the loss is the report.
+    write_report(report, os.path.join(out_dir, 'report.json'))
+    return report
   out = sample_and_export(model, params, config, out_dir, sampling, atom_types=types,
                           progress=progress, condition=condition)
   report['timings'].update(out['timings'])

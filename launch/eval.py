@@ -85,7 +85,10 @@ def main(argv):
                     if k in report}, indent=1))
   if 'mae' in report:
     print(protocol.format_table(report['mae']))
-  print(f'wrote {out_dir}/report.json, samples.sdf, samples.xyz, grid.png')
+  if 'metrics' in report:
+    print(f'wrote {out_dir}/report.json, samples.sdf, samples.xyz, grid.png')
+  else:  # A stage-1 autoencoder: no samples.
+    print(f'wrote {out_dir}/report.json (a stage-1 autoencoder: its loss, no samples)')
 
 
 if __name__ == '__main__':

@@ -186,6 +186,9 @@ def config_from_flags() -> config_lib.Config:
       # A dataset with its own published run (GEOM-Drugs) starts from it.
       flags.FLAGS.preset = registry.get(values['dataset'], flags.FLAGS.data_dir).preset or \
           flags.FLAGS.preset
+    if values.get('ae_ckpt') and not flags.FLAGS['trainable_ae'].present:
+      # GeoLDM's stage 2: the autoencoder from --ae_ckpt stays frozen.
+      values['trainable_ae'] = False
     config = config_lib.build(flags.FLAGS.preset, **values)
     models.get(config.model.name)
     return registry.configure(config, flags.FLAGS.data_dir)

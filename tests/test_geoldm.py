@@ -4,6 +4,11 @@ steps), E(3) equivariance of the encoder, the decoder and the whole objective,
 padding and permutation invariance, import, and `--model=geoldm` trained, evaluated
 and sampled through the zoo's own loop."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,15 +16,16 @@ import pytest
 
 from conftest import padded_graph, shared_path
 from edm_zoo import config as config_lib
-from edm_zoo import evaluation, masking, reporting
+from edm_zoo import diffusion, evaluation, masking, reporting
 from edm_zoo.compat import geoldm, importer
 from edm_zoo.config import Config, ModelConfig
 from edm_zoo.diffusion import gaussians
 from edm_zoo.diffusion.latent import LatentDiffusion
 from edm_zoo.data import registry
 from edm_zoo.io import readers
-from edm_zoo.training import loop, optimizer, state as train_state
+from edm_zoo.training import checkpoint, loop, optimizer, state as train_state
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 L = 2  # Not the files' L = 1: the shapes must follow the config.
 
 
@@ -203,3 +209,153 @@ def test_geoldm_trains_evaluates_and_samples_through_the_zoo(tmp_path):
   for m, got in zip(out['molecules'], written.molecules):
     assert len(got['charges']) == len(m['types'])
     np.testing.assert_array_equal(got['charges'], np.array([1, 6, 7, 8, 9])[m['types']])
+
+
+def _variant(model, **train):
+  config = model.config
+  config = config.__class__(model=config.model, diffusion=config.diffusion,
+                            train=config.train.__class__(**train))
+  return LatentDiffusion(config, model.n_nodes_histogram, model.n_types)
+
+
+def _grads(model, params, graph, t_int, eps):
+  return jax.grad(lambda p: jnp.sum(model.train_terms(p, graph, t_int, eps)['nll_per_molecule']
+                                    * masking.graph_mask(graph)))(params)
+
+
+def _zero(tree):
+  return all(not np.any(np.asarray(a)) for a in jax.tree.leaves(tree))
+
+
+def test_stage_one_and_a_frozen_decoder_train_what_geoldm_trains(setup):
+  model, params, graph, _ = setup
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)
+  t_int = jax.random.randint(keys[0], graph.n_node.shape, 0, model.T + 1)
+  eps, enc_noise = (gaussians.sample_noise(k, graph, L) for k in keys[1:])
+  mask = np.asarray(masking.graph_mask(graph), bool)
+  ae = LatentDiffusion.autoencoder
+
+  # Stage 1: the VAE loss alone, nothing reaches the dynamics.
+  stage1 = _variant(model, stage='autoencoder')
+  terms = stage1.train_terms(params, graph, t_int, cat(eps, enc_noise))
+  want = model.vae_terms(params, graph, enc_noise)
+  np.testing.assert_array_equal(terms['nll_per_molecule'], want['nll_per_molecule'])
+  eval_terms = stage1.eval_terms(params, graph, t_int, cat(eps, enc_noise), eps)
+  unnormalised = model.vae_terms(params, graph, enc_noise, normalise=False)
+  np.testing.assert_array_equal(eval_terms['nll_per_molecule'], unnormalised['nll_per_molecule'])
+  assert np.all(eval_terms['recon'][mask] > terms['recon'][mask])
+  grads = _grads(stage1, params, graph, t_int, cat(eps, enc_noise))
+  assert _zero({k: v for k, v in grads.items() if k not in ae(grads)})
+  assert not _zero({k: v for k, v in grads.items() if k.startswith('vae/encoder')})
+  assert stage1.objective_name == 'vae_loss'
+
+  # Stage 2 with a frozen autoencoder: no reconstruction term, no VAE gradient.
+  frozen = _variant(model, trainable_ae=False, ae_ckpt='stage1')
+  joint = model.train_terms(params, graph, t_int, cat(eps, enc_noise))
+  terms = frozen.train_terms(params, graph, t_int, cat(eps, enc_noise))
+  assert 'dec' not in terms and not np.any(terms['recon'])
+  np.testing.assert_allclose(terms['nll_per_molecule'][mask],
+                             (joint['nll_per_molecule'] - joint['recon'])[mask],
+                             rtol=1e-5, atol=1e-4)
+  grads = _grads(frozen, params, graph, t_int, cat(eps, enc_noise))
+  assert _zero(ae(grads)) and not _zero({k: v for k, v in grads.items() if k not in ae(grads)})
+  ev_joint = model.eval_terms(params, graph, jnp.maximum(t_int, 1), cat(eps, enc_noise), eps)
+  ev = frozen.eval_terms(params, graph, jnp.maximum(t_int, 1), cat(eps, enc_noise), eps)
+  np.testing.assert_allclose(ev['neg_log_pxh'][mask],
+                             (ev_joint['neg_log_pxh'] - ev_joint['rec']['sum'])[mask],
+                             rtol=1e-5, atol=1e-3)
+
+  # The autoencoder of one parameter dict goes into another, names and shapes checked.
+  other = model.init(jax.random.PRNGKey(9), graph)
+  merged = LatentDiffusion.with_autoencoder(other, ae(params))
+  assert jax.tree.all(jax.tree.map(np.array_equal, ae(merged), ae(params)))
+  assert all(np.array_equal(merged[k]['w'], other[k]['w']) for k in other
+             if k not in ae(other) and 'w' in other[k])
+  wider = LatentDiffusion(
+      Config(model=ModelConfig(nf=24, n_layers=2, latent_nf=L)), model.n_nodes_histogram, 5)
+  with pytest.raises(ValueError, match='has shape'):
+    LatentDiffusion.with_autoencoder(other, ae(wider.init(jax.random.PRNGKey(0), graph)))
+
+
+@pytest.mark.parametrize('model_name, train, message', [
+    ('egnn', {'stage': 'autoencoder'}, '--stage=autoencoder applies to latent models'),
+    ('egnn', {'ae_ckpt': 'x'}, '--ae_ckpt applies to latent models'),
+    ('gnn', {'trainable_ae': False}, '--notrainable_ae applies to latent models'),
+])
+def test_latent_recipe_flags_are_refused_for_other_models(model_name, train, message):
+  config = config_lib.build('tiny', model=model_name, **train)
+  with pytest.raises(ValueError, match=message):
+    diffusion.make(config, {9: 1})
+
+
+def test_bad_stage_settings_are_refused():
+  with pytest.raises(ValueError, match="unknown stage 'vae'"):
+    config_lib.build('tiny', model='geoldm', stage='vae')
+  with pytest.raises(ValueError, match='does not apply to --stage=autoencoder'):
+    config_lib.build('tiny', model='geoldm', stage='autoencoder', ae_ckpt='x')
+  with pytest.raises(ValueError, match='--notrainable_ae freezes the decoder'):
+    loop.check_recipe(config_lib.build('tiny', model='geoldm', trainable_ae=False))
+
+
+@pytest.mark.slow
+def test_the_two_stage_recipe(tmp_path):
+  """Stage 1 trains the autoencoder (its loss falls); stage 2 starts from its EMA
+  autoencoder and keeps it exactly; eval reports stage 1's loss and sampling it is
+  refused in one line; an autoencoder of another model is refused."""
+  common = dict(model='geoldm', nf=16, batch_size=16, eval_molecules=64, log_every_steps=10,
+                checkpoint_every_steps=1000)
+  stage1_dir, stage2_dir = str(tmp_path / 'ae'), str(tmp_path / 'ld')
+  stage1 = registry.configure(config_lib.build(
+      'tiny', stage='autoencoder', total_steps=40, eval_every_steps=20, **common))
+  result = loop.train(stage1, stage1_dir, progress=False)
+  assert 'val_vae_loss' in result and 'test_vae_loss' in result
+  curve = [json.loads(line) for line in open(f'{stage1_dir}/metrics.jsonl')]
+  val = [r['val_vae_loss'] for r in curve if 'val_vae_loss' in r]
+  print('stage-1 validation VAE loss', val)
+  assert len(val) == 2 and val[-1] < val[0]
+
+  _, ae_model, ae_ema, _ = reporting.load_model(stage1_dir)
+  stage2 = registry.configure(config_lib.build(
+      'tiny', ae_ckpt=stage1_dir, trainable_ae=False, total_steps=10, eval_every_steps=10,
+      **common))
+  result = loop.train(stage2, stage2_dir, progress=False)
+  assert 'val_nll' in result
+  state, _ = checkpoint.load_state(stage2_dir)
+  ae = LatentDiffusion.autoencoder
+  assert jax.tree.all(jax.tree.map(np.array_equal, ae(state['params']), ae(ae_ema)))
+  dyn = [k for k in state['params'] if k not in ae(state['params'])]
+  _, _, stage2_ema, _ = reporting.load_model(stage2_dir)
+  assert not all(np.array_equal(state['params'][k]['w'], stage2_ema[k]['w'])
+                 for k in dyn if 'w' in state['params'][k])
+
+  sampling = config_lib.SamplingConfig(n_samples=2, batch_size=2, sampler='ddim', steps=5)
+  report = reporting.evaluate_checkpoint(
+      stage1_dir, str(tmp_path / 'ae_eval'), sampling,
+      config_lib.EvalConfig(nll_passes=1, nll_split='valid', nll_molecules=32),
+      progress=False)
+  assert report['nll']['figure'] == 'vae_loss' and 'metrics' not in report
+  with pytest.raises(ValueError, match='stage-1 autoencoder'):
+    reporting.sample_and_export(ae_model, ae_ema, stage1, str(tmp_path / 's'), sampling,
+                                atom_types=('H', 'C', 'N', 'O', 'F'), progress=False)
+  other = registry.configure(config_lib.build(
+      'tiny', ae_ckpt=stage1_dir, **{**common, 'nf': 32}))
+  with pytest.raises(ValueError, match=r"another model \(this run: \{'nf': 32\}\)"):
+    loop.load_autoencoder(other)
+  with pytest.raises(ValueError, match='is a diffusion run'):
+    loop.load_autoencoder(registry.configure(config_lib.build(
+        'tiny', ae_ckpt=stage2_dir, **common)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('args, message', [
+    (('--model=geoldm', '--notrainable_ae'), '--notrainable_ae freezes the decoder'),
+    (('--model=egnn', '--stage=autoencoder'), '--stage=autoencoder applies to latent models'),
+])
+def test_recipe_mistakes_are_one_line_from_the_launcher(tmp_path, args, message):
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'launch', 'train.py'), '--preset=tiny', *args,
+       f'--workdir={tmp_path}', '--progress=false'], capture_output=True, text=True, cwd=REPO)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error:') and message in last, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr

@@ -45,11 +45,17 @@ def is_geoldm(args: Mapping) -> bool:
 
 
 def config_from_args(args: Mapping) -> object:
-  """Our Config for GeoLDM's argument namespace (EDM's arguments plus latent_nf)."""
+  """Our Config for GeoLDM's argument namespace: EDM's arguments plus latent_nf
+  and its recipe (no --train_diffusion: stage 1; --trainable_ae; --ae_path)."""
   config = edm_args.config_from_args(args)
   model = dataclasses.replace(config.model, name='geoldm',
                               latent_nf=int(args.get('latent_nf', 1)))
-  return dataclasses.replace(config, model=model)
+  train = dataclasses.replace(
+      config.train,
+      stage='diffusion' if args.get('train_diffusion', True) else 'autoencoder',
+      trainable_ae=bool(args.get('trainable_ae', True)),
+      ae_ckpt=str(args.get('ae_path') or '') if args.get('train_diffusion', True) else '')
+  return dataclasses.replace(config, model=model, train=train)
 
 
 def params_from_vectors(vectors: Mapping[str, np.ndarray]) -> dict:

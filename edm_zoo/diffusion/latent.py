@@ -71,11 +71,19 @@ class LatentDiffusion:
 
   # eps holds two noise blocks: the diffusion's and the encoder's latent noise.
   noise_blocks = 2
+  # Module names of the autoencoder (`_networks` builds them in the 'vae' scope).
+  AE_PREFIX = 'vae/'
 
   def __init__(self, config: Config, n_nodes_histogram: dict[int, int], n_types: int):
     if config.conditioning:
       raise ValueError('geoldm is unconditional here: drop --conditioning.')
     self.config = config
+    # Stage 1 trains the autoencoder alone; the diffusion stage trains the
+    # dynamics, and the decoder too when it is trainable (GeoLDM's --trainable_ae).
+    self.stage = config.train.stage
+    self.trainable_ae = config.train.trainable_ae
+    # What `nll_per_molecule` holds: stage 1's loss is no likelihood.
+    self.objective_name = 'vae_loss' if self.stage == 'autoencoder' else 'nll'
     self.latent_nf = config.model.latent_nf
     self.n_features = self.latent_nf
     self.n_nodes_histogram = dict(n_nodes_histogram)
@@ -105,6 +113,28 @@ class LatentDiffusion:
     """Raises ValueError (one line) unless `params` has exactly this model's
     names and shapes."""
     check_param_shapes(self.init, params, self.config)
+
+  @classmethod
+  def autoencoder(cls, params: Params) -> Params:
+    """The encoder's and decoder's parameters of a full parameter dict."""
+    return {k: v for k, v in params.items() if k.startswith(cls.AE_PREFIX)}
+
+  @classmethod
+  def with_autoencoder(cls, params: Params, ae_params: Params) -> Params:
+    """`params` with its autoencoder replaced by `ae_params` (same names and
+    shapes, else a one-line ValueError)."""
+    ours = cls.autoencoder(params)
+    if set(ours) != set(ae_params):
+      raise ValueError(f'the autoencoder has modules {sorted(ae_params)[:3]}..., '
+                       f'this model {sorted(ours)[:3]}...')
+    for module, leaves in ours.items():
+      for name, value in leaves.items():
+        theirs = ae_params[module].get(name)
+        if theirs is None or theirs.shape != value.shape:
+          raise ValueError(f'the autoencoder\'s {module}/{name} has shape '
+                           f'{None if theirs is None else theirs.shape}, this model '
+                           f'needs {value.shape}.')
+    return {**params, **{k: jax.tree.map(jnp.asarray, v) for k, v in ae_params.items()}}
 
   # --- The networks.
 
@@ -199,8 +229,14 @@ class LatentDiffusion:
       eps: [n_node, 2 (3 + L)]: the diffusion noise, then the latent's noise.
       padded_n: GeoLDM's dense batch width for the normalisers; defaults to this
         batch's largest molecule (pass the global one when a batch is sharded).
+
+    In stage 1 (`stage='autoencoder'`) the objective is `vae_terms`' (t_int and
+    the diffusion noise unused); with a frozen decoder (`trainable_ae` off) the
+    reconstruction term is left out, as GeoLDM does.
     """
     eps, enc_noise = self._split(eps)
+    if self.stage == 'autoencoder':
+      return self.vae_terms(params, graph, enc_noise, padded_n=padded_n)
     x, h = self.data(graph)
     gamma_0 = self._gamma_int(jnp.zeros_like(t_int))
     lat = self.latent(params, graph, x, h, enc_noise, schedules.alpha_sigma(gamma_0)[1])
@@ -209,19 +245,33 @@ class LatentDiffusion:
     error = d['error'] / ((3 + self.latent_nf) * width)
     kl = self.kl_prior(graph, lat['z'])
     loss_ld = kl + 0.5 * error
-    dec = self.decode(params, graph, lat['z'])
-    rec = self.reconstruction(graph, x, h, dec)
-    recon = rec['sum'] / ((3 + h.shape[-1]) * width)
+    rec = self._reconstruction_terms(params, graph, x, h, lat['z'])
+    recon = rec['recon'] / ((3 + h.shape[-1]) * width)
     neg_log_pxh = loss_ld + recon
     log_pN = self.log_pn[graph.n_node]
-    return dict(latent=lat, dec=dec, rec=rec, recon=recon, **d, error_t=error,
+    return dict(latent=lat, **{**rec, 'recon': recon}, **d, error_t=error,
                 kl_prior=kl, loss_ld=loss_ld, neg_log_pxh=neg_log_pxh, log_pN=log_pN,
                 nll_per_molecule=neg_log_pxh - log_pN)
 
+  def _reconstruction_terms(self, params, graph, x, h, z) -> dict[str, jax.Array]:
+    """{'dec', 'rec', 'recon'} of a trainable decoder; a frozen one is not run and
+    its reconstruction term is 0 (GeoLDM's `loss_recon = 0`)."""
+    if not self.trainable_ae:
+      return {'recon': jnp.zeros(graph.n_node.shape, jnp.float32)}
+    dec = self.decode(params, graph, z)
+    rec = self.reconstruction(graph, x, h, dec)
+    return {'dec': dec, 'rec': rec, 'recon': rec['sum']}
+
   def eval_terms(self, params, graph, t_int, eps, eps0) -> dict[str, jax.Array]:
     """GeoLDM's eval-mode NLL (validation and test), §5.3; t_int in {1..T}; eps
-    holds the diffusion and the latent's noise (`train_terms`), eps0 the t = 0 draw."""
+    holds the diffusion and the latent's noise (`train_terms`), eps0 the t = 0 draw.
+
+    Stage 1 reports its own loss in eval mode (`vae_terms`, reconstruction not
+    normalised); a frozen decoder's reconstruction term is 0, as in training.
+    """
     eps, enc_noise = self._split(eps)
+    if self.stage == 'autoencoder':
+      return self.vae_terms(params, graph, enc_noise, normalise=False)
     x, h = self.data(graph)
     zeros = jnp.zeros_like(t_int)
     gamma_0 = self._gamma_int(zeros)
@@ -238,19 +288,26 @@ class LatentDiffusion:
     log_const_h = n * 3 * log_const
     kl = self.kl_prior(graph, z)
     loss_ld = kl + self.T * 0.5 * w * d['error'] - log_const_x + 0.5 * d0['error']
-    dec = self.decode(params, graph, z)
-    rec = self.reconstruction(graph, x, h, dec)
-    neg_log_pxh = loss_ld + rec['sum'] - log_const_h
+    rec = self._reconstruction_terms(params, graph, x, h, z)
+    neg_log_pxh = loss_ld + rec['recon'] - log_const_h
     log_pN = self.log_pn[graph.n_node]
-    return dict(latent=lat, dec=dec, rec=rec, recon=rec['sum'], **d, error_t=d['error'],
+    return dict(latent=lat, **rec, **d, error_t=d['error'],
                 error_0=d0['error'], eps_hat0=d0['eps_hat'], z_0=d0['z_t'], SNR_weight=w,
                 log_const_x=log_const_x, log_const_h=log_const_h, kl_prior=kl,
                 loss_ld=loss_ld, neg_log_pxh=neg_log_pxh, log_pN=log_pN,
                 nll_per_molecule=neg_log_pxh - log_pN)
 
-  def vae_terms(self, params, graph, noise) -> dict[str, jax.Array]:
+  def vae_terms(self, params, graph, noise, padded_n=None, normalise: bool = True
+                ) -> dict[str, jax.Array]:
     """The stage-1 autoencoder loss (§5.4): reconstruction + 0.01 KL with q's
-    sigma taken as 1, the latent drawn with sigma 0.0032."""
+    sigma taken as 1, the latent drawn with sigma 0.0032.
+
+    Args:
+      noise: [n_node, 3 + L] the latent's noise.
+      padded_n: the dense batch width of the normaliser (`train_terms`).
+      normalise: divide the reconstruction by (3 + F) * width (train mode); eval
+        mode does not.
+    """
     x, h = self.data(graph)
     enc = self.encode(params, graph, x, h)
     mean = jnp.concatenate([enc['x_mean'], enc['h_mean']], -1)
@@ -260,7 +317,10 @@ class LatentDiffusion:
     kl_x = masking.segment_sum(0.5 * jnp.sum(enc['x_mean']**2, -1) * mask, graph)
     dec = self.decode(params, graph, z)
     rec = self.reconstruction(graph, x, h, dec)
-    recon = rec['sum'] / ((3 + h.shape[-1]) * dense_width(graph).astype(jnp.float32))
+    recon = rec['sum']
+    if normalise:
+      width = dense_width(graph) if padded_n is None else padded_n
+      recon = recon / ((3 + h.shape[-1]) * jnp.asarray(width, jnp.float32))
     loss = recon + VAE_KL_WEIGHT * (kl_h + kl_x)
     log_pN = self.log_pn[graph.n_node]
     return dict(latent={**enc, 'mean': mean, 'z': z}, dec=dec, rec=rec, recon=recon,

@@ -36,6 +36,10 @@ def names() -> list[str]:
   return sorted(_REGISTRY)
 
 
+def latent_names() -> list[str]:
+  return sorted(n for n, e in _REGISTRY.items() if e.latent)
+
+
 def get(name: str) -> Entry:
   """The registry entry of `name`."""
   if name not in _REGISTRY:

@@ -20,7 +20,7 @@ from edm_zoo import evaluation
 from edm_zoo.data import batching, registry, sources
 from edm_zoo import diffusion
 from edm_zoo.diffusion.objective import Diffusion
-from edm_zoo.training import distributed, optimizer, skeleton
+from edm_zoo.training import checkpoint, distributed, optimizer, skeleton
 from edm_zoo.training import state as train_state
 from edm_zoo.training.skeleton import TrainingError
 
@@ -70,6 +70,38 @@ def setup(config: config_lib.Config, data_dir: str | None = None) -> Setup:
                statistics=stats, normalizer=normalizer)
 
 
+def check_recipe(config: config_lib.Config) -> None:
+  """One-line ValueErrors for a latent-model recipe that cannot train."""
+  t = config.train
+  if t.stage == 'diffusion' and not t.trainable_ae and not t.ae_ckpt:
+    raise ValueError('--notrainable_ae freezes the decoder: give --ae_ckpt=DIR (a '
+                     '--stage=autoencoder run), or train it with --trainable_ae.')
+
+
+def load_autoencoder(config: config_lib.Config) -> Any:
+  """The EMA autoencoder parameters of `config.train.ae_ckpt`, a stage-1 run of the
+  same model, data and feature settings (else a one-line ValueError)."""
+  ae_dir = config.train.ae_ckpt
+  try:
+    ae_config, params, _ = checkpoint.load_for_inference(ae_dir)
+  except ValueError as e:
+    raise ValueError(f'--ae_ckpt: {e}') from None
+  if ae_config.train.stage != 'autoencoder':
+    raise ValueError(f'--ae_ckpt {ae_dir} is a {ae_config.train.stage} run; it takes a '
+                     '--stage=autoencoder run.')
+  for what, ours, theirs in (('model', config.model, ae_config.model),
+                             ('dataset', config.dataset, ae_config.dataset),
+                             ('include_charges', config.diffusion.include_charges,
+                              ae_config.diffusion.include_charges)):
+    if ours != theirs:
+      differ = ours if what != 'model' else {
+          k: v for k, v in dataclasses.asdict(ours).items()
+          if getattr(theirs, k) != v}
+      raise ValueError(f'--ae_ckpt {ae_dir} was trained with another {what} '
+                       f'(this run: {differ}); use the same flags as its stage 1.')
+  return diffusion.LatentDiffusion.autoencoder(params)
+
+
 def _meta(s: Setup) -> dict[str, Any]:
   stats = s.statistics
   meta = {'config': config_lib.to_dict(s.config), 'statistics': {
@@ -92,6 +124,7 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   2 devices, 2 processes x 1 device and 1 device take the same steps.
   Evaluations are split over processes by batch.
   """
+  check_recipe(config)
   s = setup(config, data_dir)
   t, model, mesh = s.config.train, s.model, s.mesh
   hist = s.statistics.n_nodes_histogram
@@ -106,6 +139,9 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   key = jax.random.PRNGKey(t.seed)
   state = train_state.init_state(model, s.tx, jax.random.fold_in(key, 0),
                                  jax.tree.map(lambda a: a[0], first))
+  if t.ae_ckpt:  # Stage 2 starts from stage 1's autoencoder (a resume replaces it).
+    state = train_state.new_state(
+        model.with_autoencoder(state.params, load_autoencoder(s.config)), s.tx)
   draw_fn, step_fn = train_state.make_step_fns(
       model, s.tx, ema_decay=t.ema_decay, clip_grad=t.clip_grad, mesh=mesh)
   noise_key = jax.random.fold_in(key, 1)
@@ -139,18 +175,23 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
                    'clipped': float(metrics.get('clipped', False)),
                    'nonfinite_in_a_row': float(n_bad)}
 
+  # Stage 1 of a latent model evaluates its own loss, not an NLL.
+  figure = getattr(model, 'objective_name', 'nll')
+  label, unit = (('NLL', 'nats/molecule') if figure == 'nll'
+                 else ('stage-1 VAE loss', 'per molecule'))
+
   def validate(state):
     val = evaluate(distributed.local_copy(state.ema_params), s.splits['valid'],
-                   desc='val NLL')['nll']
-    return {'val_nll': val}, f'validation NLL {val:.3f} nats/molecule (EMA)'
+                   desc=f'val {label}')['nll']
+    return {f'val_{figure}': val}, f'validation {label} {val:.3f} {unit} (EMA)'
 
   trainer = skeleton.Trainer(
       batches=lambda epoch, start: batches(epoch=epoch, start=start),
-      step=step, evaluate=validate, best_metric='val_nll', meta=_meta(s),
+      step=step, evaluate=validate, best_metric=f'val_{figure}', meta=_meta(s),
       canonical_config=lambda d: config_lib.to_dict(config_lib.from_dict(d)),
-      finish=lambda state: {'test_nll': evaluate(
+      finish=lambda state: {f'test_{figure}': evaluate(
           distributed.local_copy(state.ema_params), s.splits['test'],
-          desc='test NLL')['nll']})
+          desc=f'test {label}')['nll']})
   schedule = skeleton.Schedule(
       total_steps=t.total_steps or t.epochs * steps_per_epoch,
       epoch_size=len(s.splits['train']),
