@@ -28,7 +28,7 @@ train: data
 	$(PY) launch/train.py --model=egnn --dataset=qm9 $(TRAIN_FLAGS)
 
 test: data
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 # The suite without the end-to-end runs marked `slow` (launchers, training runs).
 test-fast: data

@@ -1,0 +1,43 @@
+#!/bin/bash
+# The speed issue's side-by-side run: edm_zoo and the original EDM (its own code, via
+# ../shared/reference/harness) timed in one run on this machine, published QM9 config.
+#
+#   EDM_REPO=$HOME/edm_reference EDM_VENV=$HOME/edm_venv launch/side_by_side.sh OUT_DIR [ROUNDS]
+#
+# Each round times ours (train, NLL, sampling) then the original's (train, NLL,
+# sampling); then both at batch 16 and 32 (how the step grows with the batch). One
+# JSON file per measurement in OUT_DIR; `python launch/side_by_side_report.py OUT_DIR`
+# prints the medians and ratios. Run nothing else meanwhile.
+set -euo pipefail
+OUT=${1:?give an output folder}
+ROUNDS=${2:-2}
+: "${EDM_REPO:?set EDM_REPO to a checkout of the original EDM}"
+: "${EDM_VENV:?set EDM_VENV to the harness venv}"
+export EDM_REPO
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+H=${EDM_HARNESS:-$HERE/../shared/reference/harness}
+PY=$HERE/.venv/bin/python
+V=$EDM_VENV/bin/python
+mkdir -p "$OUT"
+cat /proc/cpuinfo | grep -m1 'model name' > "$OUT/processor.txt"
+for ext in fma avx2 avx512f; do  # The vector extensions this processor has.
+  grep -m1 '^flags' /proc/cpuinfo | grep -qw "$ext" && echo -n "$ext " >> "$OUT/processor.txt"
+done
+echo >> "$OUT/processor.txt"
+lscpu | grep -E 'CPU family|Model:|Thread|Core' >> "$OUT/processor.txt"
+
+for r in $(seq 1 "$ROUNDS"); do
+  "$PY" "$HERE/launch/bench.py" --what=train,nll,sample --repeats=10 --sample_molecules=10 \
+    --sample_steps=50 --json="$OUT/ours_r$r.json" > "$OUT/ours_r$r.log" 2>&1
+  "$V" "$H/bench_train.py" --iters 6 --warmup 1 > "$OUT/orig_train_r$r.json" 2> "$OUT/orig_train_r$r.log"
+  "$V" "$H/bench_nll.py" --batches 4 --warmup 1 > "$OUT/orig_nll_r$r.json" 2> "$OUT/orig_nll_r$r.log"
+  "$V" "$H/bench_sample.py" --n_samples 10 --sample_batch_size 10 --steps 30 \
+    > "$OUT/orig_sample_r$r.json" 2> "$OUT/orig_sample_r$r.log"
+done
+for bs in 16 32; do
+  "$PY" "$HERE/launch/bench.py" --what=train --repeats=10 --batch_size=$bs \
+    --json="$OUT/ours_b$bs.json" > "$OUT/ours_b$bs.log" 2>&1
+  "$V" "$H/bench_train.py" --iters 6 --warmup 1 --batch_size $bs \
+    > "$OUT/orig_train_b$bs.json" 2> "$OUT/orig_train_b$bs.log"
+done
+echo "done: $OUT"
