@@ -344,6 +344,9 @@ def test_the_two_stage_recipe(tmp_path):
   with pytest.raises(ValueError, match='is a diffusion run'):
     loop.load_autoencoder(registry.configure(config_lib.build(
         'tiny', ae_ckpt=stage2_dir, **common)))
+  # A finished or interrupted stage 2 resumes from its own state, without stage 1.
+  os.rename(stage1_dir, stage1_dir + '_moved')
+  assert loop.train(stage2, stage2_dir, progress=False)['step'] == 10
 
 
 @pytest.mark.slow

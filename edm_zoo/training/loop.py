@@ -102,6 +102,14 @@ def load_autoencoder(config: config_lib.Config) -> Any:
   return diffusion.LatentDiffusion.autoencoder(params)
 
 
+def _has_checkpoint(workdir: str) -> bool:
+  try:
+    checkpoint.find(workdir)
+  except ValueError:
+    return False
+  return True
+
+
 def _meta(s: Setup) -> dict[str, Any]:
   stats = s.statistics
   meta = {'config': config_lib.to_dict(s.config), 'statistics': {
@@ -139,7 +147,8 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   key = jax.random.PRNGKey(t.seed)
   state = train_state.init_state(model, s.tx, jax.random.fold_in(key, 0),
                                  jax.tree.map(lambda a: a[0], first))
-  if t.ae_ckpt:  # Stage 2 starts from stage 1's autoencoder (a resume replaces it).
+  if t.ae_ckpt and not _has_checkpoint(workdir):
+    # Stage 2 starts from stage 1's autoencoder; a resume has it in its own state.
     state = train_state.new_state(
         model.with_autoencoder(state.params, load_autoencoder(s.config)), s.tx)
   draw_fn, step_fn = train_state.make_step_fns(
