@@ -5,7 +5,8 @@
 #   EDM_REPO=$HOME/edm_reference EDM_VENV=$HOME/edm_venv launch/side_by_side.sh OUT_DIR [ROUNDS]
 #
 # Each round times ours (train, NLL, sampling) then the original's (train, NLL,
-# sampling); then both at batch 16 and 32 (how the step grows with the batch). One
+# sampling); then both at batch 16 and 32 (how the step grows with the batch) and
+# sampling 100 molecules per batch. One
 # JSON file per measurement in OUT_DIR; `python launch/side_by_side_report.py OUT_DIR`
 # prints the medians and ratios. Run nothing else meanwhile.
 set -euo pipefail
@@ -40,4 +41,9 @@ for bs in 16 32; do
   "$V" "$H/bench_train.py" --iters 6 --warmup 1 --batch_size $bs \
     > "$OUT/orig_train_b$bs.json" 2> "$OUT/orig_train_b$bs.log"
 done
+# Sampling 100 molecules per batch (the original pads them all to 29 atoms).
+"$PY" "$HERE/launch/bench.py" --what=sample --sample_molecules=100 --sample_steps=10 \
+  --repeats=2 --json="$OUT/ours_s100.json" > "$OUT/ours_s100.log" 2>&1
+"$V" "$H/bench_sample.py" --n_samples 100 --sample_batch_size 100 --steps 10 \
+  > "$OUT/orig_sample_s100.json" 2> "$OUT/orig_sample_s100.log"
 echo "done: $OUT"

@@ -59,6 +59,12 @@ def main(argv):
   orig_s, orig_s_all = _median(f'{d}/orig_sample_r*.json', 'seconds_per_molecule_full_chain')
   rows.append(('sampling, 10 molecules, 1000 steps (molecules/h)', 3600 / orig_s,
                [3600 / s for s in orig_s_all], ours, ours_all, ours * orig_s / 3600))
+  if os.path.exists(f'{d}/ours_s100.json'):
+    ours, ours_all = _median(f'{d}/ours_s100.json', 'sample_molecules_per_hour')
+    orig_s, orig_s_all = _median(f'{d}/orig_sample_s100.json',
+                                 'seconds_per_molecule_full_chain')
+    rows.append(('sampling, 100 per batch, 1000 steps (molecules/h)', 3600 / orig_s,
+                 [3600 / s for s in orig_s_all], ours, ours_all, ours * orig_s / 3600))
   for bs in (16, 32):
     if os.path.exists(f'{d}/ours_b{bs}.json'):
       ours, ours_all = _median(f'{d}/ours_b{bs}.json', 'train_step_median_s')
