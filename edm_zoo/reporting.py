@@ -195,7 +195,7 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, sampling: SamplingConfig,
         seed=sampling.seed, passes=e.nll_passes, limit=e.nll_molecules,
         n_nodes_histogram=model.n_nodes_histogram, progress=progress)
     report['nll']['split'] = e.nll_split
-    report['nll']['figure'] = getattr(model, 'objective_name', 'nll')
+    report['nll']['figure'] = model.objective_name
     report['timings']['nll_seconds'] = time.time() - start
   if config.train.stage == 'autoencoder':  # Nothing to sample: the loss is the report.
     write_report(report, os.path.join(out_dir, 'report.json'))

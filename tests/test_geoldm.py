@@ -267,14 +267,14 @@ def test_stage_one_and_a_frozen_decoder_train_what_geoldm_trains(setup):
 
   # The autoencoder of one parameter dict goes into another, names and shapes checked.
   other = model.init(jax.random.PRNGKey(9), graph)
-  merged = LatentDiffusion.with_autoencoder(other, ae(params))
+  merged = model.with_autoencoder(other, ae(params))
   assert jax.tree.all(jax.tree.map(np.array_equal, ae(merged), ae(params)))
   assert all(np.array_equal(merged[k]['w'], other[k]['w']) for k in other
              if k not in ae(other) and 'w' in other[k])
   wider = LatentDiffusion(
       Config(model=ModelConfig(nf=24, n_layers=2, latent_nf=L)), model.n_nodes_histogram, 5)
-  with pytest.raises(ValueError, match='has shape'):
-    LatentDiffusion.with_autoencoder(other, ae(wider.init(jax.random.PRNGKey(0), graph)))
+  with pytest.raises(ValueError, match='does not fit this model.*wrong shapes'):
+    model.with_autoencoder(other, ae(wider.init(jax.random.PRNGKey(0), graph)))
 
 
 @pytest.mark.parametrize('model_name, train, message', [

@@ -119,22 +119,19 @@ class LatentDiffusion:
     """The encoder's and decoder's parameters of a full parameter dict."""
     return {k: v for k, v in params.items() if k.startswith(cls.AE_PREFIX)}
 
-  @classmethod
-  def with_autoencoder(cls, params: Params, ae_params: Params) -> Params:
-    """`params` with its autoencoder replaced by `ae_params` (same names and
-    shapes, else a one-line ValueError)."""
-    ours = cls.autoencoder(params)
+  def with_autoencoder(self, params: Params, ae_params: Params) -> Params:
+    """`params` with its autoencoder replaced by `ae_params` (this model's
+    autoencoder modules, names and shapes, else a one-line ValueError)."""
+    ours = self.autoencoder(params)
     if set(ours) != set(ae_params):
       raise ValueError(f'the autoencoder has modules {sorted(ae_params)[:3]}..., '
                        f'this model {sorted(ours)[:3]}...')
-    for module, leaves in ours.items():
-      for name, value in leaves.items():
-        theirs = ae_params[module].get(name)
-        if theirs is None or theirs.shape != value.shape:
-          raise ValueError(f'the autoencoder\'s {module}/{name} has shape '
-                           f'{None if theirs is None else theirs.shape}, this model '
-                           f'needs {value.shape}.')
-    return {**params, **{k: jax.tree.map(jnp.asarray, v) for k, v in ae_params.items()}}
+    merged = {**params, **{k: jax.tree.map(jnp.asarray, v) for k, v in ae_params.items()}}
+    try:
+      self.check_params(merged)
+    except ValueError as e:
+      raise ValueError(f'the autoencoder does not fit this model ({e})') from None
+    return merged
 
   # --- The networks.
 

@@ -126,6 +126,8 @@ class Diffusion:
   # Independent [n_node, 3 + n_features] draws the objective takes as one `eps`
   # (GeoLDM's latent model also takes its encoder's noise).
   noise_blocks = 1
+  # What `nll_per_molecule` holds (GeoLDM's stage 1 reports its VAE loss there).
+  objective_name = 'nll'
 
   # --- Pieces of the objective.
 

@@ -185,7 +185,7 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
                    'nonfinite_in_a_row': float(n_bad)}
 
   # Stage 1 of a latent model evaluates its own loss, not an NLL.
-  figure = getattr(model, 'objective_name', 'nll')
+  figure = model.objective_name
   label, unit = (('NLL', 'nats/molecule') if figure == 'nll'
                  else ('stage-1 VAE loss', 'per molecule'))
 
