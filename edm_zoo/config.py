@@ -482,6 +482,10 @@ class BenchConfig:
     data_batches: batches timed by 'data'.
     jit_study_ks: reverse steps per compiled call of the jit study.
     jit_study_unrolls: scan unrolls of the jit study.
+    size_study_sizes: when given, the size study times batches of QM9 molecules
+      that all have exactly this many atoms, one size after another (what
+      `launch/side_by_side.sh` times the original on); otherwise the dataset's
+      own batches, QM9's and three molecules joined.
   """
   what: tuple[str, ...] = ('train', 'nll', 'sample', 'data')
   repeats: int = 10
@@ -491,6 +495,7 @@ class BenchConfig:
   data_batches: int = 300
   jit_study_ks: tuple[int, ...] = (1, 10, 100, 1000)
   jit_study_unrolls: tuple[int, ...] = (1, 4)
+  size_study_sizes: tuple[int, ...] = ()
 
 
 BENCH_PARTS = ('train', 'nll', 'sample', 'data', 'jit_study', 'size_study')
@@ -508,7 +513,11 @@ def build_bench(**overrides) -> BenchConfig:
   for name in ('repeats', 'sample_molecules', 'sample_steps', 'data_batches'):
     if getattr(config, name) <= 0:
       raise ValueError(f'{name} must be positive, got {getattr(config, name)}.')
+  sizes = tuple(int(n) for n in config.size_study_sizes)
+  if any(n < 2 for n in sizes):
+    raise ValueError(f'size_study_sizes must be atom counts >= 2, got {list(sizes)}.')
   return dataclasses.replace(config, what=tuple(p for p in BENCH_PARTS if p in what),
                              jit_study_ks=tuple(int(k) for k in config.jit_study_ks),
                              jit_study_unrolls=tuple(int(u) for u in
-                                                     config.jit_study_unrolls))
+                                                     config.jit_study_unrolls),
+                             size_study_sizes=tuple(sorted(set(sizes))))

@@ -4,10 +4,12 @@
 #
 #   EDM_REPO=$HOME/edm_reference EDM_VENV=$HOME/edm_venv launch/side_by_side.sh OUT_DIR [ROUNDS]
 #
+# PARTS (default "rounds batches s100 sizes") picks what runs, e.g. PARTS=sizes.
+#
 # Each round times ours (train, NLL, sampling) then the original's (train, NLL,
 # sampling); then both at batch 16 and 32 (how the step grows with the batch) and
-# sampling 100 molecules per batch. One
-# JSON file per measurement in OUT_DIR; `python launch/side_by_side_report.py OUT_DIR`
+# sampling 100 molecules per batch; then both on batches of one molecule size
+# (SIZES). One JSON file per measurement in OUT_DIR; `python launch/side_by_side_report.py OUT_DIR`
 # prints the medians and ratios. Run nothing else meanwhile.
 set -euo pipefail
 OUT=${1:?give an output folder}
@@ -20,6 +22,7 @@ H=${EDM_HARNESS:-$HERE/../shared/reference/harness}
 PY=$HERE/.venv/bin/python
 V=$EDM_VENV/bin/python
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)  # The harness changes directory.
 cat /proc/cpuinfo | grep -m1 'model name' > "$OUT/processor.txt"
 for ext in fma avx2 avx512f; do  # The vector extensions this processor has.
   grep -m1 '^flags' /proc/cpuinfo | grep -qw "$ext" && echo -n "$ext " >> "$OUT/processor.txt"
@@ -27,7 +30,10 @@ done
 echo >> "$OUT/processor.txt"
 lscpu | grep -E 'CPU family|Model:|Thread|Core' >> "$OUT/processor.txt"
 
-for r in $(seq 1 "$ROUNDS"); do
+PARTS=${PARTS-rounds batches s100 sizes}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+
+part rounds && for r in $(seq 1 "$ROUNDS"); do
   "$PY" "$HERE/launch/bench.py" --what=train,nll,sample --repeats=10 --sample_molecules=10 \
     --sample_steps=50 --json="$OUT/ours_r$r.json" > "$OUT/ours_r$r.log" 2>&1
   "$V" "$H/bench_train.py" --iters 6 --warmup 1 > "$OUT/orig_train_r$r.json" 2> "$OUT/orig_train_r$r.log"
@@ -35,15 +41,29 @@ for r in $(seq 1 "$ROUNDS"); do
   "$V" "$H/bench_sample.py" --n_samples 10 --sample_batch_size 10 --steps 30 \
     > "$OUT/orig_sample_r$r.json" 2> "$OUT/orig_sample_r$r.log"
 done
-for bs in 16 32; do
+part batches && for bs in 16 32; do
   "$PY" "$HERE/launch/bench.py" --what=train --repeats=10 --batch_size=$bs \
     --json="$OUT/ours_b$bs.json" > "$OUT/ours_b$bs.log" 2>&1
   "$V" "$H/bench_train.py" --iters 6 --warmup 1 --batch_size $bs \
     > "$OUT/orig_train_b$bs.json" 2> "$OUT/orig_train_b$bs.log"
 done
 # Sampling 100 molecules per batch (the original pads them all to 29 atoms).
-"$PY" "$HERE/launch/bench.py" --what=sample --sample_molecules=100 --sample_steps=10 \
-  --repeats=2 --json="$OUT/ours_s100.json" > "$OUT/ours_s100.log" 2>&1
-"$V" "$H/bench_sample.py" --n_samples 100 --sample_batch_size 100 --steps 10 \
-  > "$OUT/orig_sample_s100.json" 2> "$OUT/orig_sample_s100.log"
+if part s100; then
+  "$PY" "$HERE/launch/bench.py" --what=sample --sample_molecules=100 --sample_steps=10 \
+    --repeats=2 --json="$OUT/ours_s100.json" > "$OUT/ours_s100.log" 2>&1
+  "$V" "$H/bench_sample.py" --n_samples 100 --sample_batch_size 100 --steps 10 \
+    > "$OUT/orig_sample_s100.json" 2> "$OUT/orig_sample_s100.log"
+fi
+# How the train step grows with molecule size: batches of 64 QM9 molecules that all
+# have SIZES atoms (the original through a view of its checkout whose train split
+# holds that size, launch/original_size_split.py).
+part sizes && for n in ${SIZES-10 14 18 22 27}; do
+  "$PY" "$HERE/launch/bench.py" --what=size_study --size_study_sizes=$n --repeats=4 \
+    --json="$OUT/ours_size$n.json" > "$OUT/ours_size$n.log" 2>&1
+  "$PY" "$HERE/launch/original_size_split.py" --edm_repo="$EDM_REPO" --size=$n \
+    --min_molecules=384 --out="$OUT/orig_view$n" > "$OUT/orig_view$n.json"
+  EDM_REPO="$OUT/orig_view$n" "$V" "$H/bench_train.py" --iters 4 --warmup 1 \
+    > "$OUT/orig_size$n.json" 2> "$OUT/orig_size$n.log"
+  rm -rf "$OUT/orig_view$n"
+done
 echo "done: $OUT"

@@ -4,8 +4,9 @@ timed in one run on one machine), as a Markdown table.
   python launch/side_by_side_report.py --dir=OUT_DIR [--plot=PNG --size_study=JSON]
 
 --plot draws how the train step grows: time and peak memory against the batch size
-(ours and the original) and, from a `launch/bench.py --what=size_study --json`
-file, against molecule size (ours).
+and against the molecule size (ours and the original, batches of 64 QM9 molecules of
+one size each) and, from a `launch/bench.py --what=size_study --json` file, against
+drug-sized molecules (ours).
 """
 
 import glob
@@ -81,6 +82,15 @@ def main(argv):
         f'{rss_ours:.2f} GB | |')
   gflops = [_read(p)['train_gflops_per_s'] for p in glob.glob(f'{d}/ours_r*.json')]
   print(f'achieved train GFLOP/s (ours): {", ".join(f"{g:.1f}" for g in gflops)}')
+  sizes = _by_size(d)
+  if sizes:
+    print()
+    print('| atoms per molecule (batch of 64) | original EDM | edm_zoo | ratio | '
+          'peak RSS original / edm_zoo |')
+    print('|---|---|---|---|---|')
+    for n, (ours, ours_gb, orig, orig_gb) in sorted(sizes.items()):
+      print(f'| {n} | {orig:.3g} s | {ours:.3g} s | {orig / ours:.1f}x | '
+            f'{orig_gb:.2f} / {ours_gb:.2f} GB |')
   if _PLOT.value:
     plot(d, _PLOT.value, _SIZE_STUDY.value)
 
@@ -101,9 +111,25 @@ def _by_batch(d):
   return out
 
 
+def _by_size(d):
+  """{atoms: (ours s, ours GB, original s, original GB)} of the one-size batches."""
+  out = {}
+  for p in glob.glob(f'{d}/orig_size*.json'):
+    n = int(os.path.basename(p)[len('orig_size'):-len('.json')])
+    ours_path = f'{d}/ours_size{n}.json'
+    if not os.path.exists(ours_path):
+      continue
+    (row,) = _read(ours_path)['size_study']
+    orig = _read(p)
+    out[n] = (row['train_step_median_s'], row['peak_rss_gb'], orig['median_s'],
+              orig['peak_rss_mb'] / 1024)
+  return out
+
+
 def plot(d, path, size_study):
   rows = _by_batch(d)
-  panels = 3 if size_study else 2
+  sizes = _by_size(d)
+  panels = 2 + bool(sizes) + bool(size_study)
   fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.6))
   batch = sorted(rows)
   ax = axes[0]
@@ -122,9 +148,23 @@ def plot(d, path, size_study):
   ax.set_xticks(batch, [str(b) for b in batch])
   ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
   ax.legend()
+  if sizes:
+    ax = axes[2]
+    n = sorted(sizes)
+    ax.plot(n, [sizes[k][2] for k in n], 'o-', c='C0', label='original: train step (s)')
+    ax.plot(n, [sizes[k][0] for k in n], 's-', c='C1', label='edm_zoo: train step (s)')
+    ax.plot(n, [sizes[k][3] for k in n], 'o--', c='C0', mfc='none',
+            label='original: peak RSS (GB)')
+    ax.plot(n, [sizes[k][1] for k in n], 's--', c='C1', mfc='none',
+            label='edm_zoo: peak RSS (GB)')
+    ax.set(xlabel='atoms per molecule (64 QM9 molecules of one size)', xscale='log',
+           yscale='log', title='time and memory vs molecule size')
+    ax.set_xticks(n, [str(k) for k in n])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.legend(fontsize=7)
   if size_study:
     study = [r for r in _read(size_study)['size_study'] if not r['error']]
-    ax = axes[2]
+    ax = axes[-1]
     edges = [r['real_edges'] for r in study]
     ax.plot(edges, [r['train_step_median_s'] for r in study], 's-', label='train step (s)')
     ax.plot(edges, [r['peak_rss_gb'] for r in study], 'd--', label='peak RSS (GB)')

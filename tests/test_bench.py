@@ -1,11 +1,13 @@
 """launch/bench.py runs end to end on a tiny preset and writes valid JSON; the size study
-runs on QM9 molecules and joined ones (figures checked for consistency, not timed)."""
+runs on QM9 molecules, joined ones and molecules of one size (figures checked for
+consistency, not timed); the original's one-size view keeps what it must."""
 
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from edm_zoo import benchmarks
@@ -64,3 +66,76 @@ def test_size_study_times_small_and_joined_molecules():
     assert row['gflops_per_s'] == pytest.approx(
         3 * benchmarks.flops_forward(row['real_nodes'], row['real_edges'], 16, 2)
         / row['train_step_median_s'] / 1e9)
+
+
+def test_size_study_on_molecules_of_one_size():
+  config = config_lib.build('tiny', batch_size=4, T=20)
+  bench = config_lib.build_bench(what=('size_study',), repeats=1, size_study_sizes=(19, 12))
+  assert bench.size_study_sizes == (12, 19)
+  model = Diffusion(config, registry.statistics('qm9').n_nodes_histogram)
+  tx = optimizer.torch_adamw_amsgrad(config.train.lr)
+  rows = benchmarks.size_study(model, tx, config, bench, None, log=lambda _: None)
+  assert [r['molecules'] for r in rows] == ['qm9 12 atoms', 'qm9 19 atoms']
+  for row, n in zip(rows, (12, 19)):
+    # Every molecule of every batch has n atoms: all real pairs are edges, one shape.
+    assert row['mean_atoms'] == row['max_atoms'] == n
+    assert row['real_nodes'] == 4 * n and row['real_edges'] == 4 * n * (n - 1)
+    assert row['compiled_shapes'] == 1 and row['timed_steps'] == 2
+    assert row['error'] is None and row['train_step_median_s'] > 0
+
+
+def test_size_study_refuses_sizes_qm9_lacks():
+  with pytest.raises(ValueError, match='atom counts'):
+    config_lib.build_bench(size_study_sizes=(1,))
+  with pytest.raises(ValueError, match=r'no training molecule of \[28\] atoms; pick'):
+    benchmarks.qm9_of_sizes((28,), 4, (1, 6, 7, 8, 9), None)
+
+
+def _fake_original(root, sizes, charges):
+  """A folder shaped like the original's checkout with a QM9 train split."""
+  splits = root / 'qm9' / 'temp' / 'qm9'
+  splits.mkdir(parents=True)
+  (root / 'main_qm9.py').write_text('# the original\n')
+  (root / 'qm9' / 'dataset.py').write_text('# the original\n')
+  arrays = {'num_atoms': sizes, 'charges': charges, 'index': np.arange(len(sizes))}
+  np.savez(splits / 'train.npz', **arrays)
+  for split in ('valid', 'test'):
+    np.savez(splits / f'{split}.npz', **arrays)
+
+
+def test_original_size_split_keeps_one_size_and_every_element(tmp_path):
+  # Sizes 2, 3, 3, 2, 1: only the 2-atom molecule 3 has F (9); the 3-atom ones lack it.
+  sizes = np.array([2, 3, 3, 2, 1])
+  charges = np.array([[1, 6, 0], [1, 6, 8], [6, 1, 1], [9, 1, 0], [9, 0, 0]])
+  _fake_original(tmp_path / 'edm', sizes, charges)
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'launch', 'original_size_split.py'),
+       f'--edm_repo={tmp_path / "edm"}', '--size=3', f'--out={tmp_path / "view"}'],
+      check=True, capture_output=True, text=True, cwd=REPO).stdout
+  report = json.loads(out)
+  # The largest molecule no bigger than 3 atoms that has F is added, and named.
+  assert report['molecules'] == 2 and report['train_rows'] == 3
+  assert report['added'] == [{'element': 9, 'index': 3, 'atoms': 2}]
+  view = tmp_path / 'view'
+  train = np.load(view / 'qm9' / 'temp' / 'qm9' / 'train.npz')
+  np.testing.assert_array_equal(train['index'], [1, 2, 3])
+  np.testing.assert_array_equal(train['charges'], charges[[1, 2, 3]])
+  # Everything else is the original's own files.
+  for link in ('main_qm9.py', 'qm9/dataset.py', 'qm9/temp/qm9/valid.npz'):
+    assert (view / link).is_symlink()
+  assert not (view / 'qm9' / 'temp' / 'qm9' / 'train.npz').is_symlink()
+  # A rare size repeats its molecules up to --min_molecules, then adds F's.
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'launch', 'original_size_split.py'),
+       f'--edm_repo={tmp_path / "edm"}', '--size=3', '--min_molecules=5',
+       f'--out={tmp_path / "view5"}'], check=True, capture_output=True, text=True,
+      cwd=REPO).stdout
+  assert json.loads(out)['train_rows'] == 6
+  train = np.load(tmp_path / 'view5' / 'qm9' / 'temp' / 'qm9' / 'train.npz')
+  np.testing.assert_array_equal(train['index'], [1, 2, 1, 2, 1, 3])
+  bad = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'launch', 'original_size_split.py'),
+       f'--edm_repo={tmp_path / "edm"}', '--size=7', f'--out={tmp_path / "v7"}'],
+      capture_output=True, text=True, cwd=REPO)
+  assert bad.returncode != 0
+  assert bad.stderr.strip() == "error: the original's train split has no molecule of 7 atoms."
