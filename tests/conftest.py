@@ -1,9 +1,21 @@
-"""Shared fixtures: the real, prepared QM9 (built by `make data`)."""
+"""Shared fixtures: the real, prepared QM9 (built by `make data`); one XLA
+compilation cache for the session."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
-import numpy as np
-import pytest
+# Many tests, and the launchers they start as subprocesses (which inherit the
+# environment), compile the same tiny-preset programs: one persistent cache for the
+# whole session, set before jax is imported, removed at exit.
+_XLA_CACHE = tempfile.mkdtemp(prefix='edm_zoo_tests_xla_cache_')
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _XLA_CACHE)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 import edm_zoo  # noqa: F401  (jraph shim first)
 from edm_zoo import models

@@ -1,7 +1,7 @@
 """Multi-process training on localhost, checkpoints that survive, one-line errors.
 
-The runs are real launcher processes (`launch/train.py`) on the tiny preset; a
-persistent compilation cache under the test's tmp folder keeps restarts short.
+The runs are real launcher processes (`launch/train.py`) on the tiny preset; the
+session's persistent compilation cache (conftest) keeps restarts short.
 """
 
 import json
@@ -27,10 +27,9 @@ TINY = ['--preset=tiny', '--train_molecules=64', '--eval_molecules=16', '--progr
 
 
 @pytest.fixture(scope='module')
-def env(tmp_path_factory):
-  cache = tmp_path_factory.mktemp('jax_cache')
-  return {**os.environ, 'JAX_COMPILATION_CACHE_DIR': str(cache),
-          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+def env():
+  """The session's compilation cache (conftest), every program in it."""
+  return {**os.environ, 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
           'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
 
 
