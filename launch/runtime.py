@@ -16,6 +16,13 @@ _NATIVE_LOG = 'EDM_ZOO_NATIVE_LOG'
 _LOST_MARKERS = ('Terminating process because the JAX distributed service',
                  'heartbeat', 'Socket closed', 'Connection reset')
 _AVX512_FLAG = '--xla_cpu_prefer_vector_width=512'
+# EDM_ZOO_MALLOC=retain: one glibc arena that never maps or trims, so that the
+# buffer XLA:CPU mallocs for each execution (2.5 GB for the published train step)
+# stays in the heap for the next step instead of being mmapped, faulted in and
+# unmapped every step (see `reexec_env`).
+_MALLOC = 'EDM_ZOO_MALLOC'
+_RETAIN = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
+           'glibc.malloc.trim_threshold=17179869184')
 
 
 def _has_avx512() -> bool:
@@ -34,7 +41,8 @@ def configure_process() -> None:
      ~670,000 page faults, ~0.45 s of a 2 s step. glibc (>= 2.35) reads
      GLIBC_TUNABLES only at process start, hence the re-exec.
   2. On AVX-512 CPUs, 512-bit vectors for XLA's loops (~5-8% per train step).
-  Elsewhere both are ignored. EDM_ZOO_NO_REEXEC=1 turns this off.
+  Elsewhere both are ignored. EDM_ZOO_MALLOC=retain adds a third (`reexec_env`).
+  EDM_ZOO_NO_REEXEC=1 turns this off.
 
   A process of a multi-process run (`--coordinator_address`, `--num_processes`,
   `--process_id` or `--distributed` given) runs as a supervised child instead
@@ -44,16 +52,43 @@ def configure_process() -> None:
     _native_stderr_to(os.environ[_NATIVE_LOG])
   if not sys.platform.startswith('linux') or os.environ.get('EDM_ZOO_NO_REEXEC'):
     return
-  env = dict(os.environ, EDM_ZOO_NO_REEXEC='1')
-  tunables = env.get('GLIBC_TUNABLES', '')
-  if 'glibc.malloc.hugetlb' not in tunables:
-    env['GLIBC_TUNABLES'] = f'{tunables}:{_TUNABLE}' if tunables else _TUNABLE
-  xla_flags = env.get('XLA_FLAGS', '')
-  if _has_avx512() and 'xla_cpu_prefer_vector_width' not in xla_flags:
-    env['XLA_FLAGS'] = f'{xla_flags} {_AVX512_FLAG}'.strip()
+  try:
+    env = reexec_env(os.environ, avx512=_has_avx512())
+  except ValueError as e:
+    fail(str(e))
   if _is_multi_process(sys.argv[1:]):
     _supervise([sys.executable, *sys.argv], env)
   os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def reexec_env(environ, *, avx512: bool) -> dict[str, str]:
+  """The environment `configure_process` re-executes with.
+
+  EDM_ZOO_MALLOC=retain adds `_RETAIN` to the malloc settings. Without it, every
+  published-config train step maps a fresh 2.5 GB block, faults in ~1,250 huge
+  pages, and unmaps it, and every other step spends 0.5-3 s in the kernel. With
+  it, no step faults (BENCHMARKS.md: train step 1.62 -> 1.51 s median, spread
+  0.7-1.0 -> 0.04-0.46 s). The cost is that the heap never shrinks: peak RSS
+  3.2 GB, or 5.5 GB when a freed block is too small for the next step's. Hence
+  opt-in.
+
+  Raises:
+    ValueError: EDM_ZOO_MALLOC is neither unset, empty nor 'retain' (one line).
+  """
+  env = dict(environ, EDM_ZOO_NO_REEXEC='1')
+  malloc = env.get(_MALLOC, '')
+  if malloc not in ('', 'retain'):
+    raise ValueError(f'{_MALLOC}={malloc!r}: leave it unset or set it to retain.')
+  tunables = [t for t in env.get('GLIBC_TUNABLES', '').split(':') if t]
+  if not any(t.startswith('glibc.malloc.hugetlb') for t in tunables):
+    tunables.append(_TUNABLE)
+  if malloc == 'retain' and not any(t.startswith('glibc.malloc.mmap_max') for t in tunables):
+    tunables.append(_RETAIN)
+  env['GLIBC_TUNABLES'] = ':'.join(tunables)
+  xla_flags = env.get('XLA_FLAGS', '')
+  if avx512 and 'xla_cpu_prefer_vector_width' not in xla_flags:
+    env['XLA_FLAGS'] = f'{xla_flags} {_AVX512_FLAG}'.strip()
+  return env
 
 
 def _is_multi_process(args) -> bool:
