@@ -42,13 +42,8 @@ def _median(pattern, key):
   return (statistics.median(values) if values else float('nan')), values
 
 
-def main(argv):
-  del argv
-  d = _DIR.value
-  if not d or not os.path.isdir(d):
-    raise SystemExit('error: give --dir=OUT_DIR (a launch/side_by_side.sh output folder).')
-  with open(os.path.join(d, 'processor.txt')) as f:
-    print('processor:', ' | '.join(line.strip() for line in f if line.strip()))
+def _round_rows(d):
+  """(what, original, its runs, ours, our runs, ratio) of the published-config rounds."""
   rows = []
   ours, ours_all = _median(f'{d}/ours_r*.json', 'train_step_median_s')
   orig, orig_all = _median(f'{d}/orig_train_r*.json', 'median_s')
@@ -60,6 +55,21 @@ def main(argv):
   orig_s, orig_s_all = _median(f'{d}/orig_sample_r*.json', 'seconds_per_molecule_full_chain')
   rows.append(('sampling, 10 molecules, 1000 steps (molecules/h)', 3600 / orig_s,
                [3600 / s for s in orig_s_all], ours, ours_all, ours * orig_s / 3600))
+  return rows
+
+
+def main(argv):
+  del argv
+  d = _DIR.value
+  if not d or not os.path.isdir(d):
+    raise SystemExit('error: give --dir=OUT_DIR (a launch/side_by_side.sh output folder).')
+  with open(os.path.join(d, 'processor.txt')) as f:
+    print('processor:', ' | '.join(line.strip() for line in f if line.strip()))
+  rows = []
+  # PARTS picks what side_by_side.sh ran: report what is there.
+  rounds = bool(glob.glob(f'{d}/ours_r*.json') and glob.glob(f'{d}/orig_train_r*.json'))
+  if rounds:
+    rows += _round_rows(d)
   if os.path.exists(f'{d}/ours_s100.json'):
     ours, ours_all = _median(f'{d}/ours_s100.json', 'sample_molecules_per_hour')
     orig_s, orig_s_all = _median(f'{d}/orig_sample_s100.json',
@@ -71,17 +81,20 @@ def main(argv):
       ours, ours_all = _median(f'{d}/ours_b{bs}.json', 'train_step_median_s')
       orig, orig_all = _median(f'{d}/orig_train_b{bs}.json', 'median_s')
       rows.append((f'train step, batch {bs}', orig, orig_all, ours, ours_all, orig / ours))
-  print('| what | original EDM | edm_zoo | ratio |')
-  print('|---|---|---|---|')
+  if rows:
+    print('| what | original EDM | edm_zoo | ratio |')
+    print('|---|---|---|---|')
   for what, o, o_all, z, z_all, ratio in rows:
     fmt = lambda v: ', '.join(f'{x:.3g}' for x in v)
     print(f'| {what} | {o:.3g} ({fmt(o_all)}) | {z:.3g} ({fmt(z_all)}) | {ratio:.1f}x |')
-  rss_ours = max(_read(p)['peak_rss_gb'] for p in glob.glob(f'{d}/ours_r*.json'))
-  rss_orig = max(_read(p)['peak_rss_mb'] for p in glob.glob(f'{d}/orig_train_r*.json')) / 1024
-  print(f'| peak RSS (train+NLL+sampling process / train process) | {rss_orig:.2f} GB | '
-        f'{rss_ours:.2f} GB | |')
-  gflops = [_read(p)['train_gflops_per_s'] for p in glob.glob(f'{d}/ours_r*.json')]
-  print(f'achieved train GFLOP/s (ours): {", ".join(f"{g:.1f}" for g in gflops)}')
+  if rounds:
+    rss_ours = max(_read(p)['peak_rss_gb'] for p in glob.glob(f'{d}/ours_r*.json'))
+    rss_orig = max(_read(p)['peak_rss_mb']
+                   for p in glob.glob(f'{d}/orig_train_r*.json')) / 1024
+    print(f'| peak RSS (train+NLL+sampling process / train process) | {rss_orig:.2f} GB | '
+          f'{rss_ours:.2f} GB | |')
+    gflops = [_read(p)['train_gflops_per_s'] for p in glob.glob(f'{d}/ours_r*.json')]
+    print(f'achieved train GFLOP/s (ours): {", ".join(f"{g:.1f}" for g in gflops)}')
   sizes = _by_size(d)
   if sizes:
     print()
@@ -129,27 +142,31 @@ def _by_size(d):
 def plot(d, path, size_study):
   rows = _by_batch(d)
   sizes = _by_size(d)
-  panels = 2 + bool(sizes) + bool(size_study)
-  fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.6))
-  batch = sorted(rows)
-  ax = axes[0]
-  ax.plot(batch, [rows[b][2] for b in batch], 'o-', label='original EDM (PyTorch)')
-  ax.plot(batch, [rows[b][0] for b in batch], 's-', label='edm_zoo')
-  ax.set(xlabel='molecules per batch (QM9)', ylabel='train step (s)', xscale='log',
-         yscale='log', title='time vs batch size')
-  ax.set_xticks(batch, [str(b) for b in batch])
-  ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-  ax.legend()
-  ax = axes[1]
-  ax.plot(batch, [rows[b][3] for b in batch], 'o-', label='original EDM (train process)')
-  ax.plot(batch, [rows[b][1] for b in batch], 's-', label='edm_zoo (bench process)')
-  ax.set(xlabel='molecules per batch (QM9)', ylabel='peak RSS (GB)', xscale='log',
-         title='memory vs batch size')
-  ax.set_xticks(batch, [str(b) for b in batch])
-  ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-  ax.legend()
+  panels = 2 * bool(rows) + bool(sizes) + bool(size_study)
+  if not panels:
+    raise SystemExit(f'error: {d} holds no figures to plot.')
+  fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.6), squeeze=False)
+  axes = list(axes[0])
+  if rows:
+    batch = sorted(rows)
+    ax = axes.pop(0)
+    ax.plot(batch, [rows[b][2] for b in batch], 'o-', label='original EDM (PyTorch)')
+    ax.plot(batch, [rows[b][0] for b in batch], 's-', label='edm_zoo')
+    ax.set(xlabel='molecules per batch (QM9)', ylabel='train step (s)', xscale='log',
+           yscale='log', title='time vs batch size')
+    ax.set_xticks(batch, [str(b) for b in batch])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.legend()
+    ax = axes.pop(0)
+    ax.plot(batch, [rows[b][3] for b in batch], 'o-', label='original EDM (train process)')
+    ax.plot(batch, [rows[b][1] for b in batch], 's-', label='edm_zoo (bench process)')
+    ax.set(xlabel='molecules per batch (QM9)', ylabel='peak RSS (GB)', xscale='log',
+           title='memory vs batch size')
+    ax.set_xticks(batch, [str(b) for b in batch])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.legend()
   if sizes:
-    ax = axes[2]
+    ax = axes.pop(0)
     n = sorted(sizes)
     ax.plot(n, [sizes[k][2] for k in n], 'o-', c='C0', label='original: train step (s)')
     ax.plot(n, [sizes[k][0] for k in n], 's-', c='C1', label='edm_zoo: train step (s)')
@@ -164,7 +181,7 @@ def plot(d, path, size_study):
     ax.legend(fontsize=7)
   if size_study:
     study = [r for r in _read(size_study)['size_study'] if not r['error']]
-    ax = axes[-1]
+    ax = axes.pop(0)
     edges = [r['real_edges'] for r in study]
     ax.plot(edges, [r['train_step_median_s'] for r in study], 's-', label='train step (s)')
     ax.plot(edges, [r['peak_rss_gb'] for r in study], 'd--', label='peak RSS (GB)')

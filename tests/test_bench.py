@@ -139,3 +139,23 @@ def test_original_size_split_keeps_one_size_and_every_element(tmp_path):
       capture_output=True, text=True, cwd=REPO)
   assert bad.returncode != 0
   assert bad.stderr.strip() == "error: the original's train split has no molecule of 7 atoms."
+
+
+def test_side_by_side_report_on_the_size_part_alone(tmp_path):
+  # What `PARTS=sizes launch/side_by_side.sh` leaves: per size, our bench JSON and the
+  # harness's log lines ending in its JSON line.
+  (tmp_path / 'processor.txt').write_text('model name\t: test CPU\n')
+  for n, ours, orig in ((10, 0.5, 1.25), (20, 2.0, 7.0)):
+    (tmp_path / f'ours_size{n}.json').write_text(json.dumps({'size_study': [
+        {'molecules': f'qm9 {n} atoms', 'train_step_median_s': ours,
+         'peak_rss_gb': n / 10}]}, indent=1))
+    (tmp_path / f'orig_size{n}.json').write_text(
+        'a log line\n' + json.dumps({'median_s': orig, 'peak_rss_mb': 1024.0 * n / 5}))
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'launch', 'side_by_side_report.py'),
+       f'--dir={tmp_path}', f'--plot={tmp_path / "p.png"}'],
+      check=True, capture_output=True, text=True, cwd=REPO).stdout
+  assert '| 10 | 1.25 s | 0.5 s | 2.5x | 2.00 / 1.00 GB |' in out
+  assert '| 20 | 7 s | 2 s | 3.5x | 4.00 / 2.00 GB |' in out
+  assert 'train step, batch 64' not in out  # That part did not run.
+  assert (tmp_path / 'p.png').stat().st_size > 1000
