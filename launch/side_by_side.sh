@@ -14,6 +14,11 @@
 set -euo pipefail
 OUT=${1:?give an output folder}
 ROUNDS=${2:-2}
+PARTS=${PARTS-rounds batches s100 sizes}
+for p in $PARTS; do
+  case $p in rounds|batches|s100|sizes) ;;
+    *) echo "error: PARTS has '$p'; pick from: rounds batches s100 sizes" >&2; exit 2;; esac
+done
 : "${EDM_REPO:?set EDM_REPO to a checkout of the original EDM}"
 : "${EDM_VENV:?set EDM_VENV to the harness venv}"
 export EDM_REPO
@@ -30,7 +35,6 @@ done
 echo >> "$OUT/processor.txt"
 lscpu | grep -E 'CPU family|Model:|Thread|Core' >> "$OUT/processor.txt"
 
-PARTS=${PARTS-rounds batches s100 sizes}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 part rounds && for r in $(seq 1 "$ROUNDS"); do
