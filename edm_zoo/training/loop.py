@@ -102,14 +102,6 @@ def load_autoencoder(config: config_lib.Config) -> Any:
   return diffusion.LatentDiffusion.autoencoder(params)
 
 
-def _has_checkpoint(workdir: str) -> bool:
-  try:
-    checkpoint.find(workdir)
-  except ValueError:
-    return False
-  return True
-
-
 def _meta(s: Setup) -> dict[str, Any]:
   stats = s.statistics
   meta = {'config': config_lib.to_dict(s.config), 'statistics': {
@@ -147,10 +139,6 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   key = jax.random.PRNGKey(t.seed)
   state = train_state.init_state(model, s.tx, jax.random.fold_in(key, 0),
                                  jax.tree.map(lambda a: a[0], first))
-  if t.ae_ckpt and not _has_checkpoint(workdir):
-    # Stage 2 starts from stage 1's autoencoder; a resume has it in its own state.
-    state = train_state.new_state(
-        model.with_autoencoder(state.params, load_autoencoder(s.config)), s.tx)
   draw_fn, step_fn = train_state.make_step_fns(
       model, s.tx, ema_decay=t.ema_decay, clip_grad=t.clip_grad, mesh=mesh)
   noise_key = jax.random.fold_in(key, 1)
@@ -194,10 +182,18 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
                    desc=f'val {label}')['nll']
     return {f'val_{figure}': val}, f'validation {label} {val:.3f} {unit} (EMA)'
 
+  def fresh_start(state):
+    if not t.ae_ckpt:
+      return state
+    # Stage 2 starts from stage 1's autoencoder; a resume has it in its own state.
+    return train_state.new_state(
+        model.with_autoencoder(state.params, load_autoencoder(s.config)), s.tx)
+
   trainer = skeleton.Trainer(
       batches=lambda epoch, start: batches(epoch=epoch, start=start),
       step=step, evaluate=validate, best_metric=f'val_{figure}', meta=_meta(s),
       canonical_config=lambda d: config_lib.to_dict(config_lib.from_dict(d)),
+      fresh_start=fresh_start,
       finish=lambda state: {f'test_{figure}': evaluate(
           distributed.local_copy(state.ema_params), s.splits['test'],
           desc=f'test {label}')['nll']})

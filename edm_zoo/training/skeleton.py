@@ -103,6 +103,8 @@ class Trainer:
     desc: the progress bar's label.
     canonical_config: a saved 'config' -> the same config with the fields added
       since it was saved at their defaults, so that such runs still resume.
+    fresh_start: the initial state -> what a run starts from when it resumes
+      nothing (e.g. a pretrained part loaded in); a resume never calls it.
   """
   batches: Callable[[int, int], Iterator[tuple[Any, int]]]
   step: Callable[[Any, Any], tuple[Any, dict[str, float]]]
@@ -112,6 +114,7 @@ class Trainer:
   finish: Callable[[Any], dict[str, float]] | None = None
   desc: str = 'train'
   canonical_config: Callable[[Any], Any] = lambda config: config
+  fresh_start: Callable[[Any], Any] = lambda state: state
 
 
 def _as_json(value: Any) -> Any:
@@ -122,7 +125,8 @@ def _as_json(value: Any) -> Any:
 def resume(workdir: str, state: Any, trainer: Trainer, keep_last: int
            ) -> tuple[checkpoint.Checkpointer, Any, dict[str, Any]]:
   """(checkpointer, state, meta with bookkeeping) of `workdir`, resumed if it holds
-  a run; raises TrainingError for a run of another config."""
+  a run (else `trainer.fresh_start`'s state); raises TrainingError for a run of
+  another config."""
   ckpt = checkpoint.Checkpointer(workdir, keep_last, best_metric=trainer.best_metric)
   best = f'best_{trainer.best_metric}'
   meta = {**trainer.meta, 'epoch': 0, 'position': 0, best: None,
@@ -143,6 +147,12 @@ def resume(workdir: str, state: Any, trainer: Trainer, keep_last: int
         meta[key] = value
     logging.info('resumed from step %d (epoch %d, molecule %d)',
                  int(jax.device_get(state.step)), meta['epoch'], meta['position'])
+  else:
+    try:
+      state = trainer.fresh_start(state)
+    except BaseException:
+      ckpt.close()
+      raise
   return ckpt, state, meta
 
 

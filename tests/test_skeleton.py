@@ -1,0 +1,60 @@
+"""The training skeleton's start: a run that resumes nothing takes the trainer's
+fresh start (e.g. GeoLDM's stage 2 loads stage 1's autoencoder), a resume never does."""
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+from edm_zoo.training import skeleton
+
+
+def _trainer(fresh_start):
+  return skeleton.Trainer(batches=None, step=None, evaluate=None, best_metric='val',
+                          meta={'config': {'nf': 8}}, fresh_start=fresh_start)
+
+
+class _State(NamedTuple):
+  step: np.ndarray
+  w: np.ndarray
+
+
+def _state():
+  return _State(np.array(0, np.int32), np.zeros(3, np.float32))
+
+
+def _refuse(state):
+  raise AssertionError('a resume called fresh_start')
+
+
+def test_fresh_start_only_when_nothing_is_resumed(tmp_path):
+  workdir = str(tmp_path / 'run')
+  ckpt, state, meta = skeleton.resume(
+      workdir, _state(), _trainer(lambda s: s._replace(w=s.w + 1)), keep_last=2)
+  np.testing.assert_array_equal(state.w, [1, 1, 1])
+  ckpt.save(5, state._replace(step=np.array(5, np.int32)), meta)
+  ckpt.close()
+  ckpt, state, _ = skeleton.resume(workdir, _state(), _trainer(_refuse), keep_last=2)
+  ckpt.close()
+  assert int(state.step) == 5
+  np.testing.assert_array_equal(state.w, [1, 1, 1])
+
+
+def test_an_interrupted_first_save_is_still_a_fresh_start(tmp_path):
+  # A run killed while writing its first checkpoint leaves a step folder without
+  # orbax's marker: it is moved aside and the run starts afresh, fresh start included.
+  workdir = tmp_path / 'run'
+  os.makedirs(workdir / 'checkpoints' / '10' / 'state')
+  ckpt, state, _ = skeleton.resume(
+      str(workdir), _state(), _trainer(lambda s: s._replace(w=s.w + 2)), keep_last=2)
+  ckpt.close()
+  np.testing.assert_array_equal(state.w, [2, 2, 2])
+  assert os.listdir(workdir / 'corrupt')
+
+
+def test_a_failing_fresh_start_raises_its_own_error(tmp_path):
+  def bad(state):
+    raise ValueError('the autoencoder does not fit this model')
+  with pytest.raises(ValueError, match='does not fit'):
+    skeleton.resume(str(tmp_path / 'run'), _state(), _trainer(bad), keep_last=2)
