@@ -203,8 +203,12 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
 
   model = diffusion.make(config, hist)
   tx = optimizer.torch_adamw_amsgrad(config.train.lr)
+  # Split like training splits a one-device batch (`TrainConfig.microbatch_size`).
+  parts = train_state.parts_per_device(bs, config.train.microbatch_size,
+                                       jax.default_backend())
+  results['train_parts'] = parts
   batches = [g for (g, _), _ in zip(batching.sharded_batches(
-      train_src, bs, 1, seed=0, n_nodes_histogram=hist), range(bench.repeats + 2))]
+      train_src, bs, parts, seed=0, n_nodes_histogram=hist), range(bench.repeats + 2))]
   state = train_state.init_state(model, tx, jax.random.PRNGKey(0),
                                  jax.tree.map(lambda a: a[0], batches[0]))
   real_nodes = np.mean([float(g.nodes['mask'].sum()) for g in batches])
@@ -390,13 +394,18 @@ def size_study(model: Diffusion, tx, config: config_lib.Config,
       model, tx, ema_decay=config.train.ema_decay, clip_grad=config.train.clip_grad)
   key = jax.random.PRNGKey(1)
   rows, params = [], None
+  parts = train_state.parts_per_device(bs, config.train.microbatch_size,
+                                       jax.default_backend())
+  per_part = bs // parts
   for name, molecules in groups:
     sizes = [len(m['charges']) for m in molecules]
     hist = {n: sizes.count(n) for n in set(sizes)}
-    budgets = batching.default_budgets(bs, hist)
-    graphs = [batching.stack([batching.build_graph(
-        molecules[lo:lo + bs], z, batching.choose_budget(sizes[lo:lo + bs], budgets))])
-        for lo in range(0, len(molecules) - bs + 1, bs)]
+    budgets = sorted(batching.default_budgets(per_part, hist))
+    graphs = []
+    for lo in range(0, len(molecules) - bs + 1, bs):
+      split = [molecules[lo + j * per_part:lo + (j + 1) * per_part] for j in range(parts)]
+      budget = budgets[batching.common_level(split, budgets)]
+      graphs.append(batching.stack([batching.build_graph(p, z, budget) for p in split]))
     if params is None:  # The parameters do not depend on the molecules' sizes.
       params = train_state.init_state(model, tx, jax.random.PRNGKey(0),
                                       jax.tree.map(lambda a: a[0], graphs[0])).params
@@ -420,7 +429,7 @@ def size_study(model: Diffusion, tx, config: config_lib.Config,
     med, _ = median_spread(times) if times else (float('nan'), 0.0)
     nodes = float(np.mean([g.nodes['mask'].sum() for g in graphs]))
     edges = float(np.mean([g.edges['mask'].sum() for g in graphs]))
-    row = {'molecules': name, 'batch_size': bs, 'error': error,
+    row = {'molecules': name, 'batch_size': bs, 'parts': parts, 'error': error,
            'mean_atoms': float(np.mean(sizes)), 'max_atoms': max(sizes),
            'real_nodes': nodes, 'real_edges': edges,
            'padded_edges': float(np.mean([g.n_edge.sum() for g in graphs])),

@@ -89,18 +89,22 @@ def _max_diff(a, b):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_two_devices_and_one_device(tmp_path, env):
+def test_two_processes_equal_two_devices_and_one_device_and_parts(tmp_path, env):
   steps = ['--total_steps=3', '--eval_every_steps=3', '--checkpoint_every_steps=3']
-  runs = {name: tmp_path / name for name in ('one', 'devices', 'processes')}
+  runs = {name: tmp_path / name for name in ('one', 'devices', 'processes', 'parts')}
   _finish(_train(runs['one'], *steps, env=env),
           _train(runs['devices'], *steps, env=env, devices=2))
+  # Each device's 4 molecules (tiny batches of 8) differentiated as two parts of 2.
+  [(_, err)] = _finish(_train(runs['parts'], *steps, '--microbatch_size=2', '--verbosity=0',
+                             env=env, devices=2))
+  assert '2 device(s) x 2 part(s) of 2 molecules' in err, err[-2000:]
   (out0, _), (out1, _) = _finish(*_two_processes(runs['processes'], *steps, env=env))
   # One writer: one log line per step, the console lines from process 0 only.
   records = metrics_log.read(runs['processes'])
   assert [r['step'] for r in records if 'loss' in r] == [1, 2, 3]
   assert 'done' in out0 and 'done' not in out1
   losses = {k: _losses(w) for k, w in runs.items()}
-  for name in ('devices', 'processes'):
+  for name in ('devices', 'processes', 'parts'):
     np.testing.assert_allclose([losses[name][s] for s in (1, 2, 3)],
                                [losses['one'][s] for s in (1, 2, 3)], rtol=1e-5)
     assert _max_diff(_params(runs[name], 3), _params(runs['one'], 3)) < 1e-5

@@ -283,6 +283,15 @@ def stack(graphs: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
   return jax.tree.map(lambda *leaves: np.stack(leaves), *graphs)
 
 
+def common_level(parts: Sequence[Sequence[dict]],
+                 budgets: Sequence[PaddingBudget]) -> int:
+  """The ladder level (index into the sorted `budgets`) that fits every non-empty
+  part, so that the parts stack into one shape."""
+  return max((budgets.index(choose_budget(
+      [len(m[features.CHARGES]) for m in part], budgets, molecule_ids(part)))
+      for part in parts if part), default=0)
+
+
 def sharded_batches(source, batch_size: int, n_shards: int, seed: int = 0,
                     epoch: int = 0, *, shuffle: bool = True, start: int = 0,
                     budgets: Sequence[PaddingBudget] | None = None,
@@ -332,9 +341,7 @@ def sharded_batches(source, batch_size: int, n_shards: int, seed: int = 0,
     wanted = [batch[i * per_shard:(i + 1) * per_shard] for i in shards]
     read = iter(sources.fetch(source, np.concatenate(wanted)))
     parts = [[next(read) for _ in part] for part in wanted]
-    level = max((budgets.index(choose_budget(
-        [len(m[features.CHARGES]) for m in part], budgets,
-        molecule_ids(part))) for part in parts if part), default=0)
+    level = common_level(parts, budgets)
     chosen = budgets[agree(level) if agree is not None else level]
     context = next((p[0] for p in parts if p), None) or sources.fetch(source, batch[:1])[0]
     context = context.get(features.CONTEXT)

@@ -144,9 +144,11 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def data_mesh(batch_size: int) -> tuple[Mesh, list[int]]:
+def data_mesh(batch_size: int, shards_per_device: int = 1
+              ) -> tuple[Mesh, list[int]]:
   """(mesh of every device of every process, batch axis 'data'; the shards of the
-  global batch this process builds: those of its own devices).
+  global batch this process builds: those of its own devices, `shards_per_device`
+  consecutive ones each).
 
   Raises:
     ValueError: one line, when the device count does not divide `batch_size`.
@@ -158,8 +160,8 @@ def data_mesh(batch_size: int) -> tuple[Mesh, list[int]]:
         f'the run ({jax.process_count()} process(es) x {jax.local_device_count()} '
         f'device(s)); pick a multiple of {len(devices)}.')
   mesh = Mesh(np.array(devices), ('data',))
-  local = [i for i, d in enumerate(mesh.devices.flat)
-           if d.process_index == jax.process_index()]
+  local = [i * shards_per_device + j for i, d in enumerate(mesh.devices.flat)
+           if d.process_index == jax.process_index() for j in range(shards_per_device)]
   return mesh, local
 
 

@@ -36,6 +36,8 @@ class Setup:
     model: the diffusion model.
     tx: the optimizer.
     mesh: the devices of every process, batch axis 'data'.
+    shards_per_device: the parts each device's share of a batch is split into
+      (`train_state.parts_per_device`), differentiated one after the other.
     local_shards: the shards of each global batch this process builds.
     splits: {'train', 'valid', 'test'} sources (conditioned when the model is).
     statistics: the train split's statistics.
@@ -45,6 +47,7 @@ class Setup:
   model: Diffusion
   tx: Any
   mesh: Mesh
+  shards_per_device: int
   local_shards: list[int]
   splits: dict[str, Any]
   statistics: registry.Statistics
@@ -55,7 +58,9 @@ def setup(config: config_lib.Config, data_dir: str | None = None) -> Setup:
   """Loads the data and builds the model, optimizer and device mesh of a run."""
   config = registry.configure(config, data_dir)
   t = config.train
-  mesh, local = distributed.data_mesh(t.batch_size)
+  parts = train_state.parts_per_device(t.batch_size // len(jax.devices()),
+                                       t.microbatch_size, jax.default_backend())
+  mesh, local = distributed.data_mesh(t.batch_size, parts)
   stats = registry.statistics(config.dataset, data_dir)
   splits = {s: registry.load(config.dataset, s, data_dir) for s in registry.SPLITS}
   if t.train_molecules:
@@ -66,7 +71,7 @@ def setup(config: config_lib.Config, data_dir: str | None = None) -> Setup:
     splits = {k: conditioning.conditioned(v, normalizer) for k, v in splits.items()}
   return Setup(config=config, model=diffusion.make(config, stats.n_nodes_histogram),
                tx=optimizer.torch_adamw_amsgrad(t.lr, weight_decay=t.weight_decay),
-               mesh=mesh, local_shards=local, splits=splits,
+               mesh=mesh, shards_per_device=parts, local_shards=local, splits=splits,
                statistics=stats, normalizer=normalizer)
 
 
@@ -128,7 +133,10 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   s = setup(config, data_dir)
   t, model, mesh = s.config.train, s.model, s.mesh
   hist = s.statistics.n_nodes_histogram
-  n_shards = mesh.size
+  n_shards = mesh.size * s.shards_per_device
+  logging.info('batches of %d: %d device(s) x %d part(s) of %d molecules, each '
+               "device's parts differentiated one after the other", t.batch_size,
+               mesh.size, s.shards_per_device, t.batch_size // n_shards)
   batches = functools.partial(
       batching.sharded_batches, s.splits['train'], t.batch_size, n_shards, t.seed,
       budgets=batching.default_budgets(t.batch_size // n_shards, hist),

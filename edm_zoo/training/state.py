@@ -143,20 +143,42 @@ def make_augment_fn(mesh: Mesh | None = None):
       graphs, jax.random.fold_in(key, step), mesh), **kwargs)
 
 
-def _local_sums(model: Diffusion, params, graphs, t_int, eps, width):
-  """(sum of per-molecule objectives, molecules) over the shards held here.
+# Molecules a CPU device differentiates at once when the config leaves it to the
+# platform: 4 parts of a published batch measured as fast as 1 with ~1/2 the
+# peak memory (BENCHMARKS.md); accelerators run the whole share at once.
+CPU_MICROBATCH_SIZE = 16
 
-  A Python loop over the (few) local shards: vmap would turn every gather and
-  segment sum into a batched one, which XLA:CPU runs ~2x slower.
+
+def parts_per_device(per_device: int, microbatch_size: int, platform: str) -> int:
+  """The fewest equal parts of at most `microbatch_size` molecules (0: by
+  `platform`, see `TrainConfig.microbatch_size`) that a device's `per_device`
+  molecules split into."""
+  size = microbatch_size or (CPU_MICROBATCH_SIZE if platform == 'cpu' else per_device)
+  return next(k for k in range(1, max(per_device, 1) + 1)
+              if per_device % k == 0 and per_device // k <= size)
+
+
+def summed_value_and_grad(fn, params, *stacked):
+  """(sum over d of fn(params, *shard d), its gradient) for arguments stacked
+  [S, ...], one shard after the other (`lax.scan`).
+
+  Only one shard's activations are alive at a time, so a step's memory follows
+  the shard, not the batch. (A Python loop lets XLA keep every shard's; vmap
+  would batch every gather and segment sum, which XLA:CPU runs ~2x slower.)
   """
-  total, count = 0.0, 0.0
-  for d in range(graphs.n_node.shape[0]):
-    graph = _shard(graphs, d)
-    terms = model.train_terms(params, graph, t_int[d], eps[d], padded_n=width)
-    s, c = masking.graph_sum(terms['nll_per_molecule'], graph)
-    total += s
-    count += c
-  return total, count
+  value_and_grad = jax.value_and_grad(fn)
+
+  def add_shard(total, shard):
+    return jax.tree.map(jnp.add, total, value_and_grad(params, *shard)), None
+  zero = (jnp.zeros([], jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  total, _ = jax.lax.scan(add_shard, zero, stacked)
+  return total
+
+
+def _shard_sums(model: Diffusion, params, graph, t_int, eps, width):
+  """(sum of per-molecule objectives, molecules) of one shard."""
+  terms = model.train_terms(params, graph, t_int, eps, padded_n=width)
+  return masking.graph_sum(terms['nll_per_molecule'], graph)
 
 
 def _local_width(graphs):
@@ -169,9 +191,11 @@ def loss_and_grads(model: Diffusion, params, graphs: jraph.GraphsTuple, t_int: j
   """(loss, grads) of a global batch [S, ...] for the given t_int [S, n_graph] and
   eps [S, n_node, D]: the mean over every real molecule of the batch.
 
-  With a mesh, each device differentiates its own shards (`shard_map`), then the
-  sums are all-reduced: the result equals the single-device one up to float
-  summation order. EDM's l2 normaliser uses the global batch's largest molecule.
+  Each device differentiates its shards one after the other
+  (`summed_value_and_grad`). With a mesh, each device takes its own shards
+  (`shard_map`), then the sums are all-reduced: the result equals the
+  single-device one up to float summation order. EDM's l2 normaliser uses the
+  global batch's largest molecule.
   """
   def local(offset, params, graphs, t_int, eps, all_reduce):
     del offset
@@ -180,11 +204,11 @@ def loss_and_grads(model: Diffusion, params, graphs: jraph.GraphsTuple, t_int: j
     if all_reduce:
       width = jax.lax.pmax(width, 'data')
       count = jax.lax.psum(count, 'data')
+    count = jnp.maximum(count, 1.0)
 
-    def objective(p):
-      total, _ = _local_sums(model, p, graphs, t_int, eps, width)
-      return total / jnp.maximum(count, 1.0)
-    loss, grads = jax.value_and_grad(objective)(params)
+    def shard_mean(p, graph, t, e):
+      return _shard_sums(model, p, graph, t, e, width)[0] / count
+    loss, grads = summed_value_and_grad(shard_mean, params, graphs, t_int, eps)
     if all_reduce:
       loss, grads = jax.lax.psum((loss, grads), 'data')
     return loss, grads
@@ -210,11 +234,9 @@ def mean_loss_and_grads(sum_fn, params, graphs: jraph.GraphsTuple,
     count = jnp.sum(masking.graph_mask(graphs))
     if all_reduce:
       count = jax.lax.psum(count, 'data')
-
-    def objective(p):
-      total = sum(sum_fn(p, _shard(graphs, d))[0] for d in range(graphs.n_node.shape[0]))
-      return total / jnp.maximum(count, 1.0)
-    loss, grads = jax.value_and_grad(objective)(params)
+    count = jnp.maximum(count, 1.0)
+    loss, grads = summed_value_and_grad(lambda p, graph: sum_fn(p, graph)[0] / count,
+                                        params, graphs)
     if all_reduce:
       loss, grads = jax.lax.psum((loss, grads), 'data')
     return loss, grads
