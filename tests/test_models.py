@@ -14,6 +14,7 @@ from edm_zoo.config import Config, DiffusionConfig, ModelConfig
 from edm_zoo.data import registry
 from edm_zoo.diffusion import Diffusion, samplers, schedules
 from edm_zoo.diffusion.samplers import ancestral, chain
+from edm_zoo.models import layers
 
 
 ANCESTRAL = samplers.get('ancestral')
@@ -365,3 +366,17 @@ def test_second_order_solver_is_closer_to_the_ode_solution(short_chain):
   # than the first- and second-order 10-step solutions do.
   assert (np.abs(np.asarray(b['x']) - np.asarray(c['x'])).mean()
           < np.abs(np.asarray(a['x']) - np.asarray(c['x'])).mean())
+
+
+def test_silu_and_its_saved_residual_gradient_are_autodiffs():
+  x = jnp.concatenate([jnp.linspace(-30.0, 30.0, 601),
+                       jax.random.normal(jax.random.PRNGKey(0), (1000,)) * 4])
+  cotangent = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+  np.testing.assert_allclose(layers.silu(x), jax.nn.silu(x), rtol=1e-6, atol=1e-7)
+  ours = jax.vjp(layers.silu, x)[1](cotangent)[0]
+  autodiff = jax.vjp(jax.nn.silu, x)[1](cotangent)[0]
+  np.testing.assert_allclose(ours, autodiff, rtol=1e-5, atol=1e-6)
+  # Second derivatives (grad of a grad) still work.
+  second = jax.grad(lambda v: jnp.sum(jax.grad(lambda u: jnp.sum(layers.silu(u)))(v)))(x)
+  reference = jax.grad(lambda v: jnp.sum(jax.grad(lambda u: jnp.sum(jax.nn.silu(u)))(v)))(x)
+  np.testing.assert_allclose(second, reference, rtol=1e-4, atol=1e-5)

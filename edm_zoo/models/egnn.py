@@ -53,14 +53,14 @@ class GCL(hk.Module):
       [n_node, nf], zero on padding nodes.
     """
     c = self._config
-    m = jax.nn.silu(layers.EdgeLinear(c.nf, name='edge_mlp_0')(
+    m = layers.silu(layers.EdgeLinear(c.nf, name='edge_mlp_0')(
         h, graph.receivers, graph.senders, edge_attr))
-    m = jax.nn.silu(layers.TorchLinear(c.nf, name='edge_mlp_2')(m))
+    m = layers.silu(layers.TorchLinear(c.nf, name='edge_mlp_2')(m))
     if c.attention:
       m = m * jax.nn.sigmoid(layers.TorchLinear(1, name='att_mlp_0')(m))
     m = m * edge_mask[:, None]
     agg = layers.aggregate(m, graph.receivers, h.shape[0], c.normalization_factor)
-    out = jax.nn.silu(layers.TorchLinear(c.nf, name='node_mlp_0')(
+    out = layers.silu(layers.TorchLinear(c.nf, name='node_mlp_0')(
         jnp.concatenate([h, agg], axis=-1)))
     h = h + layers.TorchLinear(c.nf, name='node_mlp_2')(out)
     return h * node_mask[:, None]
@@ -96,9 +96,9 @@ class EquivariantUpdate(hk.Module):
       [n_node, 3], zero on padding nodes.
     """
     c = self._config
-    phi = jax.nn.silu(layers.EdgeLinear(c.nf, name='coord_mlp_0')(
+    phi = layers.silu(layers.EdgeLinear(c.nf, name='coord_mlp_0')(
         h, graph.receivers, graph.senders, edge_attr))
-    phi = jax.nn.silu(layers.TorchLinear(c.nf, name='coord_mlp_2')(phi))
+    phi = layers.silu(layers.TorchLinear(c.nf, name='coord_mlp_2')(phi))
     phi = layers.TorchLinear(1, with_bias=False, w_init=layers.xavier_uniform(0.001),
                              name='coord_mlp_4')(phi)
     if c.tanh:

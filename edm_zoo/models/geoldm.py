@@ -54,7 +54,7 @@ class Encoder(hk.Module):
     mask = masking.node_mask(graph)[:, None]
     h_e, x_e = egnn.EGNN(config=self._config, out_node_nf=self._config.nf)(h, x, graph)
     x_mean = center_of_gravity.remove_mean(x_e * mask, graph)
-    o = jax.nn.silu(layers.TorchLinear(self._config.nf, name='final_mlp_0')(h_e))
+    o = layers.silu(layers.TorchLinear(self._config.nf, name='final_mlp_0')(h_e))
     o = layers.TorchLinear(2 * self._latent_nf + 1, name='final_mlp_2')(o)
     L = self._latent_nf
     return {'x_mean': x_mean, 'h_mean': o[:, 1:1 + L] * mask,

@@ -34,8 +34,8 @@ class SelfLoopGCL(hk.Module):
 
   def _edge_mlp(self, pre):
     c = self._config
-    m = jax.nn.silu(pre)
-    m = jax.nn.silu(layers.TorchLinear(c.nf, name='edge_mlp_2')(m))
+    m = layers.silu(pre)
+    m = layers.silu(layers.TorchLinear(c.nf, name='edge_mlp_2')(m))
     if c.attention:
       m = m * jax.nn.sigmoid(layers.TorchLinear(1, name='att_mlp_0')(m))
     return m
@@ -63,7 +63,7 @@ class SelfLoopGCL(hk.Module):
     self_m = self._edge_mlp(h @ (w[:nf] + w[nf:]) + b)
     agg = layers.aggregate(m, graph.receivers, h.shape[0],
                            c.normalization_factor) + self_m / c.normalization_factor
-    out = jax.nn.silu(layers.TorchLinear(c.nf, name='node_mlp_0')(
+    out = layers.silu(layers.TorchLinear(c.nf, name='node_mlp_0')(
         jnp.concatenate([h, agg], axis=-1)))
     h = h + layers.TorchLinear(c.nf, name='node_mlp_2')(out)
     return h * node_mask[:, None]

@@ -60,6 +60,33 @@ class EdgeLinear(TorchLinear):
     return node_i[receivers] + node_j[senders] + edge_attr @ w[2 * nf:]
 
 
+@jax.custom_vjp
+def silu(x: jax.Array) -> jax.Array:
+  """x * sigmoid(x), with a backward pass from saved sigmoid(x) and output.
+
+  Autodiff of `jax.nn.silu` keeps x and recomputes sigmoid(x) in the backward;
+  the output is kept anyway (the next layer's matmul needs it for its weight
+  gradient), so d/dx = s + y (1 - s) from (s, y) costs no exp and no extra
+  activation: the published train step ~8% faster, peak RSS 1.65 -> 1.46 GB
+  (BENCHMARKS.md).
+  """
+  return x * jax.nn.sigmoid(x)
+
+
+def _silu_fwd(x):
+  s = jax.nn.sigmoid(x)
+  y = x * s
+  return y, (s, y)
+
+
+def _silu_bwd(residuals, g):
+  s, y = residuals
+  return (g * (s + y * (1 - s)),)
+
+
+silu.defvjp(_silu_fwd, _silu_bwd)
+
+
 def xavier_uniform(gain: float) -> hk.initializers.Initializer:
   """torch.nn.init.xavier_uniform_(gain=gain)."""
   return hk.initializers.VarianceScaling(gain**2, 'fan_avg', 'uniform')

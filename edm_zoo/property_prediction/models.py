@@ -46,10 +46,10 @@ class EGNNRegressor(hk.Module):
     for l in range(c.n_layers):
       h = egnn.GCL(config=self._gcl_config, name=f'gcl_{l}')(
           h, graph=graph, edge_attr=radial, node_mask=node_mask, edge_mask=edge_mask)
-    h = jax.nn.silu(layers.TorchLinear(c.nf, name='node_dec_0')(h))
+    h = layers.silu(layers.TorchLinear(c.nf, name='node_dec_0')(h))
     h = layers.TorchLinear(c.nf, name='node_dec_2')(h) * node_mask[:, None]
     h = masking.segment_sum(h, graph)
-    h = jax.nn.silu(layers.TorchLinear(c.nf, name='graph_dec_0')(h))
+    h = layers.silu(layers.TorchLinear(c.nf, name='graph_dec_0')(h))
     return layers.TorchLinear(1, name='graph_dec_2')(h)[:, 0]
 
 
@@ -62,7 +62,7 @@ class NumNodes(hk.Module):
 
   def __call__(self, graph: jraph.GraphsTuple) -> jax.Array:
     n = masking.segment_sum(masking.node_mask(graph), graph)[:, None] / _MAX_ATOMS
-    h = jax.nn.silu(layers.TorchLinear(self._config.nf, name='linear1')(n))
+    h = layers.silu(layers.TorchLinear(self._config.nf, name='linear1')(n))
     return layers.TorchLinear(1, name='linear2')(h)[:, 0]
 
 
