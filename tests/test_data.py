@@ -98,7 +98,7 @@ def test_padding_masks_cover_exactly_real_nodes_and_edges(qm9_sources):
   assert len(set(zip(s.tolist(), r.tolist()))) == real.sum()
   # The budget comes from the documented ladder (bounded shapes).
   budgets = batching.default_budgets(64, stats.n_nodes_histogram)
-  assert len(budgets) <= 7
+  assert len(budgets) <= 10
   assert (graph.n_node.sum(), len(graph.senders), len(graph.n_node)) in {
       (b.n_node, b.n_edge, b.n_graph) for b in budgets}
 
@@ -181,3 +181,20 @@ def test_molecule_larger_than_the_budget(qm9_sources):
   with pytest.raises(ValueError, match='exceeds'):
     next(batching.batches(qm9_sources['valid'], None, budget=budget,
                          start=500, shuffle=False))
+
+
+def test_batches_of_small_molecules_get_a_small_padding_level(qm9_sources):
+  hist = registry.statistics('qm9').n_nodes_histogram
+  budgets = batching.default_budgets(64, hist)
+  random_level = batching.default_budgets(64, hist, small_quantiles=())[0]
+  # The validation split read in order starts with small molecules.
+  graph = next(batching.batches(qm9_sources['valid'], 64, shuffle=False,
+                                n_nodes_histogram=hist))
+  real_edges = int(masking.edge_mask(graph).sum())
+  assert len(graph.senders) < random_level.n_edge
+  assert len(graph.senders) < 1.3 * real_edges, (len(graph.senders), real_edges)
+  # Random batches of 64 never need the small levels.
+  for graph, _ in zip(batching.batches(qm9_sources['train'], 64, seed=0,
+                                       n_nodes_histogram=hist), range(50)):
+    assert len(graph.senders) >= random_level.n_edge
+  assert set(batching.default_budgets(64, hist, small_quantiles=())) < set(budgets)
