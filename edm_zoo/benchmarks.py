@@ -409,7 +409,7 @@ def size_study(model: Diffusion, tx, config: config_lib.Config,
     sizes = [len(m['charges']) for m in molecules]
     hist = {n: sizes.count(n) for n in set(sizes)}
     # The random-batch ladder: the study times steps on repeated shapes.
-    budgets = sorted(batching.default_budgets(per_part, hist, small_quantiles=()))
+    budgets = batching.default_budgets(per_part, hist, small_quantiles=())
     graphs = []
     for lo in range(0, len(molecules) - bs + 1, bs):
       split = [molecules[lo + j * per_part:lo + (j + 1) * per_part] for j in range(parts)]
