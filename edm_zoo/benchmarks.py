@@ -293,8 +293,18 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
     results['size_study'] = size_study(model, tx, config, bench, data_dir, log)
 
   results['peak_rss_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  device_peak = device_peak_bytes()
+  if device_peak is not None:
+    results['device_peak_gib'] = device_peak / 2**30
   results['other_busy_cores_before_after'] = [load_before, cpu_contention()]
   return results
+
+
+def device_peak_bytes() -> int | None:
+  """The accelerator allocator's high-water mark over the process (None on CPU,
+  whose allocations RSS counts)."""
+  memory = jax.devices()[0].memory_stats()
+  return None if not memory else memory.get('peak_bytes_in_use')
 
 
 def batch_shapes(source, batch_size: int, histogram: dict[int, int],
@@ -582,3 +592,63 @@ def sampler_study_plot(rows, path: str, title: str) -> None:
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
+
+
+def loss_windows(records: Sequence[dict[str, Any]], window: int,
+                 total_steps: int) -> np.ndarray:
+  """Mean logged train loss over steps (0, window], (window, 2 window], ...
+
+  Args:
+    records: `metrics.jsonl` lines of one run (those without 'loss' are skipped).
+    window: steps per window; must divide `total_steps`.
+    total_steps: the run's length.
+
+  Raises:
+    ValueError: a window with no logged loss (a run that stopped early).
+  """
+  if window <= 0 or total_steps % window:
+    raise ValueError(f'a window of {window} steps does not divide {total_steps} steps.')
+  sums = np.zeros(total_steps // window)
+  counts = np.zeros(total_steps // window)
+  for r in records:
+    if 'loss' in r and 0 < r['step'] <= total_steps:
+      sums[(r['step'] - 1) // window] += r['loss']
+      counts[(r['step'] - 1) // window] += 1
+  if not counts.all():
+    missing = int(np.argmin(counts > 0))
+    raise ValueError(f'no train loss logged in steps {missing * window + 1}-'
+                     f'{(missing + 1) * window}: did the run finish?')
+  return sums / counts
+
+
+def against_seed_noise(curves: dict[str, np.ndarray], reference: str,
+                       other_seeds: Sequence[str]) -> dict[str, dict[str, Any]]:
+  """How far each curve strays from `reference` beside how far other seeds do.
+
+  Args:
+    curves: {run: windowed mean losses} (`loss_windows`), equal lengths.
+    reference: the float32 run the others share a seed (init, data, noise) with.
+    other_seeds: float32 runs with other seeds: their distance from `reference`
+      is the noise.
+
+  Returns:
+    {run: {gap: mean |run - reference| over the windows, noise: the same for
+    the other seeds (their mean), ratio, within_noise: ratio <= 1, final_gap}}
+    for every run but the reference and the other seeds.
+
+  Raises:
+    ValueError: no other seed to measure the noise with.
+  """
+  if not other_seeds:
+    raise ValueError('the noise needs float32 runs with at least two seeds.')
+  ref = curves[reference]
+  noise = float(np.mean([np.mean(np.abs(curves[s] - ref)) for s in other_seeds]))
+  out = {}
+  for name, curve in curves.items():
+    if name == reference or name in other_seeds:
+      continue
+    gap = float(np.mean(np.abs(curve - ref)))
+    out[name] = {'gap': gap, 'noise': noise, 'ratio': gap / noise,
+                 'within_noise': gap <= noise,
+                 'final_gap': float(abs(curve[-1] - ref[-1]))}
+  return out

@@ -36,6 +36,7 @@ def main(argv):
   runtime.start_main(argv)
   config = flags_util.config_from_flags()
   try:
+    flags_util.check_matmul_precision()
     bench = config_lib.build_bench(**flags_util.dataclass_values(config_lib.BenchConfig))
     results = benchmarks.run(config, bench, data_dir=_DATA_DIR.value)
   except ValueError as e:
@@ -53,6 +54,8 @@ def main(argv):
   if load > 0.3:
     print(f'WARNING: other processes kept {load:.2f} cores busy around the run: these '
           'figures are contended.')
+  if 'device_peak_gib' in results:
+    print(f"peak device memory {results['device_peak_gib']:.2f} GiB")
   print(f"peak RSS {results['peak_rss_gb']:.2f} GB; device {results['device']}, "
         f"jax {results['jax_version']}, {results['cpu_count']} CPUs")
   print(json.dumps(results, indent=1))

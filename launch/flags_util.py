@@ -131,11 +131,38 @@ def training_error(error: BaseException, workdir: str) -> str:
   return f'{type(error).__name__}: {distributed.first_line(error)} (traceback above)'
 
 
+# --matmul_precision: jax's default matmul precision, or the dot algorithm preset
+# (https://docs.jax.dev/en/latest/jax.lax.html#jax.lax.DotAlgorithmPreset) that
+# rounds float32 inputs on the way into the matmul units.
+MATMUL_PRECISIONS = {'default': 'default', 'high': 'high', 'highest': 'highest',
+                     'tf32': 'TF32_TF32_F32', 'bf16': 'BF16_BF16_F32'}
+_GPU_ONLY_PRECISIONS = ('tf32', 'bf16')
+
+
+def check_matmul_precision(name: str | None = None) -> None:
+  """Refuses a GPU-only --matmul_precision (or `name`) elsewhere (call after
+  join_run: it starts the backend).
+
+  XLA:CPU rejects TF32 at the first matmul and computes a bf16 algorithm in
+  float32 (same error and speed as `highest`, measured on Zen 4): neither would do
+  what the flag says.
+
+  Raises:
+    ValueError: one line.
+  """
+  name = name or flags.FLAGS.matmul_precision
+  if name in _GPU_ONLY_PRECISIONS and jax.default_backend() != 'gpu':
+    raise ValueError(f'--matmul_precision={name} needs a GPU (this run is on '
+                     f'{jax.default_backend()}); XLA there computes float32 matmuls in '
+                     'float32 whatever the flag. Leave the flag out.')
+
+
 def define_config_flags() -> None:
   """Defines --<field> for every Config field, plus --preset and friends."""
-  flags.DEFINE_enum('matmul_precision', 'highest', ['default', 'high', 'highest'],
-                    'float32 matmul precision: highest keeps parity; default allows '
-                    'TF32 on GPUs (faster, numerics change slightly)')
+  flags.DEFINE_enum('matmul_precision', 'highest', sorted(MATMUL_PRECISIONS),
+                    'float32 matmul precision: highest keeps parity; default lets XLA '
+                    'pick (TF32 on recent NVIDIA GPUs); tf32 and bf16 (GPU only) round '
+                    'the matmul inputs to TF32 / bfloat16 and accumulate in float32')
   flags.DEFINE_string('preset', 'published',
                       f'named preset: {sorted(config_lib.PRESETS)} (default: the '
                       "dataset's published run if it has one, e.g. geom_drugs, else "
@@ -162,7 +189,8 @@ def config_from_flags() -> config_lib.Config:
 
   Also applies --matmul_precision to jax.
   """
-  jax.config.update('jax_default_matmul_precision', flags.FLAGS.matmul_precision)
+  jax.config.update('jax_default_matmul_precision',
+                    MATMUL_PRECISIONS[flags.FLAGS.matmul_precision])
   values = {}
   for name in config_lib.field_names():
     if name in flags.FLAGS and name not in _SKIP:

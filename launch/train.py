@@ -34,6 +34,7 @@ def main(argv):
   try:
     config = flags_util.config_from_flags()
     flags_util.join_run(_DISTRIBUTED)
+    flags_util.check_matmul_precision()
   except ValueError as e:
     runtime.fail(str(e))
   workdir = _WORKDIR.value or os.path.join(

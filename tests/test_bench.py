@@ -15,6 +15,7 @@ from edm_zoo import config as config_lib
 from edm_zoo.data import registry
 from edm_zoo.diffusion import Diffusion
 from edm_zoo.training import optimizer
+from conftest import shared_path
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,3 +160,120 @@ def test_side_by_side_report_on_the_size_part_alone(tmp_path):
   assert '| 20 | 7 s | 2 s | 3.5x | 4.00 / 2.00 GB |' in out
   assert 'train step, batch 64' not in out  # That part did not run.
   assert (tmp_path / 'p.png').stat().st_size > 1000
+
+
+def _records(losses, every=10):
+  return [{'step': every * (i + 1), 'loss': float(v)} for i, v in enumerate(losses)]
+
+
+def test_loss_windows_average_the_logged_losses_per_window():
+  losses = np.arange(1.0, 21.0)  # Logged at steps 10, 20, ..., 200.
+  records = _records(losses) + [{'step': 100, 'val_nll': 5.0}]
+  windows = benchmarks.loss_windows(records, 50, 200)
+  np.testing.assert_allclose(windows, [losses[i:i + 5].mean() for i in range(0, 20, 5)])
+  with pytest.raises(ValueError, match='does not divide'):
+    benchmarks.loss_windows(records, 30, 200)
+  with pytest.raises(ValueError, match='steps 151-200'):
+    benchmarks.loss_windows(_records(losses[:15]), 50, 200)
+
+
+def test_against_seed_noise_compares_each_gap_with_the_seeds_spread():
+  ref = np.array([3.0, 2.0, 1.5, 1.2])
+  seed1 = ref + np.array([0.1, -0.1, 0.1, -0.1])  # noise: mean |diff| 0.1
+  close = ref + 0.05
+  far = ref + np.array([0.0, 0.3, 0.3, 0.4])
+  v = benchmarks.against_seed_noise(
+      {'highest_seed0': ref, 'highest_seed1': seed1, 'tf32': close, 'bf16': far},
+      'highest_seed0', ['highest_seed1'])
+  assert set(v) == {'tf32', 'bf16'}
+  assert v['tf32']['noise'] == pytest.approx(0.1)
+  assert v['tf32']['gap'] == pytest.approx(0.05) and v['tf32']['within_noise']
+  assert v['bf16']['gap'] == pytest.approx(0.25) and not v['bf16']['within_noise']
+  assert v['bf16']['final_gap'] == pytest.approx(0.4)
+  with pytest.raises(ValueError, match='two seeds'):
+    benchmarks.against_seed_noise({'highest_seed0': ref}, 'highest_seed0', [])
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--precisions=highest,bf16'], 'needs a GPU'),
+    (['--precisions=fp8'], 'unknown'),
+    (['--seeds=1'], 'must be >= 2'),
+])
+def test_precision_study_refuses_in_one_line(tmp_path, flags, message):
+  done = subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'precision_study.py'),
+                         f'--out={tmp_path}', "--parity_dir="] + flags,
+                        capture_output=True, text=True, cwd=REPO, check=False)
+  assert done.returncode == 1
+  assert message in done.stderr and 'Traceback' not in done.stderr, done.stderr
+
+
+def test_bf16_training_is_refused_on_cpu(tmp_path):
+  done = subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'train.py'),
+                         '--preset=tiny', '--matmul_precision=bf16', f'--workdir={tmp_path}'],
+                        capture_output=True, text=True, cwd=REPO, check=False)
+  assert done.returncode == 1
+  assert 'needs a GPU' in done.stderr and 'Traceback' not in done.stderr, done.stderr
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_precision_study_trains_compares_and_replays_parity(tmp_path):
+  out = tmp_path / 'study.json'
+  cmd = [sys.executable, os.path.join(REPO, 'launch', 'precision_study.py'),
+         '--precisions=highest', '--seeds=2', '--preset=tiny', '--steps=20', '--window=10',
+         f'--out={tmp_path / "runs"}', f'--json={out}',
+         f'--parity_dir={shared_path("parity")}']
+  done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=True)
+  runs = json.loads(out.read_text())['runs']
+  assert set(runs) == {'highest_seed0', 'highest_seed1'}
+  for name, r in runs.items():
+    records = [json.loads(line) for line in
+               open(tmp_path / 'runs' / name / 'metrics.jsonl') if line.strip()]
+    assert r['loss_windows'] == pytest.approx(
+        benchmarks.loss_windows(records, 10, 20).tolist())
+    assert np.isfinite(r['val_nll'])
+  # Different seeds draw different runs; float32 keeps parity.
+  assert runs['highest_seed0']['loss_windows'] != runs['highest_seed1']['loss_windows']
+  assert runs['highest_seed0']['parity_failing'] == 0
+  assert runs['highest_seed0']['train_parity_failing'] == 0
+  assert 'highest_seed0' in done.stdout
+  # A rerun finds both runs finished and trains nothing.
+  mtime = os.path.getmtime(tmp_path / 'runs' / 'highest_seed0' / 'metrics.jsonl')
+  subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=True)
+  assert os.path.getmtime(tmp_path / 'runs' / 'highest_seed0' / 'metrics.jsonl') == mtime
+
+
+def test_gpu_bench_report_pairs_the_measurements(tmp_path):
+  raw = tmp_path / 'raw'
+  raw.mkdir()
+  config = {'nf': 256, 'n_layers': 9, 'batch_size': 64, 'T': 1000}
+  (raw / 'ours_highest.json').write_text(json.dumps(
+      {'device': 'GPU X', 'config': config, 'train_step_median_s': 0.02,
+       'nll_batch_median_s': 0.008, 'device_peak_gib': 3.0}, indent=1))
+  # The harness's output: log lines, then one JSON line.
+  (raw / 'orig_train.json').write_text('noise\n' + json.dumps(
+      {'median_s': 0.1, 'cuda_peak_gib': 5.0, 'device': 'GPU X'}))
+  (raw / 'orig_nll.json').write_text(json.dumps({'median_s': 0.04}))
+  (raw / 'ours_sample10.json').write_text(json.dumps({'sample_molecules_per_hour': 36000.0}))
+  (raw / 'orig_sample10.json').write_text(json.dumps({'seconds_per_molecule_full_chain': 1.0}))
+  (raw / 'orig_train_tf32.json').write_text('')  # A run that failed: left out.
+  (raw / 'precision_study.json').write_text(json.dumps({'runs': {
+      'highest_seed0': {'parity_failing': 0, 'parity_arrays': 49, 'parity_worst_abs': 1e-6,
+                        'train_parity_failing': 0, 'train_parity_arrays': 62,
+                        'train_parity_worst_abs': 2e-5},
+      'bf16_seed0': {'gap': 0.02, 'noise': 0.03, 'within_noise': True}}}))
+  subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'gpu_bench_report.py'),
+                  f'--dir={raw}', f'--json={tmp_path / "r.json"}',
+                  f'--markdown={tmp_path / "r.md"}'], check=True, cwd=REPO,
+                 capture_output=True)
+  text = (tmp_path / 'r.md').read_text()
+  assert 'Device: GPU X' in text
+  assert '| train step, float32 | 100.0 ms | 20.0 ms | 5.0x |' in text
+  assert '| NLL per batch, float32 | 40.0 ms | 8.0 ms | 5.0x |' in text
+  assert '| 5.00 GiB | 3.00 GiB |' in text
+  assert '| 3,600 | 36,000 | 10.0x |' in text
+  assert '0/49 (1.0e-06)' in text and '0.0200 vs 0.0300: within noise' in text
+  assert 'Not measured in this run: orig_train_tf32, ours_tf32, ours_bf16.' in text
+  assert set(json.loads((tmp_path / 'r.json').read_text())) == {
+      'ours_highest', 'orig_train', 'orig_nll', 'ours_sample10', 'orig_sample10',
+      'precision_study'}
