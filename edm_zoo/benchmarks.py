@@ -345,26 +345,24 @@ def _joined(molecules: Sequence[dict], k: int) -> list[dict]:
   return out
 
 
-def qm9_of_sizes(sizes: Sequence[int], count: int, atomic_numbers: Sequence[int],
-                 data_dir: str | None) -> list[tuple[str, list[dict]]]:
-  """[(name, `count` QM9 train molecules of exactly n atoms)] for each n in `sizes`.
+def molecules_of_sizes(dataset: str, sizes: Sequence[int], count: int,
+                       atomic_numbers: Sequence[int],
+                       data_dir: str | None) -> list[tuple[str, list[dict]]]:
+  """[(name, `count` train molecules of `dataset` with exactly n atoms)] per n in `sizes`.
 
   A size with fewer molecules repeats them (the step's cost depends on the sizes,
   not on which molecules they are); molecules with elements outside
   `atomic_numbers` are left out.
 
   Raises:
-    ValueError: QM9 is not prepared, or a size has no molecule (one line).
+    ValueError: a size has no molecule (one line).
   """
-  if not registry.is_prepared('qm9', data_dir):
-    raise ValueError('--size_study_sizes takes QM9 molecules: run '
-                     '`python launch/prepare_data.py --dataset=qm9` first.')
-  histogram = registry.statistics('qm9', data_dir).n_nodes_histogram
+  histogram = registry.statistics(dataset, data_dir).n_nodes_histogram
   empty = [n for n in sizes if not histogram.get(n)]
   if empty:
-    raise ValueError(f'QM9 has no training molecule of {empty} atoms; pick '
+    raise ValueError(f'{dataset} has no training molecule of {empty} atoms; pick '
                      f'--size_study_sizes among {sorted(histogram)}.')
-  train = registry.load('qm9', 'train', data_dir)
+  train = registry.load(dataset, 'train', data_dir)
   found: dict[int, list[dict]] = {n: [] for n in sizes}
   chunk = 4096
   for lo in range(0, len(train), chunk):
@@ -377,9 +375,9 @@ def qm9_of_sizes(sizes: Sequence[int], count: int, atomic_numbers: Sequence[int]
       break
   empty = [n for n, v in found.items() if not v]
   if empty:
-    raise ValueError(f'no QM9 training molecule of {empty} atoms has only elements the '
-                     f'model knows ({list(atomic_numbers)}).')
-  return [(f'qm9 {n} atoms', [v[i % len(v)] for i in range(count)])
+    raise ValueError(f'no {dataset} training molecule of {empty} atoms has only elements '
+                     f'the model knows ({list(atomic_numbers)}).')
+  return [(f'{dataset} {n} atoms', [v[i % len(v)] for i in range(count)])
           for n, v in found.items()]
 
 
@@ -388,12 +386,14 @@ def size_study(model: Diffusion, tx, config: config_lib.Config,
   """Train-step time and memory against molecule size, one model for all: QM9
   batches, batches of the config's dataset, and 100+ atom molecules (three of the
   dataset's joined), each padded to its own ladder; or, with
-  `bench.size_study_sizes`, batches of QM9 molecules of one size each, smallest
-  first (peak RSS is the process's, so it grows with the largest size so far)."""
+  `bench.size_study_sizes`, batches of the dataset's molecules of one size each,
+  smallest first (peak RSS is the process's, so it grows with the largest size so
+  far)."""
   bs = config.train.batch_size
   z = registry.statistics(config.dataset, data_dir).atomic_numbers
   if bench.size_study_sizes:
-    groups = qm9_of_sizes(bench.size_study_sizes, bs * (bench.repeats + 2), z, data_dir)
+    groups = molecules_of_sizes(config.dataset, bench.size_study_sizes,
+                                bs * (bench.repeats + 2), z, data_dir)
   else:
     own = registry.load(config.dataset, 'train', data_dir)
     n_own = min(len(own), 3 * bs * (bench.repeats + 2))

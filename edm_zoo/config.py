@@ -492,10 +492,10 @@ class BenchConfig:
     data_batches: batches timed by 'data'.
     jit_study_ks: reverse steps per compiled call of the jit study.
     jit_study_unrolls: scan unrolls of the jit study.
-    size_study_sizes: when given, the size study times batches of QM9 molecules
-      that all have exactly this many atoms, one size after another (what
-      `launch/side_by_side.sh` times the original on); otherwise the dataset's
-      own batches, QM9's and three molecules joined.
+    size_study_sizes: when given, the size study times batches of the dataset's
+      molecules that all have exactly this many atoms, one size after another
+      (what `launch/side_by_side.sh` times the original on); otherwise the
+      dataset's own batches, QM9's and three molecules joined.
   """
   what: tuple[str, ...] = ('train', 'nll', 'sample', 'data')
   repeats: int = 10

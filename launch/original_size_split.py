@@ -12,6 +12,15 @@ element the largest smaller molecule that has it is added, and named on stdout: 
 molecule in a few thousand, padded to the batch's size by the original's collate.
 The valid and test splits are the original's. `--min_molecules` repeats a rare size's
 molecules so that no timed batch is a short last one.
+
+With `--dataset=moses3d` (or another prepared dataset of GEOM-Drugs' elements), the
+view is one for the original's `main_geom_drugs.py` instead: `data/geom/` holds
+`geom_drugs_30.npy` (rows of molecule id, atomic number, x, y, z: the original's
+format) with `--min_molecules` of our dataset's train molecules of `--size` atoms,
+and `geom_permutation.npy` (in order; the original's split takes 10% / 10% / 80%).
+One size also keeps the original's loader working on numpy 2: its
+`load_split_data` calls `np.split` on the list of molecules, which numpy 2 refuses
+when their sizes differ. `launch/original_geom_train.py` then times its train step.
 """
 
 import json
@@ -20,6 +29,9 @@ import os
 from absl import app
 from absl import flags
 import numpy as np
+
+from edm_zoo import benchmarks
+from edm_zoo.data import registry
 
 _REPO = flags.DEFINE_string('edm_repo', os.environ.get('EDM_REPO'),
                             'a checkout of the original EDM with its QM9 npz files '
@@ -30,7 +42,13 @@ _MIN = flags.DEFINE_integer('min_molecules', 0,
                             'repeat the molecules of the size up to this many, so that '
                             'every timed batch is full (the loader keeps a short last one)')
 
+_DATASET = flags.DEFINE_string('dataset', 'qm9', "qm9 (the original's QM9 split), or a "
+                               "prepared dataset of GEOM-Drugs' elements, e.g. moses3d")
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'our prepared datasets (default: '
+                                'EDM_ZOO_DATA_DIR or data/tfds)')
+
 _SPLITS = os.path.join('qm9', 'temp', 'qm9')
+_GEOM = os.path.join('data', 'geom')
 
 
 def _link_tree(src: str, dst: str, keep_out: str) -> None:
@@ -63,13 +81,44 @@ def split_of_size(train: dict[str, np.ndarray], size: int,
   return np.concatenate([keep, [a['index'] for a in added]]).astype(int), added
 
 
+def geom_rows(molecules: list[dict]) -> np.ndarray:
+  """The original's GEOM conformer file: one row per atom, (molecule id, atomic
+  number, x, y, z)."""
+  return np.concatenate([
+      np.column_stack([np.full(len(m['charges']), i), m['charges'], m['positions']])
+      for i, m in enumerate(molecules)]).astype(np.float64)
+
+
+def _geom_view(repo: str, out: str) -> None:
+  """Writes the GEOM view of `--dataset` molecules of `--size` atoms."""
+  count = max(_MIN.value, 1)
+  elements = registry.statistics(_DATASET.value, _DATA_DIR.value).atomic_numbers
+  ((_, molecules),) = benchmarks.molecules_of_sizes(
+      _DATASET.value, (_SIZE.value,), count, elements, _DATA_DIR.value)
+  _link_tree(repo, out, os.path.join(_GEOM, 'geom_drugs_30.npy'))
+  for name in os.listdir(os.path.join(out, _GEOM)):  # Links to the original's files.
+    os.remove(os.path.join(out, _GEOM, name))
+  np.save(os.path.join(out, _GEOM, 'geom_drugs_30.npy'), geom_rows(molecules))
+  np.save(os.path.join(out, _GEOM, 'geom_permutation.npy'), np.arange(count))
+  print(json.dumps({'dataset': _DATASET.value, 'size': _SIZE.value, 'molecules': count,
+                    'train_molecules': count - 2 * int(0.1 * count), 'view': out}))
+
+
 def main(argv):
   del argv
+  if _SIZE.value is None or not _OUT.value:
+    raise SystemExit('error: give --size=ATOMS and --out=DIR.')
+  if _DATASET.value != 'qm9':
+    if not _REPO.value or not os.path.isfile(os.path.join(_REPO.value, 'main_geom_drugs.py')):
+      raise SystemExit("error: --edm_repo (or $EDM_REPO) must be the original's checkout.")
+    try:
+      _geom_view(os.path.abspath(_REPO.value), os.path.abspath(_OUT.value))
+    except ValueError as e:
+      raise SystemExit(f'error: {e}') from None
+    return
   if not _REPO.value or not os.path.isdir(os.path.join(_REPO.value, _SPLITS)):
     raise SystemExit('error: --edm_repo (or $EDM_REPO) must be the original\'s checkout '
                      f'with {_SPLITS}/train.npz (the harness setup writes it).')
-  if _SIZE.value is None or not _OUT.value:
-    raise SystemExit('error: give --size=ATOMS and --out=DIR.')
   repo, out = os.path.abspath(_REPO.value), os.path.abspath(_OUT.value)
   with np.load(os.path.join(repo, _SPLITS, 'train.npz')) as f:
     train = {k: f[k] for k in f.files}

@@ -4,20 +4,21 @@
 #
 #   EDM_REPO=$HOME/edm_reference EDM_VENV=$HOME/edm_venv launch/side_by_side.sh OUT_DIR [ROUNDS]
 #
-# PARTS (default "rounds batches s100 sizes") picks what runs, e.g. PARTS=sizes.
+# PARTS (default "rounds batches s100 sizes geom") picks what runs, e.g. PARTS=sizes.
 #
 # Each round times ours (train, NLL, sampling) then the original's (train, NLL,
 # sampling); then both at batch 16 and 32 (how the step grows with the batch) and
 # sampling 100 molecules per batch; then both on batches of one molecule size
-# (SIZES). One JSON file per measurement in OUT_DIR; `python launch/side_by_side_report.py OUT_DIR`
+# (SIZES), and on drug-like molecules of one size under the GEOM-Drugs config
+# (GEOM_SIZES). One JSON file per measurement in OUT_DIR; `python launch/side_by_side_report.py OUT_DIR`
 # prints the medians and ratios. Run nothing else meanwhile.
 set -euo pipefail
 OUT=${1:?give an output folder}
 ROUNDS=${2:-2}
-PARTS=${PARTS-rounds batches s100 sizes}
+PARTS=${PARTS-rounds batches s100 sizes geom}
 for p in $PARTS; do
-  case $p in rounds|batches|s100|sizes) ;;
-    *) echo "error: PARTS has '$p'; pick from: rounds batches s100 sizes" >&2; exit 2;; esac
+  case $p in rounds|batches|s100|sizes|geom) ;;
+    *) echo "error: PARTS has '$p'; pick from: rounds batches s100 sizes geom" >&2; exit 2;; esac
 done
 : "${EDM_REPO:?set EDM_REPO to a checkout of the original EDM}"
 : "${EDM_VENV:?set EDM_VENV to the harness venv}"
@@ -70,5 +71,20 @@ part sizes && for n in ${SIZES-10 14 18 22 27}; do
   EDM_REPO="$OUT/orig_view$n" "$V" "$H/bench_train.py" --iters 4 --warmup 1 \
     > "$OUT/orig_size$n.json" 2> "$OUT/orig_size$n.log"
   rm -rf "$OUT/orig_view$n"
+done
+# Drug-like molecules under the GEOM-Drugs config (nf 256, 4 layers), batches of 16
+# moses3d molecules that all have GEOM_SIZES atoms: the original through a view whose
+# GEOM file holds them (its main_geom_drugs.py, loader and train_epoch; its Python
+# needs msgpack, which main_geom_drugs imports), ours through the size study.
+part geom && for n in ${GEOM_SIZES-20 30 40 50 60}; do
+  "$PY" "$HERE/launch/bench.py" --dataset=moses3d --what=size_study --size_study_sizes=$n \
+    --batch_size=16 --repeats=4 --json="$OUT/ours_geom$n.json" > "$OUT/ours_geom$n.log" 2>&1
+  "$PY" "$HERE/launch/original_size_split.py" --edm_repo="$EDM_REPO" --dataset=moses3d \
+    --size=$n --min_molecules=128 --out="$OUT/geom_view$n" > "$OUT/geom_view$n.json" \
+    2> "$OUT/geom_view$n.log"
+  PYTHONPATH="$OUT/geom_view$n" "$V" "$HERE/launch/original_geom_train.py" \
+    --view="$OUT/geom_view$n" --harness="$H" --batch_size=16 --iters=4 --warmup=1 \
+    > "$OUT/orig_geom$n.json" 2> "$OUT/orig_geom$n.log"
+  rm -rf "$OUT/geom_view$n"
 done
 echo "done: $OUT"

@@ -4,8 +4,9 @@ timed in one run on one machine), as a Markdown table.
   python launch/side_by_side_report.py --dir=OUT_DIR [--plot=PNG --size_study=JSON]
 
 --plot draws how the train step grows: time and peak memory against the batch size
-and against the molecule size (ours and the original, batches of 64 QM9 molecules of
-one size each) and, from a `launch/bench.py --what=size_study --json` file, against
+and against the molecule size (ours and the original: batches of 64 QM9 molecules of
+one size each, and of 16 drug-like moses3d molecules of one size under the GEOM-Drugs
+config) and, from a `launch/bench.py --what=size_study --json` file, against
 drug-sized molecules (ours).
 """
 
@@ -95,15 +96,17 @@ def main(argv):
           f'{rss_ours:.2f} GB | |')
     gflops = [_read(p)['train_gflops_per_s'] for p in glob.glob(f'{d}/ours_r*.json')]
     print(f'achieved train GFLOP/s (ours): {", ".join(f"{g:.1f}" for g in gflops)}')
-  sizes = _by_size(d)
-  if sizes:
-    print()
-    print('| atoms per molecule (batch of 64) | original EDM | edm_zoo | ratio | '
-          'peak RSS original / edm_zoo |')
-    print('|---|---|---|---|---|')
-    for n, (ours, ours_gb, orig, orig_gb) in sorted(sizes.items()):
-      print(f'| {n} | {orig:.3g} s | {ours:.3g} s | {orig / ours:.1f}x | '
-            f'{orig_gb:.2f} / {ours_gb:.2f} GB |')
+  for kind, what in (('size', 'batch of 64 QM9 molecules, QM9 config'),
+                     ('geom', 'batch of 16 drug-like molecules, GEOM-Drugs config')):
+    sizes = _by_size(d, kind)
+    if sizes:
+      print()
+      print(f'| atoms per molecule ({what}) | original EDM | edm_zoo | ratio | '
+            'peak RSS original / edm_zoo |')
+      print('|---|---|---|---|---|')
+      for n, (ours, ours_gb, orig, orig_gb) in sorted(sizes.items()):
+        print(f'| {n} | {orig:.3g} s | {ours:.3g} s | {orig / ours:.1f}x | '
+              f'{orig_gb:.2f} / {ours_gb:.2f} GB |')
   if _PLOT.value:
     plot(d, _PLOT.value, _SIZE_STUDY.value)
 
@@ -124,12 +127,16 @@ def _by_batch(d):
   return out
 
 
-def _by_size(d):
-  """{atoms: (ours s, ours GB, original s, original GB)} of the one-size batches."""
+def _by_size(d, kind='size'):
+  """{atoms: (ours s, ours GB, original s, original GB)} of the one-size batches:
+  QM9's (kind 'size') or drug-like molecules' under the GEOM-Drugs config ('geom')."""
   out = {}
-  for p in glob.glob(f'{d}/orig_size*.json'):
-    n = int(os.path.basename(p)[len('orig_size'):-len('.json')])
-    ours_path = f'{d}/ours_size{n}.json'
+  for p in glob.glob(f'{d}/orig_{kind}*.json'):
+    n = os.path.basename(p)[len(f'orig_{kind}'):-len('.json')]
+    if not n.isdigit():
+      continue
+    n = int(n)
+    ours_path = f'{d}/ours_{kind}{n}.json'
     if not os.path.exists(ours_path):
       continue
     (row,) = _read(ours_path)['size_study']
@@ -139,10 +146,25 @@ def _by_size(d):
   return out
 
 
+def _size_panel(ax, sizes, xlabel, title):
+  n = sorted(sizes)
+  ax.plot(n, [sizes[k][2] for k in n], 'o-', c='C0', label='original: train step (s)')
+  ax.plot(n, [sizes[k][0] for k in n], 's-', c='C1', label='edm_zoo: train step (s)')
+  ax.plot(n, [sizes[k][3] for k in n], 'o--', c='C0', mfc='none',
+          label='original: peak RSS (GB)')
+  ax.plot(n, [sizes[k][1] for k in n], 's--', c='C1', mfc='none',
+          label='edm_zoo: peak RSS (GB)')
+  ax.set(xlabel=xlabel, xscale='log', yscale='log', title=title)
+  ax.set_xticks(n, [str(k) for k in n])
+  ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+  ax.legend(fontsize=7)
+
+
 def plot(d, path, size_study):
   rows = _by_batch(d)
   sizes = _by_size(d)
-  panels = 2 * bool(rows) + bool(sizes) + bool(size_study)
+  geom = _by_size(d, 'geom')
+  panels = 2 * bool(rows) + bool(sizes) + bool(geom) + bool(size_study)
   if not panels:
     raise SystemExit(f'error: {d} holds no figures to plot.')
   fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.6), squeeze=False)
@@ -166,19 +188,11 @@ def plot(d, path, size_study):
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.legend()
   if sizes:
-    ax = axes.pop(0)
-    n = sorted(sizes)
-    ax.plot(n, [sizes[k][2] for k in n], 'o-', c='C0', label='original: train step (s)')
-    ax.plot(n, [sizes[k][0] for k in n], 's-', c='C1', label='edm_zoo: train step (s)')
-    ax.plot(n, [sizes[k][3] for k in n], 'o--', c='C0', mfc='none',
-            label='original: peak RSS (GB)')
-    ax.plot(n, [sizes[k][1] for k in n], 's--', c='C1', mfc='none',
-            label='edm_zoo: peak RSS (GB)')
-    ax.set(xlabel='atoms per molecule (64 QM9 molecules of one size)', xscale='log',
-           yscale='log', title='time and memory vs molecule size')
-    ax.set_xticks(n, [str(k) for k in n])
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.legend(fontsize=7)
+    _size_panel(axes.pop(0), sizes, 'atoms per molecule (64 QM9 molecules of one size)',
+                'time and memory vs molecule size')
+  if geom:
+    _size_panel(axes.pop(0), geom, 'atoms per molecule (16 moses3d molecules of one size)',
+                'drug-like molecules, GEOM config')
   if size_study:
     study = [r for r in _read(size_study)['size_study'] if not r['error']]
     ax = axes.pop(0)

@@ -88,8 +88,8 @@ def test_size_study_on_molecules_of_one_size():
 def test_size_study_refuses_sizes_qm9_lacks():
   with pytest.raises(ValueError, match='atom counts'):
     config_lib.build_bench(size_study_sizes=(1,))
-  with pytest.raises(ValueError, match=r'no training molecule of \[28\] atoms; pick'):
-    benchmarks.qm9_of_sizes((28,), 4, (1, 6, 7, 8, 9), None)
+  with pytest.raises(ValueError, match=r'qm9 has no training molecule of \[28\] atoms; pick'):
+    benchmarks.molecules_of_sizes('qm9', (28,), 4, (1, 6, 7, 8, 9), None)
 
 
 def _fake_original(root, sizes, charges):
@@ -142,24 +142,72 @@ def test_original_size_split_keeps_one_size_and_every_element(tmp_path):
   assert bad.stderr.strip() == "error: the original's train split has no molecule of 7 atoms."
 
 
-def test_side_by_side_report_on_the_size_part_alone(tmp_path):
-  # What `PARTS=sizes launch/side_by_side.sh` leaves: per size, our bench JSON and the
-  # harness's log lines ending in its JSON line.
-  (tmp_path / 'processor.txt').write_text('model name\t: test CPU\n')
-  for n, ours, orig in ((10, 0.5, 1.25), (20, 2.0, 7.0)):
-    (tmp_path / f'ours_size{n}.json').write_text(json.dumps({'size_study': [
-        {'molecules': f'qm9 {n} atoms', 'train_step_median_s': ours,
-         'peak_rss_gb': n / 10}]}, indent=1))
-    (tmp_path / f'orig_size{n}.json').write_text(
-        'a log line\n' + json.dumps({'median_s': orig, 'peak_rss_mb': 1024.0 * n / 5}))
+def _side_by_side_report(folder):
+  """The report's stdout on `folder` (with a plot, which must be drawn)."""
   out = subprocess.run(
       [sys.executable, os.path.join(REPO, 'launch', 'side_by_side_report.py'),
-       f'--dir={tmp_path}', f'--plot={tmp_path / "p.png"}'],
+       f'--dir={folder}', f'--plot={folder / "p.png"}'],
       check=True, capture_output=True, text=True, cwd=REPO).stdout
+  assert (folder / 'p.png').stat().st_size > 1000
+  return out
+
+
+def _one_size_pair(folder, kind, n, ours, orig):
+  """Our size-study JSON and the harness's log lines ending in its JSON line."""
+  (folder / f'ours_{kind}{n}.json').write_text(json.dumps({'size_study': [
+      {'molecules': f'{n} atoms', 'train_step_median_s': ours, 'peak_rss_gb': n / 10}]},
+      indent=1))
+  (folder / f'orig_{kind}{n}.json').write_text(
+      'a log line\n' + json.dumps({'median_s': orig, 'peak_rss_mb': 1024.0 * n / 5}))
+
+
+def test_side_by_side_report_on_the_size_parts_alone(tmp_path):
+  # What `PARTS=sizes launch/side_by_side.sh` leaves.
+  (tmp_path / 'processor.txt').write_text('model name\t: test CPU\n')
+  for n, ours, orig in ((10, 0.5, 1.25), (20, 2.0, 7.0)):
+    _one_size_pair(tmp_path, 'size', n, ours, orig)
+  out = _side_by_side_report(tmp_path)
   assert '| 10 | 1.25 s | 0.5 s | 2.5x | 2.00 / 1.00 GB |' in out
   assert '| 20 | 7 s | 2 s | 3.5x | 4.00 / 2.00 GB |' in out
   assert 'train step, batch 64' not in out  # That part did not run.
-  assert (tmp_path / 'p.png').stat().st_size > 1000
+  assert 'drug-like' not in out
+  # The drug-like part (PARTS=geom) adds its own table and panel; the view's own
+  # record (geom_view40.json) is no measurement.
+  _one_size_pair(tmp_path, 'geom', 40, 1.0, 3.0)
+  (tmp_path / 'geom_view40.json').write_text(json.dumps({'size': 40}))
+  out = _side_by_side_report(tmp_path)
+  assert 'batch of 16 drug-like molecules, GEOM-Drugs config' in out
+  assert '| 40 | 3 s | 1 s | 3.0x | 8.00 / 4.00 GB |' in out
+
+
+def test_original_geom_view_holds_molecules_of_one_size(tmp_path, qm9_noh_sources):
+  del qm9_noh_sources  # Prepared: its molecules stand in for drug-like ones here.
+  edm = tmp_path / 'edm'
+  (edm / 'data' / 'geom').mkdir(parents=True)
+  (edm / 'main_geom_drugs.py').write_text('# the original\n')
+  np.save(edm / 'data' / 'geom' / 'geom_permutation.npy', np.arange(3))
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'launch', 'original_size_split.py'),
+       f'--edm_repo={edm}', '--dataset=qm9_noh', '--size=7', '--min_molecules=20',
+       f'--out={tmp_path / "view"}'], check=True, capture_output=True, text=True,
+      cwd=REPO).stdout
+  assert json.loads(out.strip().splitlines()[-1])['train_molecules'] == 16
+  geom = tmp_path / 'view' / 'data' / 'geom'
+  rows = np.load(geom / 'geom_drugs_30.npy')
+  ids = rows[:, 0].astype(int)
+  assert len(set(ids)) == 20 and (np.bincount(ids) == 7).all()
+  # The original's format: (molecule id, atomic number, x, y, z) per atom, split
+  # where the id changes.
+  stats = registry.statistics('qm9_noh')
+  ((_, molecules),) = benchmarks.molecules_of_sizes('qm9_noh', (7,), 20,
+                                                    stats.atomic_numbers, None)
+  parts = np.split(rows[:, 1:], np.nonzero(ids[:-1] - ids[1:])[0] + 1)
+  for part, m in zip(parts, molecules):
+    np.testing.assert_array_equal(part[:, 0], m['charges'])
+    np.testing.assert_allclose(part[:, 1:], m['positions'], rtol=1e-6)
+  np.testing.assert_array_equal(np.load(geom / 'geom_permutation.npy'), np.arange(20))
+  assert not (geom / 'geom_permutation.npy').is_symlink()
+  assert (tmp_path / 'view' / 'main_geom_drugs.py').is_symlink()
 
 
 def _records(losses, every=10):
