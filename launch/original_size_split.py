@@ -16,11 +16,10 @@ molecules so that no timed batch is a short last one.
 With `--dataset=moses3d` (or another prepared dataset of GEOM-Drugs' elements), the
 view is one for the original's `main_geom_drugs.py` instead: `data/geom/` holds
 `geom_drugs_30.npy` (rows of molecule id, atomic number, x, y, z: the original's
-format) with `--min_molecules` of our dataset's train molecules of `--size` atoms,
-and `geom_permutation.npy` (in order; the original's split takes 10% / 10% / 80%).
-One size also keeps the original's loader working on numpy 2: its
-`load_split_data` calls `np.split` on the list of molecules, which numpy 2 refuses
-when their sizes differ. `launch/original_geom_train.py` then times its train step.
+format) with `--min_molecules` of our dataset's train molecules of `--size` atoms
+(`--size=0`: molecules of every size, spread over the split), and
+`geom_permutation.npy` (in order; the original's split takes 10% / 10% / 80%).
+`launch/original_geom_train.py` then times its train step.
 """
 
 import json
@@ -31,7 +30,7 @@ from absl import flags
 import numpy as np
 
 from edm_zoo import benchmarks
-from edm_zoo.data import registry
+from edm_zoo.data import registry, sources
 
 _REPO = flags.DEFINE_string('edm_repo', os.environ.get('EDM_REPO'),
                             'a checkout of the original EDM with its QM9 npz files '
@@ -90,11 +89,16 @@ def geom_rows(molecules: list[dict]) -> np.ndarray:
 
 
 def _geom_view(repo: str, out: str) -> None:
-  """Writes the GEOM view of `--dataset` molecules of `--size` atoms."""
+  """Writes the GEOM view of `--dataset` molecules of `--size` atoms (0: of every
+  size, spread over the train split)."""
   count = max(_MIN.value, 1)
   elements = registry.statistics(_DATASET.value, _DATA_DIR.value).atomic_numbers
-  ((_, molecules),) = benchmarks.molecules_of_sizes(
-      _DATASET.value, (_SIZE.value,), count, elements, _DATA_DIR.value)
+  if _SIZE.value:
+    ((_, molecules),) = benchmarks.molecules_of_sizes(
+        _DATASET.value, (_SIZE.value,), count, elements, _DATA_DIR.value)
+  else:
+    train = registry.load(_DATASET.value, 'train', _DATA_DIR.value)
+    molecules = sources.fetch(sources.Subset(train, count, spread=True), range(count))
   _link_tree(repo, out, os.path.join(_GEOM, 'geom_drugs_30.npy'))
   for name in os.listdir(os.path.join(out, _GEOM)):  # Links to the original's files.
     os.remove(os.path.join(out, _GEOM, name))

@@ -87,4 +87,17 @@ part geom && for n in ${GEOM_SIZES-20 30 40 50 60}; do
     > "$OUT/orig_geom$n.json" 2> "$OUT/orig_geom$n.log"
   rm -rf "$OUT/geom_view$n"
 done
+# ... and random batches of 16 moses3d molecules of every size (ours: the size study's
+# moses3d row; the original pads each batch to its largest molecule).
+if part geom; then
+  "$PY" "$HERE/launch/bench.py" --dataset=moses3d --what=size_study --batch_size=16 \
+    --repeats=4 --json="$OUT/ours_geom_mixed.json" > "$OUT/ours_geom_mixed.log" 2>&1
+  "$PY" "$HERE/launch/original_size_split.py" --edm_repo="$EDM_REPO" --dataset=moses3d \
+    --size=0 --min_molecules=400 --out="$OUT/geom_view_mixed" \
+    > "$OUT/geom_view_mixed.json" 2> "$OUT/geom_view_mixed.log"
+  PYTHONPATH="$OUT/geom_view_mixed" "$V" "$HERE/launch/original_geom_train.py" \
+    --view="$OUT/geom_view_mixed" --harness="$H" --batch_size=16 --iters=6 --warmup=1 \
+    > "$OUT/orig_geom_mixed.json" 2> "$OUT/orig_geom_mixed.log"
+  rm -rf "$OUT/geom_view_mixed"
+fi
 echo "done: $OUT"

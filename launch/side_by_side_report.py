@@ -107,6 +107,12 @@ def main(argv):
       for n, (ours, ours_gb, orig, orig_gb) in sorted(sizes.items()):
         print(f'| {n} | {orig:.3g} s | {ours:.3g} s | {orig / ours:.1f}x | '
               f'{orig_gb:.2f} / {ours_gb:.2f} GB |')
+  mixed = _geom_mixed(d)
+  if mixed:
+    ours, ours_gb, atoms, orig, orig_gb, padded = mixed
+    print(f'| random batches ({atoms:.1f} atoms on average; the original pads to '
+          f'{padded:.1f}) | {orig:.3g} s | {ours:.3g} s | {orig / ours:.1f}x | '
+          f'{orig_gb:.2f} / {ours_gb:.2f} GB |')
   if _PLOT.value:
     plot(d, _PLOT.value, _SIZE_STUDY.value)
 
@@ -144,6 +150,19 @@ def _by_size(d, kind='size'):
     out[n] = (row['train_step_median_s'], row['peak_rss_gb'], orig['median_s'],
               orig['peak_rss_mb'] / 1024)
   return out
+
+
+def _geom_mixed(d):
+  """(ours s, ours GB, mean atoms, original s, original GB, original's padded size)
+  on random moses3d batches of 16, or None."""
+  ours_path, orig_path = f'{d}/ours_geom_mixed.json', f'{d}/orig_geom_mixed.json'
+  if not (os.path.exists(ours_path) and os.path.exists(orig_path)):
+    return None
+  (row,) = [r for r in _read(ours_path)['size_study'] if r['molecules'] == 'moses3d']
+  orig = _read(orig_path)
+  return (row['train_step_median_s'], row['peak_rss_gb'], row['mean_atoms'],
+          orig['median_s'], orig['peak_rss_mb'] / 1024,
+          orig['padded_nodes_per_batch_mean'])
 
 
 def _size_panel(ax, sizes, xlabel, title):

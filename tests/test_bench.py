@@ -16,6 +16,7 @@ from edm_zoo.data import registry
 from edm_zoo.diffusion import Diffusion
 from edm_zoo.training import optimizer
 from conftest import shared_path
+from launch import original_geom_train
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -178,6 +179,16 @@ def test_side_by_side_report_on_the_size_parts_alone(tmp_path):
   out = _side_by_side_report(tmp_path)
   assert 'batch of 16 drug-like molecules, GEOM-Drugs config' in out
   assert '| 40 | 3 s | 1 s | 3.0x | 8.00 / 4.00 GB |' in out
+  # Random batches: our size study's moses3d row beside the original's mixed view.
+  (tmp_path / 'ours_geom_mixed.json').write_text(json.dumps({'size_study': [
+      {'molecules': name, 'train_step_median_s': t, 'peak_rss_gb': 1.5, 'mean_atoms': a}
+      for name, t, a in (('qm9', 0.2, 18.0), ('moses3d', 0.75, 38.5),
+                         ('moses3d x3 joined', 7.0, 115.0))]}))
+  (tmp_path / 'orig_geom_mixed.json').write_text(json.dumps(
+      {'median_s': 6.0, 'peak_rss_mb': 3072.0, 'padded_nodes_per_batch_mean': 49.5}))
+  out = _side_by_side_report(tmp_path)
+  assert ('| random batches (38.5 atoms on average; the original pads to 49.5) | 6 s | '
+          '0.75 s | 8.0x | 3.00 / 1.50 GB |') in out
 
 
 def test_original_geom_view_holds_molecules_of_one_size(tmp_path, qm9_noh_sources):
@@ -208,6 +219,27 @@ def test_original_geom_view_holds_molecules_of_one_size(tmp_path, qm9_noh_source
   np.testing.assert_array_equal(np.load(geom / 'geom_permutation.npy'), np.arange(20))
   assert not (geom / 'geom_permutation.npy').is_symlink()
   assert (tmp_path / 'view' / 'main_geom_drugs.py').is_symlink()
+  # --size=0: molecules of every size, spread over the split.
+  subprocess.run(
+      [sys.executable, os.path.join(REPO, 'launch', 'original_size_split.py'),
+       f'--edm_repo={edm}', '--dataset=qm9_noh', '--size=0', '--min_molecules=50',
+       f'--out={tmp_path / "mixed"}'], check=True, capture_output=True, cwd=REPO)
+  rows = np.load(tmp_path / 'mixed' / 'data' / 'geom' / 'geom_drugs_30.npy')
+  sizes = np.bincount(rows[:, 0].astype(int))
+  assert len(sizes) == 50 and len(set(sizes)) > 3
+
+
+def test_ragged_split_splits_a_list_of_molecules_as_old_numpy_did():
+  # The original's GEOM loader splits its list of molecules with np.split.
+  split = original_geom_train._ragged_split(np.split)
+  molecules = [np.full((n, 4), n, float) for n in (3, 5, 2, 4, 6)]
+  val, test, train = split(molecules, [1, 2])
+  assert [len(part) for part in (val, test, train)] == [1, 1, 3]
+  assert [m.shape[0] for m in train] == [2, 4, 6]
+  np.testing.assert_array_equal(test[0], molecules[1])
+  # Molecules of one size split as numpy splits any array.
+  same = [np.zeros((3, 4))] * 4
+  assert [p.shape for p in split(same, [1, 2])] == [(1, 3, 4), (1, 3, 4), (2, 3, 4)]
 
 
 def _records(losses, every=10):
