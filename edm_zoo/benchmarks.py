@@ -648,7 +648,8 @@ def against_seed_noise(curves: dict[str, np.ndarray], reference: str,
     if name == reference or name in other_seeds:
       continue
     gap = float(np.mean(np.abs(curve - ref)))
-    out[name] = {'gap': gap, 'noise': noise, 'ratio': gap / noise,
+    out[name] = {'gap': gap, 'noise': noise,
+                 'ratio': gap / noise if noise else float('inf'),
                  'within_noise': gap <= noise,
                  'final_gap': float(abs(curve[-1] - ref[-1]))}
   return out

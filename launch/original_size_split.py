@@ -92,8 +92,8 @@ def _geom_view(repo: str, out: str) -> None:
   """Writes the GEOM view of `--dataset` molecules of `--size` atoms (0: of every
   size, spread over the train split)."""
   count = max(_MIN.value, 1)
-  elements = registry.statistics(_DATASET.value, _DATA_DIR.value).atomic_numbers
   if _SIZE.value:
+    elements = registry.statistics(_DATASET.value, _DATA_DIR.value).atomic_numbers
     ((_, molecules),) = benchmarks.molecules_of_sizes(
         _DATASET.value, (_SIZE.value,), count, elements, _DATA_DIR.value)
   else:

@@ -98,21 +98,20 @@ def main(argv):
     print(f'achieved train GFLOP/s (ours): {", ".join(f"{g:.1f}" for g in gflops)}')
   for kind, what in (('size', 'batch of 64 QM9 molecules, QM9 config'),
                      ('geom', 'batch of 16 drug-like molecules, GEOM-Drugs config')):
-    sizes = _by_size(d, kind)
-    if sizes:
+    rows = [(str(n), *figures) for n, figures in sorted(_by_size(d, kind).items())]
+    mixed = _geom_mixed(d) if kind == 'geom' else None
+    if mixed:
+      ours, ours_gb, atoms, orig, orig_gb, padded = mixed
+      rows.append((f'random batches ({atoms:.1f} atoms on average; the original pads '
+                   f'to {padded:.1f})', ours, ours_gb, orig, orig_gb))
+    if rows:
       print()
       print(f'| atoms per molecule ({what}) | original EDM | edm_zoo | ratio | '
             'peak RSS original / edm_zoo |')
       print('|---|---|---|---|---|')
-      for n, (ours, ours_gb, orig, orig_gb) in sorted(sizes.items()):
-        print(f'| {n} | {orig:.3g} s | {ours:.3g} s | {orig / ours:.1f}x | '
+      for label, ours, ours_gb, orig, orig_gb in rows:
+        print(f'| {label} | {orig:.3g} s | {ours:.3g} s | {orig / ours:.1f}x | '
               f'{orig_gb:.2f} / {ours_gb:.2f} GB |')
-  mixed = _geom_mixed(d)
-  if mixed:
-    ours, ours_gb, atoms, orig, orig_gb, padded = mixed
-    print(f'| random batches ({atoms:.1f} atoms on average; the original pads to '
-          f'{padded:.1f}) | {orig:.3g} s | {ours:.3g} s | {orig / ours:.1f}x | '
-          f'{orig_gb:.2f} / {ours_gb:.2f} GB |')
   if _PLOT.value:
     plot(d, _PLOT.value, _SIZE_STUDY.value)
 

@@ -143,13 +143,13 @@ def test_original_size_split_keeps_one_size_and_every_element(tmp_path):
   assert bad.stderr.strip() == "error: the original's train split has no molecule of 7 atoms."
 
 
-def _side_by_side_report(folder):
+def _side_by_side_report(folder, plot=True):
   """The report's stdout on `folder` (with a plot, which must be drawn)."""
   out = subprocess.run(
       [sys.executable, os.path.join(REPO, 'launch', 'side_by_side_report.py'),
-       f'--dir={folder}', f'--plot={folder / "p.png"}'],
+       f'--dir={folder}'] + ([f'--plot={folder / "p.png"}'] if plot else []),
       check=True, capture_output=True, text=True, cwd=REPO).stdout
-  assert (folder / 'p.png').stat().st_size > 1000
+  assert not plot or (folder / 'p.png').stat().st_size > 1000
   return out
 
 
@@ -187,8 +187,16 @@ def test_side_by_side_report_on_the_size_parts_alone(tmp_path):
   (tmp_path / 'orig_geom_mixed.json').write_text(json.dumps(
       {'median_s': 6.0, 'peak_rss_mb': 3072.0, 'padded_nodes_per_batch_mean': 49.5}))
   out = _side_by_side_report(tmp_path)
-  assert ('| random batches (38.5 atoms on average; the original pads to 49.5) | 6 s | '
-          '0.75 s | 8.0x | 3.00 / 1.50 GB |') in out
+  row = ('| random batches (38.5 atoms on average; the original pads to 49.5) | 6 s | '
+         '0.75 s | 8.0x | 3.00 / 1.50 GB |')
+  assert row in out
+  # Alone (PARTS=geom GEOM_SIZES=), the row still comes under its table's header.
+  for name in ('ours_geom40.json', 'orig_geom40.json', 'ours_size10.json',
+               'orig_size10.json', 'ours_size20.json', 'orig_size20.json'):
+    (tmp_path / name).unlink()
+  lines = _side_by_side_report(tmp_path, plot=False).splitlines()  # Nothing to plot.
+  assert lines[lines.index(row) - 2].startswith(
+      '| atoms per molecule (batch of 16 drug-like molecules, GEOM-Drugs config)')
 
 
 def test_original_geom_view_holds_molecules_of_one_size(tmp_path, qm9_noh_sources):
@@ -317,10 +325,11 @@ def test_precision_study_trains_compares_and_replays_parity(tmp_path):
   assert runs['highest_seed0']['parity_failing'] == 0
   assert runs['highest_seed0']['train_parity_failing'] == 0
   assert 'highest_seed0' in done.stdout
-  # A rerun finds both runs finished and trains nothing.
-  mtime = os.path.getmtime(tmp_path / 'runs' / 'highest_seed0' / 'metrics.jsonl')
+  # A rerun finds both runs finished and starts no train.py (which rewrites its log).
+  logs = [tmp_path / 'runs' / name / 'train.log' for name in runs]
+  mtimes = [os.path.getmtime(log) for log in logs]
   subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=True)
-  assert os.path.getmtime(tmp_path / 'runs' / 'highest_seed0' / 'metrics.jsonl') == mtime
+  assert [os.path.getmtime(log) for log in logs] == mtimes
 
 
 def test_gpu_bench_report_pairs_the_measurements(tmp_path):
