@@ -136,6 +136,14 @@ class TrainConfig:
 
 STAGES = ('diffusion', 'autoencoder')
 
+# What a resume may change (`training.skeleton`): how long and how often, never
+# which steps are taken (the learning rate is constant, the data order and the
+# noise depend on the step alone), so a run extended from 4 to 8 steps equals an
+# 8-step run.
+SCHEDULE_FIELDS = tuple(f'train.{name}' for name in (
+    'epochs', 'total_steps', 'eval_every_epochs', 'eval_every_steps', 'eval_molecules',
+    'nll_passes', 'checkpoint_every_steps', 'keep_last', 'log_every_steps'))
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -344,6 +352,12 @@ class ClassifierConfig:
   keep_last: int = 3
   log_every_steps: int = 50
   seed: int = 1
+
+
+# The classifier's `epochs` is also its cosine period, so it cannot change on resume.
+CLASSIFIER_SCHEDULE_FIELDS = ('total_steps', 'eval_every_epochs', 'eval_every_steps',
+                              'eval_molecules', 'checkpoint_every_steps', 'keep_last',
+                              'log_every_steps')
 
 
 CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {

@@ -342,3 +342,40 @@ def test_sigterm_saves_the_current_step_and_the_run_resumes(tmp_path, env):
   (out, _), = _finish(_train(workdir, *flags, env=env))
   assert "'step': 30" in out
   assert [r['step'] for r in metrics_log.read(workdir) if 'loss' in r] == list(range(1, 31))
+
+
+@pytest.mark.slow
+def test_a_finished_run_extended_equals_the_longer_run(finished_run, tmp_path, env):
+  workdir = tmp_path / 'w'
+  short = ['--total_steps=4', '--eval_every_steps=8', '--checkpoint_every_steps=2']
+  (out, _), = _finish(_train(workdir, *short, env=env))
+  assert "'step': 4" in out
+  (out, err), = _finish(_train(workdir, *_FINISHED, env=env))
+  assert "'step': 8" in out and 'another config' not in err
+  assert _losses(workdir) == _losses(finished_run)
+  assert _max_diff(_params(workdir, 8), _params(finished_run, 8)) == 0.0
+  changes = [json.loads(line) for line in
+             (workdir / 'config_changes.jsonl').read_text().splitlines()]
+  assert [(c['step'], c['changes']) for c in changes] == [
+      (4, {'train.total_steps': [4, 8]})]
+
+
+@pytest.mark.slow
+def test_a_resume_with_another_model_names_each_field_in_one_line(
+    finished_run, tmp_path, env):
+  workdir = tmp_path / 'w'
+  shutil.copytree(finished_run, workdir)
+  out = subprocess.run(
+      [PYTHON, 'launch/train.py', f'--workdir={workdir}', *TINY, *_FINISHED,
+       '--nf=32', '--lr=0.002'], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=120)
+  assert out.returncode == 1
+  assert out.stderr.startswith('error: ') and out.stderr.count('\n') == 1, out.stderr
+  assert f'lr: 0.001 in {workdir}, 0.002 now' in out.stderr
+  assert f'nf: 16 in {workdir}, 32 now' in out.stderr
+  assert not (workdir / 'config_changes.jsonl').exists()
+  # The run's checkpoints stay where they are (another model's arrays do not fit the
+  # new state: they must not be taken for corrupt ones).
+  assert not (workdir / 'corrupt').exists()
+  assert sorted(os.listdir(workdir / 'checkpoints')) == sorted(
+      os.listdir(finished_run / 'checkpoints'))

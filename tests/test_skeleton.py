@@ -58,3 +58,33 @@ def test_a_failing_fresh_start_raises_its_own_error(tmp_path):
     raise ValueError('the autoencoder does not fit this model')
   with pytest.raises(ValueError, match='does not fit'):
     skeleton.resume(str(tmp_path / 'run'), _state(), _trainer(bad), keep_last=2)
+
+
+_FIELDS = ('train.total_steps', 'train.eval_every_steps')
+
+
+def test_config_difference_splits_schedule_fields_from_the_rest():
+  saved = {'model': {'nf': 256}, 'train': {'total_steps': 4, 'eval_every_steps': 2,
+                                           'lr': 1e-4}, 'conditioning': ()}
+  now = {'model': {'nf': 128}, 'train': {'total_steps': 8, 'eval_every_steps': 2,
+                                         'lr': 1e-4}, 'conditioning': []}
+  allowed, refused = skeleton.config_difference(saved, now, _FIELDS)
+  assert allowed == {'train.total_steps': (4, 8)}
+  assert refused == {'model.nf': (256, 128)}
+  assert skeleton.config_difference(saved, saved, _FIELDS) == ({}, {})
+
+
+def test_config_difference_names_a_field_missing_on_either_side():
+  _, refused = skeleton.config_difference({'train': {'a': 1}}, {'train': {'b': 1}}, ())
+  assert refused == {'train.a': (1, '(absent)'), 'train.b': ('(absent)', 1)}
+
+
+def test_a_resume_that_changes_the_model_names_each_field(tmp_path):
+  workdir = str(tmp_path / 'run')
+  ckpt, state, meta = skeleton.resume(workdir, _state(), _trainer(lambda s: s), 2)
+  ckpt.save(5, state._replace(step=np.array(5, np.int32)), meta)
+  ckpt.close()
+  other = skeleton.Trainer(batches=None, step=None, evaluate=None, best_metric='val',
+                           meta={'config': {'nf': 4}})
+  with pytest.raises(skeleton.TrainingError, match=f'nf: 8 in {workdir}, 4 now'):
+    skeleton.resume(workdir, _state(), other, keep_last=2)

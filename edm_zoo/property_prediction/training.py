@@ -216,7 +216,8 @@ def train(config: config_lib.ClassifierConfig, workdir: str, *,
       step=step, evaluate=validate, best_metric='val_mae',
       meta={'kind': KIND, 'config': dataclasses.asdict(config),
             'property_norms': normalizer.to_dict()},
-      desc=f'classifier {config.property}')
+      desc=f'classifier {config.property}',
+      schedule_fields=config_lib.CLASSIFIER_SCHEDULE_FIELDS)
   schedule = skeleton.Schedule(
       total_steps=config.total_steps or config.epochs * steps_per_epoch,
       epoch_size=len(split['train']),

@@ -24,7 +24,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -220,9 +220,16 @@ class Checkpointer:
       write_record(step_dir)
     distributed.barrier(f'commit_{name}_{step}')
 
-  def restore(self, template: Any) -> tuple[Any, dict]:
+  def restore(self, template: Any, check_meta: Callable[[dict], None] | None = None
+              ) -> tuple[Any, dict]:
     """(state, meta) of the newest readable step, shaped (and sharded) like
     `template`; unreadable steps are moved aside on the way.
+
+    Args:
+      template: the state's structure, shapes and shardings.
+      check_meta: called with a step's meta before its state is read; what it
+        raises (e.g. a run of another model, whose state cannot take the
+        template's shapes) propagates and leaves the step where it is.
 
     Raises:
       CorruptCheckpointError: when steps exist but none can be read.
@@ -231,17 +238,29 @@ class Checkpointer:
     _ignore_closed_event_loops()
     while (step := self.latest_step()) is not None:
       try:
-        out = self._last.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        self._drop_best_after(step)
-        return out.state, out.meta
+        meta = self._last.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore())).meta
       except Exception as e:  # tensorstore / orbax errors: deep and multi-line.
-        self.close()
-        quarantine(self._workdir, self._folders[_LAST], step,
-                   f'unreadable: {distributed.first_line(e)}')
-        self._open()
+        self._set_aside(step, e)
+        continue
+      if check_meta is not None:
+        check_meta(meta)
+      try:
+        state = self._last.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract))).state
+      except Exception as e:  # tensorstore / orbax errors: deep and multi-line.
+        self._set_aside(step, e)
+        continue
+      self._drop_best_after(step)
+      return state, meta
     raise CorruptCheckpointError(f'no readable checkpoint left in {self._workdir}; '
                                  f'the bad ones are in {self._workdir}/corrupt.')
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    self.close()
+    quarantine(self._workdir, self._folders[_LAST], step,
+               f'unreadable: {distributed.first_line(error)}')
+    self._open()
 
   def _drop_best_after(self, step: int) -> None:
     """A best checkpoint newer than the resumed step belongs to steps the run

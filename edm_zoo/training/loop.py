@@ -201,7 +201,7 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
       batches=lambda epoch, start: batches(epoch=epoch, start=start),
       step=step, evaluate=validate, best_metric=f'val_{figure}', meta=_meta(s),
       canonical_config=lambda d: config_lib.to_dict(config_lib.from_dict(d)),
-      fresh_start=fresh_start,
+      fresh_start=fresh_start, schedule_fields=config_lib.SCHEDULE_FIELDS,
       finish=lambda state: {f'test_{figure}': evaluate(
           distributed.local_copy(state.ema_params), s.splits['test'],
           desc=f'test {label}')['nll']})

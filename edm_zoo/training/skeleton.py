@@ -6,7 +6,10 @@ A trainer (the generator in `training/loop.py`, the property classifier in
 how to evaluate, and its data. The skeleton owns everything else:
 
 * resume: the latest checkpoint of `workdir` is restored if its config equals
-  this run's (else a one-line error), with the data position (epoch, molecule).
+  this run's but for the trainer's `schedule_fields` (how long and how often:
+  a finished run can be extended), with the data position (epoch, molecule);
+  what changed is appended to `config_changes.jsonl`, any other difference is a
+  one-line error naming each field with both values.
 * bookkeeping: the position advances by the molecules each batch consumed; a
   finished epoch moves to the next one at molecule 0.
 * logs: `metrics.jsonl` + TensorBoard every `log_every` steps, evaluations and
@@ -27,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -105,6 +109,9 @@ class Trainer:
       since it was saved at their defaults, so that such runs still resume.
     fresh_start: the initial state -> what a run starts from when it resumes
       nothing (e.g. a pretrained part loaded in); a resume never calls it.
+    schedule_fields: dotted paths of 'config' ('train.total_steps') that a
+      resume may change: they say how long and how often, never which steps
+      are taken, so an extended run equals one that was that long from the start.
   """
   batches: Callable[[int, int], Iterator[tuple[Any, int]]]
   step: Callable[[Any, Any], tuple[Any, dict[str, float]]]
@@ -115,6 +122,10 @@ class Trainer:
   desc: str = 'train'
   canonical_config: Callable[[Any], Any] = lambda config: config
   fresh_start: Callable[[Any], Any] = lambda state: state
+  schedule_fields: tuple[str, ...] = ()
+
+
+CONFIG_CHANGES = 'config_changes.jsonl'
 
 
 def _as_json(value: Any) -> Any:
@@ -122,31 +133,83 @@ def _as_json(value: Any) -> Any:
   return json.loads(json.dumps(value))
 
 
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  """{'train.total_steps': 4, ...} of a nested config dict."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(_flatten(value, f'{prefix}.{key}' if prefix else str(key)))
+  return out
+
+
+def config_difference(saved: Any, now: Any, schedule_fields: tuple[str, ...]
+                      ) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
+  """(allowed, refused): {field path: (saved value, value now)} of the fields that
+  differ, split by whether they are among `schedule_fields`."""
+  if not isinstance(saved, dict):
+    return {}, {'config': (saved, now)}
+  saved, now = _flatten(_as_json(saved)), _flatten(_as_json(now))
+  allowed, refused = {}, {}
+  for path in sorted(set(saved) | set(now)):
+    old, new = saved.get(path, '(absent)'), now.get(path, '(absent)')
+    if old != new:
+      (allowed if path in schedule_fields else refused)[path] = (old, new)
+  return allowed, refused
+
+
+def _log_changes(workdir: str, step: int, changes: dict[str, tuple[Any, Any]]) -> None:
+  line = {'step': step, 'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+          'changes': {path: list(pair) for path, pair in changes.items()}}
+  with open(os.path.join(workdir, CONFIG_CHANGES), 'a') as f:
+    f.write(json.dumps(line) + '\n')
+
+
 def resume(workdir: str, state: Any, trainer: Trainer, keep_last: int
            ) -> tuple[checkpoint.Checkpointer, Any, dict[str, Any]]:
   """(checkpointer, state, meta with bookkeeping) of `workdir`, resumed if it holds
   a run (else `trainer.fresh_start`'s state); raises TrainingError for a run of
-  another config."""
+  another config (beyond `trainer.schedule_fields`)."""
   ckpt = checkpoint.Checkpointer(workdir, keep_last, best_metric=trainer.best_metric)
   best = f'best_{trainer.best_metric}'
   meta = {**trainer.meta, 'epoch': 0, 'position': 0, best: None,
           'jax_version': jax.__version__}
   if ckpt.latest_step() is not None:
-    state, restored = ckpt.restore(state)
-    saved = restored.get('config')
+    allowed = {}
+
+    def check_config(restored):
+      # Before the state is read: another model's arrays would not fit it.
+      saved = restored.get('config')
+      try:
+        saved = trainer.canonical_config(saved)
+      except (TypeError, ValueError):  # Not a config this code can read: refused below.
+        pass
+      changes, refused = config_difference(saved, meta['config'], trainer.schedule_fields)
+      if refused:
+        fields = '; '.join(f'{path.rsplit(".", 1)[-1]}: {old} in {workdir}, {new} now'
+                           for path, (old, new) in refused.items())
+        free = ', '.join(path.rsplit('.', 1)[-1] for path in trainer.schedule_fields)
+        raise TrainingError(
+            f'{workdir} holds a run with another config ({fields}); use a new '
+            f'--workdir or the same flags (a resume may change only {free or "nothing"}).')
+      allowed.update(changes)
+
     try:
-      saved = _as_json(trainer.canonical_config(saved))
-    except (TypeError, ValueError):  # Not a config this code can read: refused below.
-      pass
-    if saved != _as_json(meta['config']):
+      state, restored = ckpt.restore(state, check_meta=check_config)
+    except TrainingError:
       ckpt.close()
-      raise TrainingError(f'{workdir} holds a run with another config; use a new '
-                          '--workdir or the same flags.')
+      raise
     for key, value in restored.items():
       if key not in trainer.meta:  # Bookkeeping and what the trainer added since.
         meta[key] = value
+    step = int(jax.device_get(state.step))
+    if allowed:
+      logging.info('resuming with %s', ', '.join(
+          f'{path.rsplit(".", 1)[-1]} {old} -> {new}' for path, (old, new) in allowed.items()))
+      if distributed.is_writer():
+        _log_changes(workdir, step, allowed)
     logging.info('resumed from step %d (epoch %d, molecule %d)',
-                 int(jax.device_get(state.step)), meta['epoch'], meta['position'])
+                 step, meta['epoch'], meta['position'])
   else:
     try:
       state = trainer.fresh_start(state)
