@@ -304,6 +304,22 @@ def find(ckpt: str) -> tuple[str, int]:
   return candidates[0]
 
 
+def read_meta(ckpt: str) -> dict[str, Any]:
+  """The meta (config, statistics, bookkeeping) of any checkpoint folder, without
+  its state; one-line ValueError where there is none or it cannot be read."""
+  folder, step = find(ckpt)
+  manager = _manager(folder)
+  _ignore_closed_event_loops()
+  try:
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  except Exception as e:  # tensorstore / orbax errors: deep and multi-line.
+    raise CorruptCheckpointError(
+        f'--ckpt {ckpt}: unreadable checkpoint meta at step {step} '
+        f'({type(e).__name__}: {distributed.first_line(e)}).') from None
+  finally:
+    manager.close()
+
+
 def load_state(ckpt: str, kind: str = 'generative') -> tuple[dict[str, Any], dict[str, Any]]:
   """(state as a dict, meta) from any checkpoint folder of the given `kind`.
 

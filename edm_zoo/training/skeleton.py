@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterator
 import jax
 import tqdm
 
+from edm_zoo.io import files
 from edm_zoo.training import checkpoint, distributed, metrics_log
 
 
@@ -126,6 +127,8 @@ class Trainer:
 
 
 CONFIG_CHANGES = 'config_changes.jsonl'
+# The run's config as of its latest start, readable before the first checkpoint.
+CONFIG_FILE = 'config.json'
 
 
 def _as_json(value: Any) -> Any:
@@ -133,13 +136,13 @@ def _as_json(value: Any) -> Any:
   return json.loads(json.dumps(value))
 
 
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
   """{'train.total_steps': 4, ...} of a nested config dict."""
   if not isinstance(tree, dict):
     return {prefix: tree}
   out = {}
   for key, value in tree.items():
-    out.update(_flatten(value, f'{prefix}.{key}' if prefix else str(key)))
+    out.update(flatten(value, f'{prefix}.{key}' if prefix else str(key)))
   return out
 
 
@@ -149,7 +152,7 @@ def config_difference(saved: Any, now: Any, schedule_fields: tuple[str, ...]
   differ, split by whether they are among `schedule_fields`."""
   if not isinstance(saved, dict):
     return {}, {'config': (saved, now)}
-  saved, now = _flatten(_as_json(saved)), _flatten(_as_json(now))
+  saved, now = flatten(_as_json(saved)), flatten(_as_json(now))
   allowed, refused = {}, {}
   for path in sorted(set(saved) | set(now)):
     old, new = saved.get(path, '(absent)'), now.get(path, '(absent)')
@@ -241,6 +244,9 @@ def run(workdir: str, state: Any, trainer: Trainer, schedule: Schedule, *,
   writing = distributed.is_writer()
   writer = (metrics_log.MetricsWriter(workdir, resume_step=step) if writing
             else metrics_log.NullWriter())
+  if writing:
+    with files.atomic_path(os.path.join(workdir, CONFIG_FILE)) as tmp, open(tmp, 'w') as f:
+      json.dump(meta['config'], f, indent=1)
   saved = [step if ckpt.latest_step() == step else None]  # A resumed step is on disk.
 
   def save(val=None):
