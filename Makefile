@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TRAIN_FLAGS ?=
+JS_3DMOL_VERSION := 2.5.5
 # glibc malloc on transparent huge pages: ~25% faster XLA:CPU steps (launch/runtime.py).
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
@@ -18,6 +19,13 @@ $(STAMP): requirements.txt pyproject.toml
 	# MOSES SMILES for --dataset=moses3d: the wheel's data only (its own deps pull torch).
 	$(PY) -m pip install -q --no-deps molsets==0.3.1
 	$(PY) -m pip install -q --no-deps -e .
+	# 3Dmol.js (npm package 3dmol, BSD-3-Clause) for samples.html, which inlines it
+	# so that the page opens offline: the bundled script only, no node_modules.
+	rm -rf $(VENV)/share/edm_zoo/pack && mkdir -p $(VENV)/share/edm_zoo/pack
+	cd $(VENV)/share/edm_zoo/pack && npm pack -q --silent 3dmol@$(JS_3DMOL_VERSION) >/dev/null \
+	  && tar xzf 3dmol-$(JS_3DMOL_VERSION).tgz package/build/3Dmol-min.js
+	mv $(VENV)/share/edm_zoo/pack/package/build/3Dmol-min.js $(VENV)/share/edm_zoo/
+	rm -rf $(VENV)/share/edm_zoo/pack
 	@touch $(STAMP)
 
 # Built once, offline, from the qm9pack files (~30 s); EDM_ZOO_DATA_DIR overrides.

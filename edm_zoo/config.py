@@ -508,7 +508,7 @@ class BenchConfig:
     jit_study_unrolls: scan unrolls of the jit study.
     size_study_sizes: when given, the size study times batches of the dataset's
       molecules that all have exactly this many atoms, one size after another
-      (what `launch/side_by_side.sh` times the original on); otherwise the
+      (what `instruments/side_by_side.sh` times the original on); otherwise the
       dataset's own batches, QM9's and three molecules joined.
   """
   what: tuple[str, ...] = ('train', 'nll', 'sample', 'data')

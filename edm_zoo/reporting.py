@@ -18,11 +18,15 @@ from edm_zoo.config import SamplingConfig
 from edm_zoo.data import batching, elements as elements_lib, registry, sources
 from edm_zoo import diffusion
 from edm_zoo.diffusion.objective import Diffusion
-from edm_zoo.io import export, files, pictures
+from edm_zoo.io import export, files, pictures, viewer
 from edm_zoo.metrics import rdkit_metrics, stability
 from edm_zoo.property_prediction import protocol
 from edm_zoo.property_prediction import training as clf_training
 from edm_zoo.training import checkpoint
+
+
+# Molecules shown in grid.png and samples.html.
+PICTURED = 24
 
 
 def molecule_metrics(molecules, elements, reference_smiles=None, *,
@@ -111,10 +115,26 @@ def sample_and_export(model: Diffusion, params, config: config_lib.Config,
   names = config.conditioning
   export.write_sdf(molecules, elements, os.path.join(out_dir, 'samples.sdf'), names)
   export.write_xyz(molecules, elements, os.path.join(out_dir, 'samples.xyz'), names)
-  pictures.molecule_grid(molecules, elements, os.path.join(out_dir, 'grid.png'))
+  written = ['samples.sdf', 'samples.xyz', 'grid.png']
+  single = registry.metrics(config.dataset).rdkit_single_bonds
+  shown = molecules[:PICTURED]
+  descriptions = [rdkit_metrics.describe(m['positions'], m['types'], elements, single)
+                  for m in shown]
+  pictures.molecule_grid(shown, elements, os.path.join(out_dir, 'grid.png'), descriptions)
+  notes = []
+  script = viewer.installed_script()
+  if script is not None:
+    viewer.write_html(shown, elements, os.path.join(out_dir, 'samples.html'),
+                      script=script, descriptions=descriptions,
+                      title=f'{config.model.name} on {config.dataset}: generated molecules')
+    written.append('samples.html')
+  else:
+    notes.append('samples.html not written: 3Dmol.js is not installed in this '
+                 'environment (`make venv` installs it)')
   if sampling.chain:
     _chain_pictures(model, params, config, out_dir, sampling.seed, elements, condition)
-  return {'molecules': molecules, 'timings': timings}
+    written += ['chain.png', 'chain.gif']
+  return {'molecules': molecules, 'timings': timings, 'written': written, 'notes': notes}
 
 
 def _chain_pictures(model, params, config, out_dir, seed, elements, condition=None):
@@ -203,6 +223,7 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, sampling: SamplingConfig,
   out = sample_and_export(model, params, config, out_dir, sampling, atom_types=types,
                           progress=progress, condition=condition)
   report['timings'].update(out['timings'])
+  report['files'], report['notes'] = out['written'], out['notes']
   report['molecules_per_hour'] = 3600 * sampling.n_samples / max(
       out['timings']['sampling_seconds'], 1e-9)
   reference = (rdkit_metrics.training_smiles(config.dataset, data_dir, progress)

@@ -7,7 +7,8 @@
   python launch/eval.py --ckpt=COND_DIR --classifier=CLF_DIR   # + EDM's MAE protocol
 
 Writes to --out_dir (default <ckpt>/eval): report.json (metrics, NLL, config,
-timings), samples.sdf, samples.xyz, grid.png and, with --chain, chain.png/gif;
+timings), samples.sdf, samples.xyz, grid.png, samples.html (the first molecules in
+3D, rotatable, offline) and, with --chain, chain.png/gif;
 with --classifier also mae_table.md (the MAE rows beside the paper's).
 Sampling batches are kept in <out_dir>/partial/, so an interrupted run resumes.
 """
@@ -86,7 +87,9 @@ def main(argv):
   if 'mae' in report:
     print(protocol.format_table(report['mae']))
   if 'metrics' in report:
-    print(f'wrote {out_dir}/report.json, samples.sdf, samples.xyz, grid.png')
+    for note in report['notes']:
+      print(note)
+    print(f'wrote {out_dir}/report.json, {", ".join(report["files"])}')
   else:  # A stage-1 autoencoder: no samples.
     print(f'wrote {out_dir}/report.json (a stage-1 autoencoder: its loss, no samples)')
 

@@ -39,8 +39,11 @@ def main(argv):
                                       condition=condition)
   except ValueError as e:
     runtime.fail(str(e))
+  for note in out['notes']:
+    print(note)
   print(f"sampled {len(out['molecules'])} molecules in "
-        f"{out['timings']['sampling_seconds']:.1f} s -> {out_dir}")
+        f"{out['timings']['sampling_seconds']:.1f} s -> {out_dir}: "
+        f"{', '.join(out['written'])}")
 
 
 if __name__ == '__main__':

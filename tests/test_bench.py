@@ -16,7 +16,7 @@ from edm_zoo.data import registry
 from edm_zoo.diffusion import Diffusion
 from edm_zoo.training import optimizer
 from conftest import shared_path
-from launch import original_geom_train
+from instruments import original_geom_train
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,7 +111,7 @@ def test_original_size_split_keeps_one_size_and_every_element(tmp_path):
   charges = np.array([[1, 6, 0], [1, 6, 8], [6, 1, 1], [9, 1, 0], [9, 0, 0]])
   _fake_original(tmp_path / 'edm', sizes, charges)
   out = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'launch', 'original_size_split.py'),
+      [sys.executable, os.path.join(REPO, 'instruments', 'original_size_split.py'),
        f'--edm_repo={tmp_path / "edm"}', '--size=3', f'--out={tmp_path / "view"}'],
       check=True, capture_output=True, text=True, cwd=REPO).stdout
   report = json.loads(out)
@@ -128,7 +128,7 @@ def test_original_size_split_keeps_one_size_and_every_element(tmp_path):
   assert not (view / 'qm9' / 'temp' / 'qm9' / 'train.npz').is_symlink()
   # A rare size repeats its molecules up to --min_molecules, then adds F's.
   out = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'launch', 'original_size_split.py'),
+      [sys.executable, os.path.join(REPO, 'instruments', 'original_size_split.py'),
        f'--edm_repo={tmp_path / "edm"}', '--size=3', '--min_molecules=5',
        f'--out={tmp_path / "view5"}'], check=True, capture_output=True, text=True,
       cwd=REPO).stdout
@@ -136,7 +136,7 @@ def test_original_size_split_keeps_one_size_and_every_element(tmp_path):
   train = np.load(tmp_path / 'view5' / 'qm9' / 'temp' / 'qm9' / 'train.npz')
   np.testing.assert_array_equal(train['index'], [1, 2, 1, 2, 1, 3])
   bad = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'launch', 'original_size_split.py'),
+      [sys.executable, os.path.join(REPO, 'instruments', 'original_size_split.py'),
        f'--edm_repo={tmp_path / "edm"}', '--size=7', f'--out={tmp_path / "v7"}'],
       capture_output=True, text=True, cwd=REPO)
   assert bad.returncode != 0
@@ -146,7 +146,7 @@ def test_original_size_split_keeps_one_size_and_every_element(tmp_path):
 def _side_by_side_report(folder, plot=True):
   """The report's stdout on `folder` (with a plot, which must be drawn)."""
   out = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'launch', 'side_by_side_report.py'),
+      [sys.executable, os.path.join(REPO, 'instruments', 'side_by_side_report.py'),
        f'--dir={folder}'] + ([f'--plot={folder / "p.png"}'] if plot else []),
       check=True, capture_output=True, text=True, cwd=REPO).stdout
   assert not plot or (folder / 'p.png').stat().st_size > 1000
@@ -163,7 +163,7 @@ def _one_size_pair(folder, kind, n, ours, orig):
 
 
 def test_side_by_side_report_on_the_size_parts_alone(tmp_path):
-  # What `PARTS=sizes launch/side_by_side.sh` leaves.
+  # What `PARTS=sizes instruments/side_by_side.sh` leaves.
   (tmp_path / 'processor.txt').write_text('model name\t: test CPU\n')
   for n, ours, orig in ((10, 0.5, 1.25), (20, 2.0, 7.0)):
     _one_size_pair(tmp_path, 'size', n, ours, orig)
@@ -206,7 +206,7 @@ def test_original_geom_view_holds_molecules_of_one_size(tmp_path, qm9_noh_source
   (edm / 'main_geom_drugs.py').write_text('# the original\n')
   np.save(edm / 'data' / 'geom' / 'geom_permutation.npy', np.arange(3))
   out = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'launch', 'original_size_split.py'),
+      [sys.executable, os.path.join(REPO, 'instruments', 'original_size_split.py'),
        f'--edm_repo={edm}', '--dataset=qm9_noh', '--size=7', '--min_molecules=20',
        f'--out={tmp_path / "view"}'], check=True, capture_output=True, text=True,
       cwd=REPO).stdout
@@ -229,7 +229,7 @@ def test_original_geom_view_holds_molecules_of_one_size(tmp_path, qm9_noh_source
   assert (tmp_path / 'view' / 'main_geom_drugs.py').is_symlink()
   # --size=0: molecules of every size, spread over the split.
   subprocess.run(
-      [sys.executable, os.path.join(REPO, 'launch', 'original_size_split.py'),
+      [sys.executable, os.path.join(REPO, 'instruments', 'original_size_split.py'),
        f'--edm_repo={edm}', '--dataset=qm9_noh', '--size=0', '--min_molecules=50',
        f'--out={tmp_path / "mixed"}'], check=True, capture_output=True, cwd=REPO)
   rows = np.load(tmp_path / 'mixed' / 'data' / 'geom' / 'geom_drugs_30.npy')
@@ -351,7 +351,7 @@ def test_gpu_bench_report_pairs_the_measurements(tmp_path):
                         'train_parity_failing': 0, 'train_parity_arrays': 62,
                         'train_parity_worst_abs': 2e-5},
       'bf16_seed0': {'gap': 0.02, 'noise': 0.03, 'within_noise': True}}}))
-  subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'gpu_bench_report.py'),
+  subprocess.run([sys.executable, os.path.join(REPO, 'instruments', 'gpu_bench_report.py'),
                   f'--dir={raw}', f'--json={tmp_path / "r.json"}',
                   f'--markdown={tmp_path / "r.md"}'], check=True, cwd=REPO,
                  capture_output=True)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import textwrap
 from typing import Sequence
 
 import numpy as np
 from rdkit import Chem
-from rdkit.Chem import AllChem, Draw
+from rdkit.Chem import AllChem
+from rdkit.Chem.Draw import rdMolDraw2D
 
 from edm_zoo.io.files import atomic_path
 from edm_zoo.metrics import rdkit_metrics
@@ -14,26 +17,65 @@ from edm_zoo.metrics import rdkit_metrics
 _COLORS = {'H': '#dddddd', 'C': '#333333', 'N': '#3050f8', 'O': '#ff0d0d', 'F': '#90e050'}
 
 
-def molecule_grid(molecules: Sequence[dict], elements: tuple[str, ...], path: str,
-                  n: int = 24, per_row: int = 6) -> int:
-  """2D depictions of the first `n` molecules that sanitize; returns how many."""
-  mols, legends = [], []
-  for i, m in enumerate(molecules):
-    mol = rdkit_metrics.build_molecule(m['positions'], m['types'], elements)
-    smiles = rdkit_metrics.mol_to_smiles(mol)
-    if smiles is None:
-      continue
+def caption_lines(index: int, description: dict, width: int = 34) -> list[str]:
+  """A molecule's caption: its index and SMILES (wrapped, never cut), or that RDKit
+  cannot sanitize it and why."""
+  if description['smiles'] is None:
+    return [f'{index}: RDKit cannot sanitize it'] + textwrap.wrap(
+        f"({description['why']})", width)
+  smiles = f"{index}: {description['smiles']}"
+  return [smiles[k:k + width] for k in range(0, len(smiles), width)]
+
+
+def _depiction(positions, types, elements) -> Chem.Mol:
+  """A 2D drawing of the heavy atoms and their distance-inferred bonds (as built
+  when RDKit cannot sanitize the molecule)."""
+  mol = rdkit_metrics.build_molecule(positions, types, elements)
+  if rdkit_metrics.readable_smiles(mol)[0] is not None:
+    Chem.SanitizeMol(mol)
+    mol = Chem.RemoveHs(mol)
+  else:
     mol = Chem.RemoveHs(mol, sanitize=False)
-    AllChem.Compute2DCoords(mol)
-    mols.append(mol)
-    legends.append(f'{i}: {smiles}'[:40])
-    if len(mols) == n:
-      break
-  if mols:
-    image = Draw.MolsToGridImage(mols, molsPerRow=per_row, subImgSize=(250, 250),
-                                 legends=legends)
-    with atomic_path(path) as tmp:
-      image.save(tmp, format='PNG')
+    mol.UpdatePropertyCache(strict=False)
+    Chem.FastFindRings(mol)  # What the drawing needs of the sanitization.
+  AllChem.Compute2DCoords(mol)
+  return mol
+
+
+def molecule_grid(molecules: Sequence[dict], elements: tuple[str, ...], path: str,
+                  descriptions: Sequence[dict] | None = None, n: int = 24,
+                  per_row: int = 6) -> int:
+  """2D depictions of the first `n` molecules captioned with their SMILES (or why
+  RDKit cannot sanitize them); returns how many.
+
+  Args:
+    molecules: dicts with `positions` and `types`.
+    elements: the type symbols.
+    path: the PNG to write.
+    descriptions: `rdkit_metrics.describe` of each molecule (computed if None).
+    n: molecules drawn.
+    per_row: molecules per row.
+  """
+  molecules = list(molecules)[:n]
+  if descriptions is None:
+    descriptions = [rdkit_metrics.describe(m['positions'], m['types'], elements)
+                    for m in molecules]
+  if not molecules:
+    return 0
+  mols = [_depiction(m['positions'], m['types'], elements) for m in molecules]
+  legends = ['\n'.join(caption_lines(i, d)) for i, d in enumerate(descriptions[:n])]
+  lines = max(len(legend.splitlines()) for legend in legends)
+  drawer = rdMolDraw2D.MolDraw2DCairo(
+      250 * min(per_row, len(mols)), (250 + 14 * lines) * math.ceil(len(mols) / per_row),
+      250, 250 + 14 * lines)
+  options = drawer.drawOptions()
+  options.legendFraction = min(0.4, (14 * lines + 6) / (250 + 14 * lines))
+  options.legendFontSize = 14
+  options.prepareMolsBeforeDrawing = False  # Unsanitized molecules are drawn as built.
+  drawer.DrawMolecules(mols, legends=legends)
+  drawer.FinishDrawing()
+  with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+    f.write(drawer.GetDrawingText())
   return len(mols)
 
 

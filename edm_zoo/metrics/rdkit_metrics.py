@@ -69,6 +69,31 @@ def mol_to_smiles(mol: Chem.Mol) -> str | None:
   return Chem.MolToSmiles(mol)
 
 
+def readable_smiles(mol: Chem.Mol) -> tuple[str | None, str]:
+  """(canonical SMILES with implicit hydrogens, fragments joined by '.', or None;
+  why RDKit cannot sanitize the molecule, or ''), for people to read."""
+  mol = Chem.Mol(mol)
+  try:
+    Chem.SanitizeMol(mol)
+  except ValueError as e:  # RDKit's sanitization errors are ValueErrors.
+    return None, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  return Chem.MolToSmiles(Chem.RemoveHs(mol)), ''
+
+
+def describe(positions: np.ndarray, types: np.ndarray, elements: tuple[str, ...],
+             single_bonds: bool = False) -> dict[str, object]:
+  """What a caption says of one molecule: `smiles` (readable_smiles, None if RDKit
+  cannot sanitize it), `why` not, and whether it counts as `valid` (EDM's
+  validity, `single_bonds` as the dataset scores it) and `stable` (EDM's molecule
+  stability)."""
+  mol = build_molecule(positions, types, elements)
+  smiles, why = readable_smiles(mol)
+  valid = (smiles is not None if not single_bonds else mol_to_smiles(
+      build_molecule(positions, types, elements, single_bonds=True)) is not None)
+  stable, _, _ = stability.check_stability(positions, types, elements)
+  return {'smiles': smiles, 'why': why, 'valid': bool(valid), 'stable': bool(stable)}
+
+
 def valid_smiles(molecules: Sequence[tuple[np.ndarray, np.ndarray]],
                  elements: tuple[str, ...], progress: bool = False,
                  single_bonds: bool = False) -> list[str | None]:

@@ -1,7 +1,7 @@
-"""Medians and ratios of a `launch/side_by_side.sh` run (ours vs the original EDM,
+"""Medians and ratios of a `instruments/side_by_side.sh` run (ours vs the original EDM,
 timed in one run on one machine), as a Markdown table.
 
-  python launch/side_by_side_report.py --dir=OUT_DIR [--plot=PNG --size_study=JSON]
+  python instruments/side_by_side_report.py --dir=OUT_DIR [--plot=PNG --size_study=JSON]
 
 --plot draws how the train step grows: time and peak memory against the batch size
 and against the molecule size (ours and the original: batches of 64 QM9 molecules of
@@ -22,7 +22,7 @@ import matplotlib.ticker
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-_DIR = flags.DEFINE_string('dir', None, 'the folder launch/side_by_side.sh wrote')
+_DIR = flags.DEFINE_string('dir', None, 'the folder instruments/side_by_side.sh wrote')
 _PLOT = flags.DEFINE_string('plot', None, 'write the cost-growth plot here (PNG)')
 _SIZE_STUDY = flags.DEFINE_string('size_study', None,
                                   'a launch/bench.py --what=size_study --json file')
@@ -63,7 +63,7 @@ def main(argv):
   del argv
   d = _DIR.value
   if not d or not os.path.isdir(d):
-    raise SystemExit('error: give --dir=OUT_DIR (a launch/side_by_side.sh output folder).')
+    raise SystemExit('error: give --dir=OUT_DIR (a instruments/side_by_side.sh output folder).')
   with open(os.path.join(d, 'processor.txt')) as f:
     print('processor:', ' | '.join(line.strip() for line in f if line.strip()))
   rows = []

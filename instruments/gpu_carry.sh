@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepares, on this machine, what launch/gpu_bench.sh needs on a GPU machine that has
+# Prepares, on this machine, what instruments/gpu_bench.sh needs on a GPU machine that has
 # jax, torch and no network (BUILD.md, "GPU"); all three folders are git-ignored:
 #   .whl/      wheels for Python 3.12 of what that machine lacks (rdkit, haiku, jraph,
 #              TFDS without TensorFlow, ...), pinned as requirements.txt pins them;
@@ -10,8 +10,8 @@
 #   .gpuorig/  the original's code (no data blobs), the harness, and its QM9 files cut
 #              to N_TRAIN (6,000) / 1,000 / 1,000 molecules (timing needs batches, not epochs).
 #
-#   EDM_REPO=$HOME/edm_reference bash launch/gpu_carry.sh
-#   then on the GPU: OUT=... bash launch/gpu_bench.sh, carrying .whl .gpudata .gpuorig
+#   EDM_REPO=$HOME/edm_reference bash instruments/gpu_carry.sh
+#   then on the GPU: OUT=... bash instruments/gpu_bench.sh, carrying .whl .gpudata .gpuorig
 set -euo pipefail
 : "${EDM_REPO:?set EDM_REPO to the checkout of the original EDM (with qm9/temp/qm9/*.npz)}"
 HERE=$(cd "$(dirname "$0")/.." && pwd)

@@ -1,6 +1,6 @@
-"""Tables of a `launch/gpu_bench.sh` run: the original EDM and edm_zoo on one GPU.
+"""Tables of an `instruments/gpu_bench.sh` run: the original EDM and edm_zoo on one GPU.
 
-  python launch/gpu_bench_report.py --dir=RAW --json=results.json --markdown=report.md
+  python instruments/gpu_bench_report.py --dir=RAW --json=results.json --markdown=report.md
 
 RAW holds one file per measurement (our bench's JSON, or the harness's one JSON
 line): `ours_<precision>`, `orig_train`, `orig_train_tf32`, `orig_nll`,

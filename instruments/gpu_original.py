@@ -1,8 +1,8 @@
 """Runs one of the harness's scripts for the original EDM on the GPU when torch sees one.
 
-  EDM_REPO=DIR python launch/gpu_original.py HARNESS/bench_train.py --iters 12 --warmup 2
+  EDM_REPO=DIR python instruments/gpu_original.py HARNESS/bench_train.py --iters 12 --warmup 2
 
-A measuring instrument for `launch/gpu_bench.sh`, run with the original's Python
+A measuring instrument for `instruments/gpu_bench.sh`, run with the original's Python
 (torch), not ours: it imports nothing of edm_zoo. The harness
 (`../shared/reference/harness`) times the original with its own code on CPUs; its
 `common.FLAGS` carries `--no-cuda`, which this drops where torch sees a GPU (its
@@ -33,7 +33,7 @@ def _disabled_wandb() -> types.ModuleType:
 
 def main() -> None:
   if len(sys.argv) < 2 or not os.path.isfile(sys.argv[1]):
-    sys.exit('usage: EDM_REPO=DIR python launch/gpu_original.py HARNESS/bench_X.py [ARGS]')
+    sys.exit('usage: EDM_REPO=DIR python instruments/gpu_original.py HARNESS/bench_X.py [ARGS]')
   if not os.environ.get('EDM_REPO'):
     sys.exit('error: set EDM_REPO to a checkout of the original EDM.')
   script = os.path.abspath(sys.argv[1])

@@ -2,9 +2,9 @@
 # The one prepared GPU check (BUILD.md, "GPU"): the original EDM and edm_zoo on the same
 # GPU in one command, published QM9 config.
 #
-#   OUT=DIR bash launch/gpu_bench.sh          # after launch/gpu_carry.sh, on the GPU
+#   OUT=DIR bash instruments/gpu_bench.sh          # after instruments/gpu_carry.sh, on the GPU
 #   SMOKE=1 WHEELS= PY=.venv/bin/python OPY=$HOME/edm_venv/bin/python OUT=DIR \
-#     bash launch/gpu_bench.sh   # a tiny dry run here, on the carried folders
+#     bash instruments/gpu_bench.sh   # a tiny dry run here, on the carried folders
 #
 # In order of importance (each part adds to $OUT at once, so a run cut short keeps
 # what finished):
@@ -17,7 +17,7 @@
 # PARTS (default "side precisions sampling study") picks the parts. Each measurement
 # runs in its own process, so its peak GPU memory is its own.
 # Writes $OUT/log.txt, $OUT/results.json (every measurement, by name) and
-# $OUT/report.md (launch/gpu_bench_report.py).
+# $OUT/report.md (instruments/gpu_bench_report.py).
 set -uo pipefail
 PARTS=${PARTS-side precisions sampling study}
 for p in $PARTS; do
@@ -59,11 +59,11 @@ else
   OURS=""; ORIG=""; REPEATS=20; ITERS="--iters 12 --warmup 2"; NLLB="--batches 10 --warmup 1"
   SAMPLES="10 100 1000"; STEPS=30; STUDY="--steps=2000 --window=200"
   PRECISIONS=highest,tf32,bf16
-  STUDY_DATASET=${STUDY_DATASET:-qm9_gpu_subset}  # launch/gpu_carry.sh builds it
+  STUDY_DATASET=${STUDY_DATASET:-qm9_gpu_subset}  # instruments/gpu_carry.sh builds it
 fi
 
 merge() {  # $R/*.json -> $OUT/results.json, then the report.
-  "$PY" "$HERE/launch/gpu_bench_report.py" --dir="$R" --json="$OUT/results.json" \
+  "$PY" "$HERE/instruments/gpu_bench_report.py" --dir="$R" --json="$OUT/results.json" \
     --markdown="$OUT/report.md" >> "$LOG" 2>&1
 }
 have() { [ -s "$R/$1.json" ] && echo "== $1: measured earlier, kept" | tee -a "$LOG"; }
@@ -75,11 +75,11 @@ ours() {  # NAME ARGS...: launch/bench.py, JSON to $R/NAME.json
     | grep -v '^ \|^{\|^}' | tee -a "$LOG"
   merge
 }
-orig() {  # NAME SCRIPT ARGS...: the harness script through launch/gpu_original.py
+orig() {  # NAME SCRIPT ARGS...: the harness script through instruments/gpu_original.py
   local name=$1 script=$2; shift 2
   have "$name" && return
   echo "== original $name: $script $*" | tee -a "$LOG"
-  "$OPY" launch/gpu_original.py "$H/$script" $ORIG "$@" > "$R/$name.json" 2>> "$LOG"
+  "$OPY" instruments/gpu_original.py "$H/$script" $ORIG "$@" > "$R/$name.json" 2>> "$LOG"
   tail -1 "$R/$name.json" | tee -a "$LOG"
   merge
 }

@@ -1,8 +1,8 @@
 """Times the original EDM's GEOM-Drugs train step with its own code, on a view of its
-checkout whose GEOM file holds molecules of one size (`launch/original_size_split.py
+checkout whose GEOM file holds molecules of one size (`instruments/original_size_split.py
 --dataset=moses3d`).
 
-  PYTHONPATH=VIEW $EDM_VENV/bin/python launch/original_geom_train.py --view=VIEW \\
+  PYTHONPATH=VIEW $EDM_VENV/bin/python instruments/original_geom_train.py --view=VIEW \\
       --harness=../shared/reference/harness --batch_size=16 --iters=4 --warmup=1
 
 A measuring instrument run with the original's Python (torch), importing nothing of

@@ -2,7 +2,7 @@
 size, so that the harness (`../shared/reference/harness`) times the original's train
 step against molecule size with its own code and loaders.
 
-  python launch/original_size_split.py --edm_repo=$EDM_REPO --size=22 --out=DIR
+  python instruments/original_size_split.py --edm_repo=$EDM_REPO --size=22 --out=DIR
   EDM_REPO=DIR $EDM_VENV/bin/python $H/bench_train.py --iters 4 --warmup 1
 
 DIR links every file of the checkout except `qm9/temp/qm9/train.npz`, which keeps
@@ -19,7 +19,7 @@ view is one for the original's `main_geom_drugs.py` instead: `data/geom/` holds
 format) with `--min_molecules` of our dataset's train molecules of `--size` atoms
 (`--size=0`: molecules of every size, spread over the split), and
 `geom_permutation.npy` (in order; the original's split takes 10% / 10% / 80%).
-`launch/original_geom_train.py` then times its train step.
+`instruments/original_geom_train.py` then times its train step.
 """
 
 import json

@@ -1,8 +1,8 @@
 #!/bin/bash
-# The speed issue's side-by-side run: edm_zoo and the original EDM (its own code, via
+# The side-by-side run: edm_zoo and the original EDM (its own code, via
 # ../shared/reference/harness) timed in one run on this machine, published QM9 config.
 #
-#   EDM_REPO=$HOME/edm_reference EDM_VENV=$HOME/edm_venv launch/side_by_side.sh OUT_DIR [ROUNDS]
+#   EDM_REPO=$HOME/edm_reference EDM_VENV=$HOME/edm_venv instruments/side_by_side.sh OUT_DIR [ROUNDS]
 #
 # PARTS (default "rounds batches s100 sizes geom") picks what runs, e.g. PARTS=sizes.
 #
@@ -10,7 +10,7 @@
 # sampling); then both at batch 16 and 32 (how the step grows with the batch) and
 # sampling 100 molecules per batch; then both on batches of one molecule size
 # (SIZES), and on drug-like molecules of one size under the GEOM-Drugs config
-# (GEOM_SIZES). One JSON file per measurement in OUT_DIR; `python launch/side_by_side_report.py OUT_DIR`
+# (GEOM_SIZES). One JSON file per measurement in OUT_DIR; `python instruments/side_by_side_report.py OUT_DIR`
 # prints the medians and ratios. Run nothing else meanwhile.
 set -euo pipefail
 OUT=${1:?give an output folder}
@@ -62,11 +62,11 @@ if part s100; then
 fi
 # How the train step grows with molecule size: batches of 64 QM9 molecules that all
 # have SIZES atoms (the original through a view of its checkout whose train split
-# holds that size, launch/original_size_split.py).
+# holds that size, instruments/original_size_split.py).
 part sizes && for n in ${SIZES-10 14 18 22 27}; do
   "$PY" "$HERE/launch/bench.py" --what=size_study --size_study_sizes=$n --repeats=4 \
     --json="$OUT/ours_size$n.json" > "$OUT/ours_size$n.log" 2>&1
-  "$PY" "$HERE/launch/original_size_split.py" --edm_repo="$EDM_REPO" --size=$n \
+  "$PY" "$HERE/instruments/original_size_split.py" --edm_repo="$EDM_REPO" --size=$n \
     --min_molecules=384 --out="$OUT/orig_view$n" > "$OUT/orig_view$n.json"
   EDM_REPO="$OUT/orig_view$n" "$V" "$H/bench_train.py" --iters 4 --warmup 1 \
     > "$OUT/orig_size$n.json" 2> "$OUT/orig_size$n.log"
@@ -79,10 +79,10 @@ done
 part geom && for n in ${GEOM_SIZES-20 30 40 50 60}; do
   "$PY" "$HERE/launch/bench.py" --dataset=moses3d --what=size_study --size_study_sizes=$n \
     --batch_size=16 --repeats=4 --json="$OUT/ours_geom$n.json" > "$OUT/ours_geom$n.log" 2>&1
-  "$PY" "$HERE/launch/original_size_split.py" --edm_repo="$EDM_REPO" --dataset=moses3d \
+  "$PY" "$HERE/instruments/original_size_split.py" --edm_repo="$EDM_REPO" --dataset=moses3d \
     --size=$n --min_molecules=128 --out="$OUT/geom_view$n" > "$OUT/geom_view$n.json" \
     2> "$OUT/geom_view$n.log"
-  PYTHONPATH="$OUT/geom_view$n" "$V" "$HERE/launch/original_geom_train.py" \
+  PYTHONPATH="$OUT/geom_view$n" "$V" "$HERE/instruments/original_geom_train.py" \
     --view="$OUT/geom_view$n" --harness="$H" --batch_size=16 --iters=4 --warmup=1 \
     > "$OUT/orig_geom$n.json" 2> "$OUT/orig_geom$n.log"
   rm -rf "$OUT/geom_view$n"
@@ -92,10 +92,10 @@ done
 if part geom; then
   "$PY" "$HERE/launch/bench.py" --dataset=moses3d --what=size_study --batch_size=16 \
     --repeats=4 --json="$OUT/ours_geom_mixed.json" > "$OUT/ours_geom_mixed.log" 2>&1
-  "$PY" "$HERE/launch/original_size_split.py" --edm_repo="$EDM_REPO" --dataset=moses3d \
+  "$PY" "$HERE/instruments/original_size_split.py" --edm_repo="$EDM_REPO" --dataset=moses3d \
     --size=0 --min_molecules=400 --out="$OUT/geom_view_mixed" \
     > "$OUT/geom_view_mixed.json" 2> "$OUT/geom_view_mixed.log"
-  PYTHONPATH="$OUT/geom_view_mixed" "$V" "$HERE/launch/original_geom_train.py" \
+  PYTHONPATH="$OUT/geom_view_mixed" "$V" "$HERE/instruments/original_geom_train.py" \
     --view="$OUT/geom_view_mixed" --harness="$H" --batch_size=16 --iters=6 --warmup=1 \
     > "$OUT/orig_geom_mixed.json" 2> "$OUT/orig_geom_mixed.log"
   rm -rf "$OUT/geom_view_mixed"
