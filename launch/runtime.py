@@ -67,7 +67,7 @@ def reexec_env(environ, *, avx512: bool) -> dict[str, str]:
   EDM_ZOO_MALLOC=retain adds `_RETAIN` to the malloc settings. Without it, every
   published-config train step maps a fresh 2.5 GB block, faults in ~1,250 huge
   pages, and unmaps it, and every other step spends 0.5-3 s in the kernel. With
-  it, no step faults (BENCHMARKS.md: train step 1.62 -> 1.51 s median, spread
+  it, no step faults (docs/performance_notes.md: train step 1.62 -> 1.51 s median, spread
   0.7-1.0 -> 0.04-0.46 s). The cost is that the heap never shrinks: with the
   batch in one part, peak RSS 3.2 GB, or 5.5 GB when a freed block is too small
   for the next step's; with the CPU default of 4 parts (`--microbatch_size`) the

@@ -68,7 +68,7 @@ def silu(x: jax.Array) -> jax.Array:
   the output is kept anyway (the next layer's matmul needs it for its weight
   gradient), so d/dx = s + y (1 - s) from (s, y) costs no exp and no extra
   activation: the published train step ~8% faster, peak RSS 1.65 -> 1.46 GB
-  (BENCHMARKS.md).
+  (docs/performance_notes.md).
   """
   return x * jax.nn.sigmoid(x)
 

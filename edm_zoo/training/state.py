@@ -145,7 +145,7 @@ def make_augment_fn(mesh: Mesh | None = None):
 
 # Molecules a CPU device differentiates at once when the config leaves it to the
 # platform: 4 parts of a published batch measured as fast as 1 with ~1/2 the
-# peak memory (BENCHMARKS.md); accelerators run the whole share at once.
+# peak memory (docs/performance_notes.md); accelerators run the whole share at once.
 CPU_MICROBATCH_SIZE = 16
 
 
