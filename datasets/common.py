@@ -1,5 +1,14 @@
-"""What every builder of `datasets/` shares: the stored features, the train
-statistics recorded in the metadata at build time, seeded splits and build options.
+"""What every builder of `datasets/` shares: how splits are written, the stored
+features, the train statistics recorded in the metadata at build time, seeded
+splits and build options.
+
+Writing: every builder is a `MoleculeBuilder`. Its splits are ordered sequences
+of molecules (the order the reference reads them in), which TFDS writes shard by
+shard as they stream in (`tfds.core.ShardBasedBuilder`). TFDS's default writer
+collects a split in a shuffle buffer first: 1 GB in memory, then spilled to
+bucket files through `tf.io.gfile`, which needs TensorFlow; and with shuffling
+disabled every spilled example lands in one bucket that is read back whole. So
+a split's memory is bounded by one shard, whatever the dataset's size.
 
 Statistics are computed once, when a dataset is built, from its train split: the
 node-count histogram (EDM samples molecule sizes from it) and the atom-type counts.
@@ -7,11 +16,65 @@ node-count histogram (EDM samples molecule sizes from it) and the atom-type coun
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+import tqdm
+
+# Molecules per shard file. TFDS keeps a shard's examples until the shard is
+# written (it counts them after writing), so this bounds the build's memory:
+# ~100 MB of drug-sized conformers.
+SHARD_MOLECULES = 50_000
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitExamples:
+  """A split as its builder gives it: `size` molecules, and `examples(lo, hi)`,
+  an iterator of the molecules at places lo..hi-1 of the split (feature dicts)."""
+  size: int
+  examples: Callable[[int, int], Iterator[dict[str, Any]]]
+
+
+class MoleculeBuilder(tfds.core.ShardBasedBuilder):
+  """A builder of ordered molecule splits, written shard by shard (module doc).
+
+  Subclasses implement `_split_examples()` (and record their metadata there);
+  the key of each example is its place in the split.
+  """
+
+  shard_molecules = SHARD_MOLECULES
+
+  def _split_examples(self) -> dict[str, SplitExamples]:
+    raise NotImplementedError
+
+  def _shard_iterators_per_split(self, dl_manager):
+    del dl_manager  # Nothing is downloaded.
+    out = {}
+    for name, split in self._split_examples().items():
+      if split.size <= 0:
+        raise ValueError(f'the {name} split would be empty.')
+      bar = tqdm.tqdm(total=split.size, desc=f'writing {name}', unit=' molecules',
+                      dynamic_ncols=True, mininterval=1.0, leave=False)
+      out[name] = [functools.partial(_keyed, split, lo, min(lo + self.shard_molecules,
+                                                             split.size), bar)
+                   for lo in range(0, split.size, self.shard_molecules)]
+    return out
+
+
+def _keyed(split: SplitExamples, lo: int, hi: int, bar: tqdm.tqdm
+           ) -> Iterator[tuple[int, dict[str, Any]]]:
+  key = lo
+  for key, example in enumerate(split.examples(lo, hi), lo):
+    yield key, example
+    bar.update(1)
+  if key != hi - 1:
+    raise ValueError(f'the builder gave {key - lo + 1} molecules for places {lo}..{hi - 1}.')
+  if hi == split.size:
+    bar.close()
 
 
 def molecule_features(**extra) -> tfds.features.FeaturesDict:
@@ -45,8 +108,7 @@ def train_statistics(charges: Iterable[np.ndarray], atom_types: Sequence[str],
     atomic_numbers: Z of each type.
 
   Returns:
-    JSON-able metadata: `atom_types`, `atomic_numbers`, `type_counts` and
-    `n_nodes_histogram` ({str(size): molecules}).
+    `statistics_metadata` of them.
   """
   lookup = np.full(max(atomic_numbers) + 1, -1, np.int64)
   lookup[np.asarray(atomic_numbers)] = np.arange(len(atomic_numbers))
@@ -55,10 +117,18 @@ def train_statistics(charges: Iterable[np.ndarray], atom_types: Sequence[str],
   for z in charges:
     type_counts += np.bincount(lookup[np.asarray(z)], minlength=len(atom_types))
     histogram[len(z)] = histogram.get(len(z), 0) + 1
+  return statistics_metadata(type_counts, histogram, atom_types, atomic_numbers)
+
+
+def statistics_metadata(type_counts: Sequence[int], histogram: dict[int, int],
+                        atom_types: Sequence[str], atomic_numbers: Sequence[int]
+                        ) -> dict[str, object]:
+  """JSON-able metadata: `atom_types`, `atomic_numbers`, `type_counts` (atoms of
+  each type) and `n_nodes_histogram` ({str(size): molecules})."""
   return {'atom_types': list(atom_types),
           'atomic_numbers': [int(z) for z in atomic_numbers],
           'type_counts': [int(c) for c in type_counts],
-          'n_nodes_histogram': {str(k): v for k, v in sorted(histogram.items())}}
+          'n_nodes_histogram': {str(k): int(v) for k, v in sorted(histogram.items())}}
 
 
 def seeded_split(n: int, valid_fraction: float, test_fraction: float,

@@ -23,11 +23,13 @@ the metadata says that the split is not the paper's.
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+import tqdm
 
 from datasets import common
 
@@ -42,7 +44,7 @@ SPLIT_RECIPE = ('the original\'s load_split_data: conformers cut where the id ch
                 'optional size filter, reordered by geom_permutation.npy, then valid 10%, '
                 'test 10%, train the rest')
 SMILES_FILE = 'geom_drugs_smiles.txt'
-_CHUNK_ROWS = 1 << 24  # Bounds the memory of reading ids (GEOM has ~3e8 rows).
+_CHUNK_ROWS = 1 << 22  # Rows read at once: ~150 MB of work arrays (GEOM has ~3e8 rows).
 
 
 def file_names(remove_h: bool, conformations: int = 30) -> tuple[str, str]:
@@ -61,13 +63,52 @@ def _load(path: str) -> np.ndarray:
     raise ValueError(f'{path} is not a readable .npy file ({e}).') from e
 
 
+def _row_chunks(n_rows: int, what: str) -> Iterator[tuple[int, int]]:
+  """(lo, hi) row ranges of at most _CHUNK_ROWS, with a progress bar."""
+  with tqdm.tqdm(total=n_rows, desc=what, unit=' atoms', unit_scale=True,
+                 dynamic_ncols=True, mininterval=1.0, leave=False) as bar:
+    for lo in range(0, n_rows, _CHUNK_ROWS):
+      hi = min(lo + _CHUNK_ROWS, n_rows)
+      yield lo, hi
+      bar.update(hi - lo)
+
+
 def conformer_bounds(rows: np.ndarray) -> np.ndarray:
   """int64 [n + 1]: conformer k is rows[b[k]:b[k + 1]] (cut where the id changes)."""
   cuts = []
-  for lo in range(0, len(rows), _CHUNK_ROWS):
-    ids = np.asarray(rows[lo:lo + _CHUNK_ROWS + 1, 0])
+  for lo, hi in _row_chunks(len(rows), 'reading conformer ids'):
+    ids = np.asarray(rows[lo:hi + 1, 0])
     cuts.append(np.flatnonzero(ids[:-1] != ids[1:]) + lo + 1)
   return np.concatenate([[0], *cuts, [len(rows)]]).astype(np.int64)
+
+
+def elements_and_train_counts(rows: np.ndarray, bounds: np.ndarray, train: np.ndarray,
+                              atomic_numbers: Sequence[int]
+                              ) -> tuple[list[int], np.ndarray]:
+  """(atomic numbers outside `atomic_numbers`, atoms of each of them in the train
+  conformers), reading the Z column chunk by chunk (GEOM's is 2.6 GB as float64).
+
+  Args:
+    rows: the conformer rows (memory-mapped).
+    bounds: `conformer_bounds(rows)`.
+    train: conformer numbers of the train split.
+    atomic_numbers: the dataset's types' Z.
+  """
+  lookup = np.full(256, -1, np.int64)
+  lookup[np.asarray(atomic_numbers)] = np.arange(len(atomic_numbers))
+  in_train = np.zeros(len(bounds) - 1, bool)
+  in_train[train] = True
+  counts = np.zeros(len(atomic_numbers), np.int64)
+  unknown: set[int] = set()
+  for lo, hi in _row_chunks(len(rows), 'counting atom types'):
+    z = np.asarray(rows[lo:hi, 1]).astype(np.int64)
+    bad = (z < 0) | (z > 255)
+    types = np.where(bad, -1, lookup[np.clip(z, 0, 255)])
+    unknown.update(np.unique(z[types < 0]).tolist())
+    conformer = np.searchsorted(bounds, np.arange(lo, hi), side='right') - 1
+    keep = in_train[conformer] & (types >= 0)
+    counts += np.bincount(types[keep], minlength=len(atomic_numbers))
+  return sorted(unknown), counts
 
 
 def split_conformers(sizes: np.ndarray, permutation: np.ndarray | None,
@@ -131,7 +172,7 @@ def decode(item: dict[str, Any]) -> dict[str, Any]:
   return item
 
 
-class EdmGeomDrugs(tfds.core.GeneratorBasedBuilder):
+class EdmGeomDrugs(common.MoleculeBuilder):
   """GEOM-Drugs conformers (the original's files), split as in EDM."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -145,8 +186,7 @@ class EdmGeomDrugs(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return common.info(self, __doc__, 'https://github.com/learningmatter-mit/geom')
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing is downloaded.
+  def _split_examples(self) -> dict[str, common.SplitExamples]:
     config = self.builder_config
     if not config.source:
       raise ValueError('GEOM-Drugs is built from the original\'s files: pass --from=DIR.')
@@ -167,15 +207,13 @@ class EdmGeomDrugs(tfds.core.GeneratorBasedBuilder):
                               config.options['filter_size'])
     types = ATOM_TYPES_WITHOUT_H if config.remove_h else ATOM_TYPES_WITH_H
     z = ATOMIC_NUMBERS_WITHOUT_H if config.remove_h else ATOMIC_NUMBERS_WITH_H
-    found = np.unique(np.asarray(rows[:, 1]).astype(np.int64))
-    unknown = sorted(set(found.tolist()) - set(z))
+    unknown, type_counts = elements_and_train_counts(rows, bounds, splits['train'], z)
     if unknown:
       raise ValueError(f'{rows_file} has atomic number(s) {unknown} outside the '
                        f'{len(types)} GEOM-Drugs types {list(types)}.')
-    train = np.sort(splits['train'])  # Sequential reads of the memory map.
-    self.info.metadata.update(common.train_statistics(
-        (np.asarray(rows[bounds[k]:bounds[k + 1], 1]).astype(np.int64) for k in train),
-        types, z))
+    histogram = np.bincount(sizes[splits['train']])
+    self.info.metadata.update(common.statistics_metadata(
+        type_counts, {n: int(c) for n, c in enumerate(histogram) if c}, types, z))
     smiles = os.path.join(config.source, SMILES_FILE)
     self.info.metadata.update({
         'build_key': common.options_key(config.options),
@@ -186,13 +224,13 @@ class EdmGeomDrugs(tfds.core.GeneratorBasedBuilder):
                          "NOT the paper's split") + ': valid 10%, test 10%, train the rest',
         'num_conformers': int(len(sizes)),
         'num_smiles': (sum(1 for _ in open(smiles)) if os.path.exists(smiles) else None)})
-    return {name: self._generate_examples(rows, bounds, order)
-            for name, order in splits.items()}
+    return {name: common.SplitExamples(len(order), functools.partial(
+        _examples, rows, bounds, order)) for name, order in splits.items()}
 
-  def _generate_examples(self, rows, bounds, order) -> Iterator[tuple[int, dict]]:
-    # TFDS writes examples in key order: the key is the place in the split.
-    for position, k in enumerate(order):
-      block = np.asarray(rows[bounds[k]:bounds[k + 1]])
-      yield position, {'positions': block[:, 2:5].astype(np.float32),
-                     'charges': block[:, 1].astype(np.int32),
-                     'num_atoms': len(block), 'index': int(k)}
+
+def _examples(rows, bounds, order, lo: int, hi: int) -> Iterator[dict]:
+  for k in order[lo:hi]:
+    block = np.asarray(rows[bounds[k]:bounds[k + 1]])
+    yield {'positions': block[:, 2:5].astype(np.float32),
+           'charges': block[:, 1].astype(np.int32), 'num_atoms': len(block),
+           'index': int(k)}

@@ -9,6 +9,7 @@ content hash, the build options and every skipped record are in the metadata.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Iterator
 
@@ -63,7 +64,7 @@ def decode(item: dict[str, Any]) -> dict[str, Any]:
   return item
 
 
-class EdmMolecules(tfds.core.GeneratorBasedBuilder):
+class EdmMolecules(common.MoleculeBuilder):
   """A user's SDF/XYZ molecules, split with a seed."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -88,8 +89,7 @@ class EdmMolecules(tfds.core.GeneratorBasedBuilder):
     return common.info(self, __doc__, name=tfds.features.Text(), file=tfds.features.Text(),
                        record=tfds.features.Scalar(dtype=np.int32))
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing is downloaded.
+  def _split_examples(self) -> dict[str, common.SplitExamples]:
     read_ = self.read()
     options = self.builder_config.options
     if not read_.molecules:
@@ -107,13 +107,13 @@ class EdmMolecules(tfds.core.GeneratorBasedBuilder):
         'split_recipe': (f"np.random.RandomState({options['seed']}).permutation(n): "
                          f"valid {options['valid_fraction']}, test "
                          f"{options['test_fraction']}, train the rest")})
-    return {name: self._generate_examples(read_.molecules, rows)
-            for name, rows in splits.items()}
+    return {name: common.SplitExamples(len(rows), functools.partial(
+        _examples, read_.molecules, rows)) for name, rows in splits.items()}
 
-  def _generate_examples(self, molecules, rows) -> Iterator[tuple[int, dict]]:
-    for row in rows:
-      m = molecules[row]
-      yield int(row), {'positions': m['positions'], 'charges': m['charges'],
-                       'num_atoms': len(m['charges']), 'index': int(row),
-                       'name': m['name'], 'file': os.path.basename(m['file']),
-                       'record': m['record']}
+
+def _examples(molecules, rows, lo: int, hi: int) -> Iterator[dict]:
+  for row in rows[lo:hi]:
+    m = molecules[row]
+    yield {'positions': m['positions'], 'charges': m['charges'],
+           'num_atoms': len(m['charges']), 'index': int(row), 'name': m['name'],
+           'file': os.path.basename(m['file']), 'record': m['record']}

@@ -17,6 +17,7 @@ tables.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import multiprocessing
@@ -126,7 +127,7 @@ def decode(item: dict[str, Any]) -> dict[str, Any]:
   return item
 
 
-class EdmMoses3d(tfds.core.GeneratorBasedBuilder):
+class EdmMoses3d(common.MoleculeBuilder):
   """MOSES SMILES with RDKit conformers (a stand-in for GEOM-Drugs)."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -140,8 +141,7 @@ class EdmMoses3d(tfds.core.GeneratorBasedBuilder):
     return common.info(self, __doc__, 'https://github.com/molecularsets/moses',
                        smiles=tfds.features.Text())
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing is downloaded.
+  def _split_examples(self) -> dict[str, common.SplitExamples]:
     config = self.builder_config
     n, seed = config.options['molecules'], config.options['seed']
     smiles = moses_smiles('train')
@@ -164,11 +164,12 @@ class EdmMoses3d(tfds.core.GeneratorBasedBuilder):
         'build_key': common.options_key(config.options), 'options': config.options,
         'embedded': len(molecules), 'failed': len(failed), 'failures': failed,
         'split_recipe': SPLIT_RECIPE})
-    return {name: self._generate_examples(molecules, rows) for name, rows in splits.items()}
+    return {name: common.SplitExamples(len(rows), functools.partial(_examples, molecules, rows))
+            for name, rows in splits.items()}
 
-  def _generate_examples(self, molecules, rows) -> Iterator[tuple[int, dict]]:
-    for row in rows:
-      m = molecules[row]
-      yield m['index'], {'positions': m['positions'], 'charges': m['charges'],
-                         'num_atoms': len(m['charges']), 'index': m['index'],
-                         'smiles': m['smiles']}
+
+def _examples(molecules, rows, lo: int, hi: int) -> Iterator[dict]:
+  for row in rows[lo:hi]:
+    m = molecules[row]
+    yield {'positions': m['positions'], 'charges': m['charges'],
+           'num_atoms': len(m['charges']), 'index': m['index'], 'smiles': m['smiles']}

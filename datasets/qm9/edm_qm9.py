@@ -25,6 +25,7 @@ Units of the stored features:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Any, Iterator
@@ -193,7 +194,7 @@ class EdmQm9Config(tfds.core.BuilderConfig):
     self.remove_h = remove_h
 
 
-class EdmQm9(tfds.core.GeneratorBasedBuilder):
+class EdmQm9(common.MoleculeBuilder):
   """QM9 (130,831 molecules) from qm9pack, split as in EDM."""
 
   BUILDER_CONFIGS = [
@@ -228,8 +229,7 @@ class EdmQm9(tfds.core.GeneratorBasedBuilder):
         disable_shuffling=True,
     )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing is downloaded.
+  def _split_examples(self) -> dict[str, common.SplitExamples]:
     data = read_qm9pack()
     splits = split_indices()
     remove_h = self.builder_config.remove_h
@@ -237,12 +237,13 @@ class EdmQm9(tfds.core.GeneratorBasedBuilder):
     self.info.metadata['halves'] = {
         h: train_statistics(data, splits['train'][half_positions(h)], remove_h)
         for h in HALVES}
-    return {name: self._generate_examples(data, rows)
+    # Ascending gdb id inside a split, as the reference reads them.
+    return {name: common.SplitExamples(len(rows), functools.partial(self._examples, data, rows))
             for name, rows in splits.items()}
 
-  def _generate_examples(self, data, rows) -> Iterator[tuple[int, dict]]:
+  def _examples(self, data, rows, lo: int, hi: int) -> Iterator[dict]:
     remove_h = self.builder_config.remove_h
-    for row in rows:
+    for row in rows[lo:hi]:
       charges = np.array([ATOMIC_NUMBER[e] for e in data['elements'][row]],
                          np.int32)
       positions = data['positions'][row]
@@ -250,13 +251,12 @@ class EdmQm9(tfds.core.GeneratorBasedBuilder):
         keep = charges != 1
         charges, positions = charges[keep], positions[keep]
         positions = positions - positions.mean(axis=0, keepdims=True)
-      gdb = int(data['gdb_index'][row])
       example = {
           'positions': positions.astype(np.float32),
           'charges': charges,
           'num_atoms': len(charges),
-          'gdb_index': gdb,
+          'gdb_index': int(data['gdb_index'][row]),
           'smiles': data['smiles'][row],
       }
       example['properties'] = np.array([data[name][row] for name in PROPERTY_NAMES])
-      yield gdb, example
+      yield example

@@ -11,7 +11,10 @@ data folder. Adding a dataset = one builder + one entry in `_ENTRIES`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import glob
 import logging
 import os
 import re
@@ -261,6 +264,29 @@ def prepare(name: str, data_dir: str | None = None, *, options: dict | None = No
   return _build(entry, name, data_dir, options)
 
 
+@contextlib.contextmanager
+def _build_lock(data_dir: str, name: str):
+  """Holds `<config folder>/.build.lock` for one build; a second build of the same
+  dataset meanwhile is refused in one line."""
+  parent = os.path.dirname(data_dir.rstrip('/'))
+  os.makedirs(parent, exist_ok=True)
+  with open(os.path.join(parent, '.build.lock'), 'w') as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise ValueError(f'another process is building {name!r} in {parent}; wait for it '
+                       'to finish.') from None
+    yield
+
+
+def stale_builds(data_dir: str) -> list[str]:
+  """What killed builds of this dataset left: TFDS writes a build into
+  `incomplete.<random>_<version>` beside its final folder and renames it when it
+  is complete, so such a folder never holds a usable dataset."""
+  parent, version = os.path.split(data_dir.rstrip('/'))
+  return sorted(glob.glob(os.path.join(parent, f'incomplete.*_{version}')))
+
+
 def _build(entry: Dataset, name: str, data_dir: str | None, options: dict | None) -> str:
   builder = _builder(entry, data_dir, options)
   if entry.needs_source and not (options or {}).get('source'):
@@ -268,7 +294,12 @@ def _build(entry: Dataset, name: str, data_dir: str | None, options: dict | None
                      f'is built from your files: run `{entry.prepare}`.')
   if hasattr(builder, 'build_key'):
     builder.build_key()  # Reads what it can, so bad inputs fail before TFDS starts.
-  builder.download_and_prepare()
+  with _build_lock(builder.data_dir, name):
+    # A killed build starts again from scratch; what it wrote is removed first.
+    for stale in stale_builds(builder.data_dir):
+      logging.warning('removing %s, left by an interrupted build of %s', stale, name)
+      shutil.rmtree(stale)
+    builder.download_and_prepare()
   return builder.data_dir
 
 
