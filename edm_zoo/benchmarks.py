@@ -188,10 +188,16 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
       'config': {'model': m.name, 'nf': m.nf, 'n_layers': m.n_layers, 'batch_size': bs,
                  'T': config.diffusion.T},
   }
+  start = time.perf_counter()
   train_src = registry.load(config.dataset, bench.bench_split, data_dir)
   if 'data' in what:
+    results['data_open_s'] = time.perf_counter() - start
     it = batching.batches(train_src, bs, seed=0, epoch=0, n_nodes_histogram=hist)
     next(it)
+    results['data_first_batch_s'] = time.perf_counter() - start
+    log(f"data: split of {len(train_src):,} molecules opened in "
+        f"{results['data_open_s']:.2f} s, first batch after "
+        f"{results['data_first_batch_s']:.2f} s")
     start = time.perf_counter()
     n = 0
     for _ in it:

@@ -76,8 +76,10 @@ class Run:
     return None
 
   def figures(self, prefix: str) -> list[str]:
-    """The logged figures whose name starts with `prefix` ('val_', 'test_')."""
-    return sorted({k for r in self.records for k in r if k.startswith(prefix)})
+    """The logged figures whose name starts with `prefix` ('val_', 'test_'),
+    without their molecule counts."""
+    return sorted({k for r in self.records for k in r
+                   if k.startswith(prefix) and not k.endswith('_molecules')})
 
   def best(self, key: str) -> tuple[float, int] | None:
     """(lowest value, its step) of a validation figure."""

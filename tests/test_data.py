@@ -198,3 +198,42 @@ def test_batches_of_small_molecules_get_a_small_padding_level(qm9_sources):
                                        n_nodes_histogram=hist), range(50)):
     assert len(graph.senders) >= random_level.n_edge
   assert set(batching.default_budgets(64, hist, small_quantiles=())) < set(budgets)
+
+
+class _Recorded:
+  """A source that records the reads and can fail at one index."""
+
+  def __init__(self, n, fail_at=None):
+    self.items = [{'i': i} for i in range(n)]
+    self.reads = []
+    self.fail_at = fail_at
+
+  def __len__(self):
+    return len(self.items)
+
+  def __getitems__(self, indices):
+    self.reads.append(list(indices))
+    if self.fail_at is not None and self.fail_at in indices:
+      raise ValueError(f'bad record {self.fail_at}')
+    return [self.items[i] for i in indices]
+
+
+@pytest.mark.parametrize('depth', [0, 1, 4])
+def test_read_ahead_keeps_the_order_and_reads_each_list_once(depth):
+  source = _Recorded(100)
+  lists = [np.arange(lo, lo + 7) for lo in range(0, 90, 9)]
+  got = list(batching.read_ahead(source, iter(lists), depth))
+  assert [[m['i'] for m in batch] for batch in got] == [list(l) for l in lists]
+  assert source.reads == [list(l) for l in lists]
+
+
+def test_read_ahead_raises_the_readers_error_at_its_batch_and_stops_early_cleanly():
+  source = _Recorded(100, fail_at=30)
+  it = batching.read_ahead(source, (np.arange(lo, lo + 10) for lo in range(0, 100, 10)))
+  assert [m['i'] for m in next(it)] == list(range(10))
+  assert next(it) and next(it)
+  with pytest.raises(ValueError, match='bad record 30'):
+    next(it)
+  early = batching.read_ahead(_Recorded(100), (np.arange(lo, lo + 10) for lo in range(0, 100, 10)))
+  next(early)
+  early.close()  # Stops the reader thread without reading the rest.

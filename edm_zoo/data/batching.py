@@ -8,11 +8,14 @@ normalised context of a conditional batch. Batches are padded with
 `len(budgets)` shapes (5 for the default ladder, see `default_budgets`).
 
 Shuffling is a permutation drawn from `(seed, epoch)`; an epoch can be resumed
-from any molecule position in it.
+from any molecule position in it. The molecules of the next batches are read in a
+background thread (`read_ahead`) while the current one is built and trained on.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import functools
 import math
@@ -216,6 +219,34 @@ def probe_graph(num_atom_types: int, context_nf: int = 0) -> jraph.GraphsTuple:
       np.zeros((1, context_nf), np.float32) if context_nf else None)
 
 
+# Batches whose molecules are read ahead: reading (random access and decoding)
+# is most of a drug-sized batch's preparation, and it runs while the device steps.
+READ_AHEAD = 4
+
+
+def read_ahead(source, index_lists: Iterator[np.ndarray], depth: int = READ_AHEAD
+               ) -> Iterator[list[dict]]:
+  """The molecules at each of `index_lists`, in order, read by one background
+  thread up to `depth` lists ahead (reading has no side effects, so stopping
+  early only wastes what was read)."""
+  if depth <= 0:
+    for indices in index_lists:
+      yield sources.fetch(source, indices)
+    return
+  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='read_ahead') as pool:
+    pending: collections.deque = collections.deque()
+    try:
+      for indices in index_lists:
+        pending.append(pool.submit(sources.fetch, source, indices))
+        if len(pending) > depth:
+          yield pending.popleft().result()
+      while pending:
+        yield pending.popleft().result()
+    finally:
+      for future in pending:
+        future.cancel()
+
+
 def permutation(n: int, seed: int, epoch: int) -> np.ndarray:
   """The order of an epoch: deterministic in (seed, epoch), different across epochs."""
   return np.random.default_rng([seed, epoch]).permutation(n)
@@ -267,8 +298,8 @@ def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
   if budgets is None:
     budgets = default_budgets(batch_size, n_nodes_histogram or {29: 1})
-  for lo in range(start, n, batch_size):
-    molecules = sources.fetch(source, order[lo:lo + batch_size])
+  wanted = (order[lo:lo + batch_size] for lo in range(start, n, batch_size))
+  for molecules in read_ahead(source, wanted):
     sizes = [len(m[features.CHARGES]) for m in molecules]
     chosen = choose_budget(sizes, budgets, molecule_ids(molecules))
     yield build_graph(molecules, atomic_numbers, chosen)
@@ -350,11 +381,13 @@ def sharded_batches(source, batch_size: int, n_shards: int, seed: int = 0,
   if not 0 <= start <= n:
     raise ValueError(f'start={start} is outside the epoch of {n} molecules.')
   order = permutation(n, seed, epoch) if shuffle else np.arange(n)
-  for lo in range(start, n, batch_size):
-    batch = order[lo:lo + batch_size]
-    wanted = [batch[i * per_shard:(i + 1) * per_shard] for i in shards]
-    read = iter(sources.fetch(source, np.concatenate(wanted)))
-    parts = [[next(read) for _ in part] for part in wanted]
+  def my_parts(batch):
+    return [batch[i * per_shard:(i + 1) * per_shard] for i in shards]
+  global_batches = [order[lo:lo + batch_size] for lo in range(start, n, batch_size)]
+  reads = read_ahead(source, (np.concatenate(my_parts(b)) for b in global_batches))
+  for batch, molecules in zip(global_batches, reads):
+    bounds = np.cumsum([0] + [len(p) for p in my_parts(batch)])
+    parts = [molecules[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
     level = common_level(parts, budgets)
     chosen = budgets[agree(level) if agree is not None else level]
     context = next((p[0] for p in parts if p), None) or sources.fetch(source, batch[:1])[0]

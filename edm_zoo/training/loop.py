@@ -186,9 +186,17 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
                  else ('stage-1 VAE loss', 'per molecule'))
 
   def validate(state):
-    val = evaluate(distributed.local_copy(state.ema_params), s.splits['valid'],
-                   desc=f'val {label}')['nll']
-    return {f'val_{figure}': val}, f'validation {label} {val:.3f} {unit} (EMA)'
+    out = evaluate(distributed.local_copy(state.ema_params), s.splits['valid'],
+                   desc=f'val {label}')
+    val, n = out['nll'], out['molecules']
+    return ({f'val_{figure}': val, f'val_{figure}_molecules': n},
+            f'validation {label} {val:.3f} {unit} (EMA; {n:,} of the '
+            f"{len(s.splits['valid']):,} validation molecules)")
+
+  def test(state):
+    out = evaluate(distributed.local_copy(state.ema_params), s.splits['test'],
+                   desc=f'test {label}')
+    return {f'test_{figure}': out['nll'], f'test_{figure}_molecules': out['molecules']}
 
   def fresh_start(state):
     if not t.ae_ckpt:
@@ -202,9 +210,7 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
       step=step, evaluate=validate, best_metric=f'val_{figure}', meta=_meta(s),
       canonical_config=lambda d: config_lib.to_dict(config_lib.from_dict(d)),
       fresh_start=fresh_start, schedule_fields=config_lib.SCHEDULE_FIELDS,
-      finish=lambda state: {f'test_{figure}': evaluate(
-          distributed.local_copy(state.ema_params), s.splits['test'],
-          desc=f'test {label}')['nll']})
+      finish=test)
   schedule = skeleton.Schedule(
       total_steps=t.total_steps or t.epochs * steps_per_epoch,
       epoch_size=len(s.splits['train']),
