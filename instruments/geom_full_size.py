@@ -21,8 +21,9 @@ Molecules are grouped as GEOM's are: up to 30 conformers per molecule, all of on
 size. Each molecule is a moses3d train molecule of that size (`prepare_data.py
 --dataset=moses3d` first), taken in turn; its conformers are the molecule's
 coordinates plus Gaussian noise (`--noise` Angstrom), so sizes and elements are
-realistic. Sizes that moses3d lacks are made of moses3d molecules placed 30 A apart
-(larger ones) or cut to their first atoms (the few below moses3d's smallest). The
+realistic. Sizes that moses3d lacks are made of moses3d molecules on the corners of
+a cube, 3 A apart (larger ones), or cut to their first atoms (the few below
+moses3d's smallest). The
 molecules' order is shuffled with `--seed`. Written as a stream: memory stays small
 whatever `--scale` is.
 """
@@ -53,7 +54,7 @@ _SOURCE = flags.DEFINE_string('source', 'moses3d', 'the prepared dataset molecul
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir')
 
 CONFORMERS_PER_MOLECULE = 30
-_APART = 30.0  # Angstrom between the parts of a composed molecule.
+_GAP = 3.0  # Angstrom between the parts of a composed molecule.
 
 
 def original_histogram(edm_repo: str) -> dict[int, int]:
@@ -98,25 +99,34 @@ class Bases:
     pool = self._by_size[size]
     return pool[k % len(pool)]
 
+  def _part(self, size: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """A molecule of exactly `size` atoms when the source has one, else its
+    smallest molecule cut to its first `size` atoms."""
+    m = self._take(size if size in self._by_size else int(self._sizes[0]))
+    return m['charges'][:size], m['positions'][:size], m['smiles']
+
   def get(self, size: int) -> tuple[np.ndarray, np.ndarray, str]:
     """(Z [size], positions [size, 3], SMILES) of a base molecule of `size` atoms."""
-    if size in self._by_size:
-      m = self._take(size)
-      return m['charges'], m['positions'], m['smiles']
-    if size < self._sizes[0]:  # Below the source's smallest: cut a molecule.
-      m = self._take(int(self._sizes[0]))
-      return m['charges'][:size], m['positions'][:size], m['smiles']
+    if size in self._by_size or size < self._sizes[0]:
+      return self._part(size)
     parts, left = [], size
     while left:
-      fits = self._sizes[self._sizes <= left]
-      # Leave a remainder the source has (or nothing), else take the largest.
-      pick = next((int(n) for n in fits[::-1] if left - n == 0 or left - n >= self._sizes[0]),
-                  int(fits[-1]))
-      parts.append(self._take(pick))
+      if left in self._by_size or left < self._sizes[0]:
+        pick = left
+      else:  # Leave a remainder the source has, else take the largest that fits.
+        fits = self._sizes[self._sizes <= left][::-1]
+        pick = next((int(n) for n in fits if left - n in self._by_size), int(fits[0]))
+      parts.append(self._part(pick))
       left -= pick
-    z = np.concatenate([m['charges'] for m in parts])
-    x = np.concatenate([m['positions'] + [k * _APART, 0, 0] for k, m in enumerate(parts)])
-    return z, x, '.'.join(m['smiles'] for m in parts)
+    # Centred parts on the corners of a cube whose edge clears the largest part by
+    # _GAP: about as compact as GEOM's largest molecules (a line of parts would
+    # give distances no molecule has).
+    centred = [p[1] - p[1].mean(0) for p in parts]
+    edge = max(float(np.ptp(x, 0).max()) for x in centred) + _GAP
+    corners = [np.array([k & 1, (k >> 1) & 1, k >> 2]) * edge for k in range(len(parts))]
+    z = np.concatenate([p[0] for p in parts])
+    x = np.concatenate([c + corner for c, corner in zip(centred, corners)])
+    return z, x, '.'.join(p[2] for p in parts)
 
 
 def write(out: str, histogram: dict[int, int], molecules: list[dict], *, scale: float,
