@@ -225,6 +225,15 @@ def field_names() -> dict[str, str]:
   return out
 
 
+def flag_name(path: str) -> str:
+  """The flag of a dotted config path: 'model.nf' -> 'nf', 'model.name' -> 'model',
+  'dataset' -> 'dataset' (a classifier's flat fields are their own flags)."""
+  if path == 'model.name':
+    return 'model'
+  section, _, name = path.partition('.')
+  return name if section in _SECTIONS and name else path
+
+
 def build(preset: str = 'published', **overrides) -> Config:
   """The preset's Config with flag-style overrides (`nf=64`, `model='gnn'`).
 

@@ -19,12 +19,11 @@ import os
 from typing import Any, Sequence
 
 import matplotlib
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
-import numpy as np  # noqa: E402
+from matplotlib import figure as mpl_figure
+import numpy as np
 
-from edm_zoo import config as config_lib  # noqa: E402
-from edm_zoo.training import checkpoint, metrics_log, skeleton  # noqa: E402
+from edm_zoo import config as config_lib
+from edm_zoo.training import checkpoint, metrics_log, skeleton
 
 _TRAIN_SCALARS = ('loss', 'l1')
 # The eval report's sample metrics, in the order EDM's table gives them.
@@ -163,15 +162,6 @@ def read(paths: Sequence[str]) -> list[Run]:
   return runs
 
 
-def _flag_name(field: str) -> str:
-  """A config path as its launcher flag is called ('model.nf' -> 'nf',
-  'model.name' -> 'model')."""
-  if field == 'model.name':
-    return 'model'
-  section, _, name = field.partition('.')
-  return name if section in ('model', 'diffusion', 'train') and name else field
-
-
 def config_differences(runs: Sequence[Run]) -> dict[str, list[Any]]:
   """{field: [value in each run]} of the config fields that are not the same in
   every run ('?' for a run whose config is not known yet)."""
@@ -182,7 +172,7 @@ def config_differences(runs: Sequence[Run]) -> dict[str, list[Any]]:
   for field in fields:
     values = [('?' if f is None else f.get(field, '-')) for f in flat]
     if len({json.dumps(v, sort_keys=True) for v in values}) > 1:
-      out[_flag_name(field)] = values
+      out[config_lib.flag_name(field)] = values
   return out
 
 
@@ -254,8 +244,10 @@ def plot(runs: Sequence[Run], path: str, *, smooth: int = 0) -> None:
     smooth: moving-average window of the train loss in logged points (0: 1/50
       of each run's curve).
   """
-  fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
-  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  # A Figure without pyplot: no global backend is chosen or changed (notebooks).
+  fig = mpl_figure.Figure(figsize=(12, 4.5))
+  ax_train, ax_val = fig.subplots(1, 2)
+  colors = matplotlib.rcParams['axes.prop_cycle'].by_key()['color']
   for i, run in enumerate(runs):
     color = colors[i % len(colors)]
     if run.train_scalar:
@@ -287,7 +279,6 @@ def plot(runs: Sequence[Run], path: str, *, smooth: int = 0) -> None:
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=110)
-  plt.close(fig)
 
 
 def compare(paths: Sequence[str], out_dir: str) -> tuple[str, list[dict[str, str]]]:

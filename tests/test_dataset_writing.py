@@ -19,6 +19,7 @@ from tensorflow_datasets.core import shuffle as tfds_shuffle
 from datasets import common
 from datasets.geom_drugs import edm_geom_drugs
 from edm_zoo.data import registry
+from instruments import geom_full_size
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -150,3 +151,33 @@ def test_a_killed_build_leaves_nothing_usable_and_the_next_one_starts_clean(tmp_
   assert not os.path.exists(stale)
   assert registry.stale_builds(os.path.join(config_dir, '1.0.0')) == []
   _check_against_rows(data_dir, folder, 20_000, 20)
+
+
+def test_the_full_size_instrument_writes_the_originals_format(tmp_path):
+  rng = np.random.default_rng(1)
+  molecules = [{'charges': rng.choice([1, 6, 7, 8], n).astype(np.int32),
+                'positions': rng.normal(0, 2, (n, 3)).astype(np.float32),
+                'smiles': f'C{n}'} for n in (9, 10, 12, 15, 20) for _ in range(3)]
+  histogram = {3: 1, 10: 45, 12: 30, 44: 61}  # Cut, exact, exact and composed sizes.
+  out = str(tmp_path / 'geom')
+  summary = geom_full_size.write(out, histogram, molecules, scale=1.0, noise=0.05, seed=0)
+  rows = np.load(os.path.join(out, 'geom_drugs_30.npy'))
+  sizes = np.load(os.path.join(out, 'geom_drugs_n_30.npy'))
+  permutation = np.load(os.path.join(out, 'geom_permutation.npy'))
+  assert rows.dtype == np.float64 and rows.shape == (summary['atoms'], 5)
+  assert summary['conformers'] == sum(histogram.values()) == len(sizes)
+  assert summary['atoms'] == sum(n * c for n, c in histogram.items())
+  assert dict(zip(*np.unique(sizes, return_counts=True))) == histogram
+  bounds = edm_geom_drugs.conformer_bounds(rows)
+  np.testing.assert_array_equal(np.diff(bounds), sizes)
+  np.testing.assert_array_equal(rows[bounds[:-1], 0], np.arange(len(sizes)))  # Ids 0, 1, ...
+  assert permutation.dtype == np.int32
+  np.testing.assert_array_equal(np.sort(permutation), np.arange(len(sizes)))
+  # Molecules of at most 30 conformers of one size: 1 + 2 + 1 + 3 (30 + 15, 30, 30 + 30 + 1).
+  assert summary['molecules'] == 7
+  assert len(open(os.path.join(out, 'geom_drugs_smiles.txt')).read().splitlines()) == 7
+  assert set(np.unique(rows[:, 1]).astype(int)) <= {1, 6, 7, 8}
+  registry.prepare('geom_drugs', str(tmp_path / 'tfds'), options={'source': out})
+  train = permutation[2 * int(0.1 * len(sizes)):]
+  expected = dict(zip(*np.unique(sizes[train], return_counts=True)))
+  assert registry.statistics('geom_drugs', str(tmp_path / 'tfds')).n_nodes_histogram == expected

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterator
 import jax
 import tqdm
 
+from edm_zoo import config as config_lib
 from edm_zoo.io import files
 from edm_zoo.training import checkpoint, distributed, metrics_log
 
@@ -189,12 +190,13 @@ def resume(workdir: str, state: Any, trainer: Trainer, keep_last: int
         pass
       changes, refused = config_difference(saved, meta['config'], trainer.schedule_fields)
       if refused:
-        fields = '; '.join(f'{path.rsplit(".", 1)[-1]}: {old} in {workdir}, {new} now'
+        fields = '; '.join(f'{config_lib.flag_name(path)}: {old} in {workdir}, {new} now'
                            for path, (old, new) in refused.items())
-        free = ', '.join(path.rsplit('.', 1)[-1] for path in trainer.schedule_fields)
+        free = ', '.join(config_lib.flag_name(path) for path in trainer.schedule_fields)
         raise TrainingError(
             f'{workdir} holds a run with another config ({fields}); use a new '
             f'--workdir or the same flags (a resume may change only {free or "nothing"}).')
+      allowed.clear()  # The step finally restored is the one whose changes count.
       allowed.update(changes)
 
     try:
@@ -208,7 +210,7 @@ def resume(workdir: str, state: Any, trainer: Trainer, keep_last: int
     step = int(jax.device_get(state.step))
     if allowed:
       logging.info('resuming with %s', ', '.join(
-          f'{path.rsplit(".", 1)[-1]} {old} -> {new}' for path, (old, new) in allowed.items()))
+          f'{config_lib.flag_name(path)} {old} -> {new}' for path, (old, new) in allowed.items()))
       if distributed.is_writer():
         _log_changes(workdir, step, allowed)
     logging.info('resumed from step %d (epoch %d, molecule %d)',
