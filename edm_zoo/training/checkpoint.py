@@ -304,20 +304,26 @@ def find(ckpt: str) -> tuple[str, int]:
   return candidates[0]
 
 
+def _read(ckpt: str, folder: str, step: int, **items) -> Any:
+  """orbax's restore of `items` (meta=..., state=...) at `folder/step`; one-line
+  CorruptCheckpointError when it fails."""
+  manager = _manager(folder)
+  _ignore_closed_event_loops()
+  try:
+    return manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # tensorstore / orbax errors: deep and multi-line.
+    raise CorruptCheckpointError(
+        f'--ckpt {ckpt}: unreadable checkpoint at step {step} '
+        f'({type(e).__name__}: {distributed.first_line(e)}).') from None
+  finally:
+    manager.close()
+
+
 def read_meta(ckpt: str) -> dict[str, Any]:
   """The meta (config, statistics, bookkeeping) of any checkpoint folder, without
   its state; one-line ValueError where there is none or it cannot be read."""
   folder, step = find(ckpt)
-  manager = _manager(folder)
-  _ignore_closed_event_loops()
-  try:
-    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-  except Exception as e:  # tensorstore / orbax errors: deep and multi-line.
-    raise CorruptCheckpointError(
-        f'--ckpt {ckpt}: unreadable checkpoint meta at step {step} '
-        f'({type(e).__name__}: {distributed.first_line(e)}).') from None
-  finally:
-    manager.close()
+  return _read(ckpt, folder, step, meta=ocp.args.JsonRestore()).meta
 
 
 def load_state(ckpt: str, kind: str = 'generative') -> tuple[dict[str, Any], dict[str, Any]]:
@@ -335,24 +341,12 @@ def load_state(ckpt: str, kind: str = 'generative') -> tuple[dict[str, Any], dic
     check_step(folder, step)
   except CorruptCheckpointError as e:
     raise CorruptCheckpointError(f'--ckpt {ckpt}: {e}') from None
-  manager = _manager(folder)
-  _ignore_closed_event_loops()
-  try:
-    meta = manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore())).meta
-    found = meta.get('kind', 'generative')
-    restored = None if found != kind else manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  except Exception as e:  # tensorstore / orbax errors: deep and multi-line.
-    raise CorruptCheckpointError(
-        f'--ckpt {ckpt}: unreadable checkpoint at step {step} '
-        f'({type(e).__name__}: {distributed.first_line(e)}).') from None
-  finally:
-    manager.close()
-  if restored is None:
+  meta = _read(ckpt, folder, step, meta=ocp.args.JsonRestore()).meta
+  found = meta.get('kind', 'generative')
+  if found != kind:
     raise ValueError(f'--ckpt {ckpt} is a {found} checkpoint; a {kind} one is '
                      'needed here.')
-  state = restored.state
+  state = _read(ckpt, folder, step, state=ocp.args.StandardRestore()).state
   return (state if isinstance(state, dict) else state._asdict()), meta
 
 
