@@ -1,5 +1,6 @@
 """Runs read back and compared (`edm_zoo.runs`, `launch/compare.py`)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -110,3 +111,21 @@ def test_compare_reads_short_runs_of_every_model(tmp_path):
   assert all(r['steps'] == '2 / 2' and r['best val_nll'].endswith('(step 2)')
              and r['test_nll'] != '-' for r in rows), rows
   assert [r['model'] for r in rows] == list(models.names())
+
+
+def test_a_classifier_run_reads_with_its_own_figures(tmp_path):
+  path = tmp_path / 'clf'
+  os.makedirs(path)
+  with open(path / 'metrics.jsonl', 'w') as f:
+    for step, l1 in enumerate([0.9, 0.7, 0.6], 1):
+      f.write(json.dumps({'step': step, 'l1': l1}) + '\n')
+    f.write(json.dumps({'step': 3, 'val_mae': 0.55, 'test_mae': 0.58}) + '\n')
+  with open(path / 'config.json', 'w') as f:
+    json.dump(dataclasses.asdict(config_lib.build_classifier('tiny')), f)
+  other = _fake_run(tmp_path / 'gen', config_lib.build('tiny'), [3.0], [(1, 9.0)])
+  runs_ = runs.read([str(path), other])
+  assert runs_[0].train_scalar == 'l1' and runs_[0].config['property'] == 'alpha'
+  row = runs.summary(runs_)[0]
+  assert row['best val_mae'] == '0.55 (step 3)' and row['test_mae'] == '0.58 (step 3)'
+  runs.plot(runs_, str(tmp_path / 'both.png'))
+  assert os.path.getsize(tmp_path / 'both.png') > 0
