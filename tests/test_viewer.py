@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from rdkit import Chem
 from rdkit.Chem import AllChem
+from rdkit.Chem.Draw import rdMolDraw2D
 
 from edm_zoo.io import pictures, viewer
 from edm_zoo.metrics import rdkit_metrics
@@ -112,3 +113,30 @@ def test_a_real_browser_draws_the_atoms(tmp_path):
   grey = (abs(r - g) < 12) & (abs(g - b) < 12) & (r > 90) & (r < 200)
   assert red.sum() > 200, f'{red.sum()} red pixels: no oxygen atoms drawn'
   assert grey.sum() > 500, f'{grey.sum()} grey pixels: no carbon atoms drawn'
+
+
+# 19 carbons in a tangle, as a barely trained model samples them: RDKit's 2D
+# drawing of their 98 inferred bonds fails ("Cannot normalize a zero length vector").
+_TANGLE = [[-1.57, -0.257, -1.794], [-0.256, -0.843, 0.642], [-0.749, 0.546, 0.216],
+           [0.236, 0.027, -1.514], [-0.255, -0.529, 1.001], [0.454, 0.766, -0.033],
+           [0.754, -0.846, 0.066], [0.095, -0.141, 0.221], [-0.878, -0.166, -0.451],
+           [-0.261, 1.114, 0.033], [-0.192, -1.004, 0.264], [-0.297, -0.334, 0.492],
+           [0.829, 0.877, 0.899], [0.642, 0.005, -0.252], [-0.189, -0.091, 0.678],
+           [0.538, 1.337, -0.838], [-0.055, 0.246, -0.222], [-0.168, -0.636, 0.629],
+           [1.322, -0.069, -0.035]]
+
+
+def test_a_tangle_rdkit_cannot_draw_is_drawn_as_atoms_and_says_so(tmp_path):
+  tangle = {'positions': np.array(_TANGLE, np.float32), 'types': np.ones(19, np.int64)}
+  depiction = pictures._depiction(  # pylint: disable=protected-access
+      tangle['positions'], tangle['types'], ELEMENTS)
+  drawer = rdMolDraw2D.MolDraw2DCairo(250, 292)
+  drawer.drawOptions().prepareMolsBeforeDrawing = False
+  with pytest.raises(RuntimeError, match='zero length'):
+    drawer.DrawMolecule(depiction)
+  molecules = [_embedded('CCO'), tangle, _embedded('CC(=O)N')]
+  assert pictures.molecule_grid(molecules, ELEMENTS, str(tmp_path / 'grid.png')) == 3
+  image = np.asarray(Image.open(tmp_path / 'grid.png').convert('L'))
+  assert image.shape[1] == 3 * 250
+  panel = image[:, 250:500]
+  assert (panel < 128).sum() > 200  # Its atoms and caption are drawn, not a blank.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import math
 import textwrap
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 from rdkit import Chem
 from rdkit.Chem import AllChem
 from rdkit.Chem.Draw import rdMolDraw2D
@@ -42,6 +44,36 @@ def _depiction(positions, types, elements) -> Chem.Mol:
   return mol
 
 
+def _atoms_only(mol: Chem.Mol) -> Chem.Mol:
+  bare = Chem.RWMol(mol)
+  for bond in list(bare.GetBonds()):
+    bare.RemoveBond(bond.GetBeginAtomIdx(), bond.GetEndAtomIdx())
+  bare = bare.GetMol()
+  bare.UpdatePropertyCache(strict=False)
+  Chem.FastFindRings(bare)
+  AllChem.Compute2DCoords(bare)
+  return bare
+
+
+def _panel(mol: Chem.Mol, legend: str, width: int, height: int) -> Image.Image:
+  """One molecule's drawing with its caption. A dense tangle of inferred bonds (an
+  untrained model's output) can leave RDKit zero-length bond vectors it cannot
+  draw; then the atoms are drawn without bonds, and the caption says so."""
+  for candidate, note in ((mol, ''), (_atoms_only(mol), '\n(too tangled to draw its bonds)')):
+    drawer = rdMolDraw2D.MolDraw2DCairo(width, height)
+    options = drawer.drawOptions()
+    options.legendFraction = min(0.4, (height - width + 6) / height)
+    options.legendFontSize = 14
+    options.prepareMolsBeforeDrawing = False  # Unsanitized molecules are drawn as built.
+    try:
+      drawer.DrawMolecule(candidate, legend=legend + note)
+    except RuntimeError:
+      continue
+    drawer.FinishDrawing()
+    return Image.open(io.BytesIO(drawer.GetDrawingText())).convert('RGB')
+  return Image.new('RGB', (width, height), 'white')
+
+
 def molecule_grid(molecules: Sequence[dict], elements: tuple[str, ...], path: str,
                   descriptions: Sequence[dict] | None = None, n: int = 24,
                   per_row: int = 6) -> int:
@@ -62,21 +94,17 @@ def molecule_grid(molecules: Sequence[dict], elements: tuple[str, ...], path: st
                     for m in molecules]
   if not molecules:
     return 0
-  mols = [_depiction(m['positions'], m['types'], elements) for m in molecules]
   legends = ['\n'.join(caption_lines(i, d)) for i, d in enumerate(descriptions[:n])]
-  lines = max(len(legend.splitlines()) for legend in legends)
-  drawer = rdMolDraw2D.MolDraw2DCairo(
-      250 * min(per_row, len(mols)), (250 + 14 * lines) * math.ceil(len(mols) / per_row),
-      250, 250 + 14 * lines)
-  options = drawer.drawOptions()
-  options.legendFraction = min(0.4, (14 * lines + 6) / (250 + 14 * lines))
-  options.legendFontSize = 14
-  options.prepareMolsBeforeDrawing = False  # Unsanitized molecules are drawn as built.
-  drawer.DrawMolecules(mols, legends=legends)
-  drawer.FinishDrawing()
-  with atomic_path(path) as tmp, open(tmp, 'wb') as f:
-    f.write(drawer.GetDrawingText())
-  return len(mols)
+  height = 250 + 14 * max(len(legend.splitlines()) + 1 for legend in legends)
+  panels = [_panel(_depiction(m['positions'], m['types'], elements), legend, 250, height)
+            for m, legend in zip(molecules, legends)]
+  columns = min(per_row, len(panels))
+  grid = Image.new('RGB', (250 * columns, height * math.ceil(len(panels) / per_row)), 'white')
+  for i, panel in enumerate(panels):
+    grid.paste(panel, (250 * (i % per_row), height * (i // per_row)))
+  with atomic_path(path) as tmp:
+    grid.save(tmp, format='PNG')
+  return len(panels)
 
 
 def _scatter(ax, positions, types, elements):
