@@ -62,10 +62,10 @@ def nll(model: Diffusion, params, source, *, batch_size: int = 64, seed: int = 0
   for p in range(passes):
     key = jax.random.fold_in(jax.random.PRNGKey(seed), p)
     mine = range(index, n_batches, count)
-    for i in tqdm.tqdm(mine, disable=not progress, leave=False,
-                       desc=f'{desc} pass {p + 1}/{passes}'):
-      graph = next(batching.batches(source, batch_size, shuffle=False,
-                                    start=i * batch_size, budgets=budgets))
+    graphs = batching.batches(source, batch_size, shuffle=False, budgets=budgets,
+                              only=mine)
+    for i, graph in tqdm.tqdm(zip(mine, graphs), total=len(mine), disable=not progress,
+                              leave=False, desc=f'{desc} pass {p + 1}/{passes}'):
       sums[p, i] = jax.device_get(nll_fn(params, graph, jax.random.fold_in(key, i)))
   if combine is not None:
     sums = combine(sums)

@@ -4,6 +4,7 @@ import csv
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -237,3 +238,18 @@ def test_read_ahead_raises_the_readers_error_at_its_batch_and_stops_early_cleanl
   early = batching.read_ahead(_Recorded(100), (np.arange(lo, lo + 10) for lo in range(0, 100, 10)))
   next(early)
   early.close()  # Stops the reader thread without reading the rest.
+
+
+def test_batches_only_yields_the_numbered_batches_and_reads_nothing_else():
+  source = _Recorded(50)
+  source.atomic_numbers = np.array([1, 6, 7, 8, 9])
+  for item in source.items:
+    item.update(positions=np.zeros((2, 3), np.float32), charges=np.array([6, 1], np.int32))
+  budgets = [batching.PaddingBudget(n_node=40, n_edge=80, n_graph=11)]
+  every = list(batching.batches(source, 10, shuffle=False, budgets=budgets))
+  source.reads.clear()
+  some = list(batching.batches(source, 10, shuffle=False, budgets=budgets, only=[1, 4]))
+  assert source.reads == [list(range(10, 20)), list(range(40, 50))]
+  for got, want in zip(some, [every[1], every[4]]):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(a, b)

@@ -261,6 +261,7 @@ def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
             budget: PaddingBudget | None = None,
             atomic_numbers: Sequence[int] | None = None,
             n_nodes_histogram: dict[int, int] | None = None,
+            only: Sequence[int] | None = None,
             ) -> Iterator[jraph.GraphsTuple]:
   """Iterates over one epoch of padded GraphsTuples.
 
@@ -281,6 +282,8 @@ def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
     atomic_numbers: Z of each one-hot type; defaults to `source.atomic_numbers`.
     n_nodes_histogram: sizes distribution for the default ladder; defaults to
       the worst case when absent.
+    only: the numbers of the batches to yield, counted from `start` (a process's
+      share of an evaluation); all when None. Fixed batch sizes only.
 
   Yields:
     Padded `jraph.GraphsTuple`s; `globals['mask'].sum()` says how many molecules
@@ -301,7 +304,10 @@ def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
   if budgets is None:
     budgets = default_budgets(batch_size, n_nodes_histogram or {29: 1})
-  wanted = (order[lo:lo + batch_size] for lo in range(start, n, batch_size))
+  starts = range(start, n, batch_size)
+  if only is not None:
+    starts = [starts[i] for i in only]
+  wanted = (order[lo:lo + batch_size] for lo in starts)
   for molecules in read_ahead(source, wanted):
     sizes = [len(m[features.CHARGES]) for m in molecules]
     chosen = choose_budget(sizes, budgets, molecule_ids(molecules))
