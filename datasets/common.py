@@ -67,12 +67,12 @@ class MoleculeBuilder(tfds.core.ShardBasedBuilder):
 
 def _keyed(split: SplitExamples, lo: int, hi: int, bar: tqdm.tqdm
            ) -> Iterator[tuple[int, dict[str, Any]]]:
-  key = lo
-  for key, example in enumerate(split.examples(lo, hi), lo):
-    yield key, example
+  given = 0
+  for given, example in enumerate(split.examples(lo, hi), 1):
+    yield lo + given - 1, example
     bar.update(1)
-  if key != hi - 1:
-    raise ValueError(f'the builder gave {key - lo + 1} molecules for places {lo}..{hi - 1}.')
+  if given != hi - lo:
+    raise ValueError(f'the builder gave {given} molecules for places {lo}..{hi - 1}.')
   if hi == split.size:
     bar.close()
 

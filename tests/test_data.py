@@ -235,9 +235,12 @@ def test_read_ahead_raises_the_readers_error_at_its_batch_and_stops_early_cleanl
   assert next(it) and next(it)
   with pytest.raises(ValueError, match='bad record 30'):
     next(it)
-  early = batching.read_ahead(_Recorded(100), (np.arange(lo, lo + 10) for lo in range(0, 100, 10)))
+  source = _Recorded(100)
+  early = batching.read_ahead(source, (np.arange(lo, lo + 10) for lo in range(0, 100, 10)),
+                              depth=2)
   next(early)
-  early.close()  # Stops the reader thread without reading the rest.
+  early.close()  # Stops the reader threads without reading the rest.
+  assert len(source.reads) <= 3  # The one taken and at most `depth` ahead.
 
 
 def test_batches_only_yields_the_numbered_batches_and_reads_nothing_else():

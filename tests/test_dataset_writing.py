@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+import tqdm
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from datasets import common
@@ -181,3 +182,12 @@ def test_the_full_size_instrument_writes_the_originals_format(tmp_path):
   train = permutation[2 * int(0.1 * len(sizes)):]
   expected = dict(zip(*np.unique(sizes[train], return_counts=True)))
   assert registry.statistics('geom_drugs', str(tmp_path / 'tfds')).n_nodes_histogram == expected
+
+
+def test_a_builder_that_gives_too_few_molecules_for_a_shard_is_refused():
+  split = common.SplitExamples(10, lambda lo, hi: iter([{'i': i} for i in range(lo, hi - 1)]))
+  with tqdm.tqdm(disable=True) as bar:
+    with pytest.raises(ValueError, match=r'gave 4 molecules for places 5..9'):
+      list(common._keyed(split, 5, 10, bar))  # pylint: disable=protected-access
+    assert [k for k, _ in common._keyed(  # pylint: disable=protected-access
+        common.SplitExamples(3, lambda lo, hi: iter([{}] * (hi - lo))), 0, 3, bar)] == [0, 1, 2]

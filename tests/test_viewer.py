@@ -129,7 +129,7 @@ _TANGLE = [[-1.57, -0.257, -1.794], [-0.256, -0.843, 0.642], [-0.749, 0.546, 0.2
 def test_a_tangle_rdkit_cannot_draw_is_drawn_as_atoms_and_says_so(tmp_path):
   tangle = {'positions': np.array(_TANGLE, np.float32), 'types': np.ones(19, np.int64)}
   depiction = pictures._depiction(  # pylint: disable=protected-access
-      tangle['positions'], tangle['types'], ELEMENTS)
+      tangle['positions'], tangle['types'], ELEMENTS, sanitizes=False)
   drawer = rdMolDraw2D.MolDraw2DCairo(250, 292)
   drawer.drawOptions().prepareMolsBeforeDrawing = False
   with pytest.raises(RuntimeError, match='zero length'):

@@ -29,11 +29,11 @@ def caption_lines(index: int, description: dict, width: int = 34) -> list[str]:
   return [smiles[k:k + width] for k in range(0, len(smiles), width)]
 
 
-def _depiction(positions, types, elements) -> Chem.Mol:
+def _depiction(positions, types, elements, sanitizes: bool) -> Chem.Mol:
   """A 2D drawing of the heavy atoms and their distance-inferred bonds (as built
-  when RDKit cannot sanitize the molecule)."""
+  when RDKit cannot sanitize the molecule, `sanitizes` False)."""
   mol = rdkit_metrics.build_molecule(positions, types, elements)
-  if rdkit_metrics.readable_smiles(mol)[0] is not None:
+  if sanitizes:
     Chem.SanitizeMol(mol)
     mol = Chem.RemoveHs(mol)
   else:
@@ -96,8 +96,9 @@ def molecule_grid(molecules: Sequence[dict], elements: tuple[str, ...], path: st
     return 0
   legends = ['\n'.join(caption_lines(i, d)) for i, d in enumerate(descriptions[:n])]
   height = 250 + 14 * max(len(legend.splitlines()) + 1 for legend in legends)
-  panels = [_panel(_depiction(m['positions'], m['types'], elements), legend, 250, height)
-            for m, legend in zip(molecules, legends)]
+  panels = [_panel(_depiction(m['positions'], m['types'], elements, d['smiles'] is not None),
+                   legend, 250, height)
+            for m, d, legend in zip(molecules, descriptions, legends)]
   columns = min(per_row, len(panels))
   grid = Image.new('RGB', (250 * columns, height * math.ceil(len(panels) / per_row)), 'white')
   for i, panel in enumerate(panels):
