@@ -33,10 +33,11 @@ import numpy as np
 from edm_zoo import config as config_lib
 from edm_zoo import evaluation, generate
 from edm_zoo.data import batching, registry, sources
-from edm_zoo.diffusion import samplers
-from edm_zoo.diffusion.samplers import chain
-from edm_zoo import diffusion
-from edm_zoo.diffusion.objective import Diffusion
+from edm_zoo.methods.diffusion import samplers
+from edm_zoo.methods.diffusion.samplers import chain
+from edm_zoo import methods
+from edm_zoo.methods.bfn import BayesianFlow
+from edm_zoo.methods.diffusion.objective import Diffusion
 from edm_zoo.metrics import rdkit_metrics, stability
 from edm_zoo.training import distributed, optimizer, state as train_state
 
@@ -86,6 +87,18 @@ def sampling_graph(model: Diffusion, n_mol: int, atomic_numbers) -> Any:
   return batching.placeholder_graph(
       sizes, atomic_numbers,
       batching.choose_budget(sizes, batching.default_budgets(n_mol, hist)))
+
+
+def bfn_chain_seconds(model: BayesianFlow, params, graph, *, n_steps: int,
+                      atomic_numbers) -> dict[str, float]:
+  """Times an `n_steps`-update Bayesian-flow chain (and its final call), compiled
+  once beforehand: {'compile_s', 'chain_s'} as `chain_seconds`."""
+  sampling = config_lib.SamplingConfig(steps=n_steps)
+  run = lambda key: methods.sample(model, params, graph, key, sampling,
+                                   atomic_numbers=atomic_numbers)['x']
+  _, first = _timed(run, jax.random.PRNGKey(0))
+  _, warm = _timed(run, jax.random.PRNGKey(1))
+  return {'compile_s': max(first - warm, 0.0), 'chain_s': warm}
 
 
 def chain_seconds(model: Diffusion, params, graph, *, n_steps: int, k: int,
@@ -207,8 +220,13 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
     results['data_batches_per_s'] = n / (time.perf_counter() - start)
     log(f"data: {results['data_batches_per_s']:.1f} batches of {bs} per second")
 
-  model = diffusion.make(config, hist)
+  model = methods.make(config, hist)
   tx = optimizer.torch_adamw_amsgrad(config.train.lr)
+  if config.train.spike_loss:  # As training runs it (GeoBFN's rules).
+    tx = optimizer.guarded(tx)
+  rules = optimizer.StepRules(skip_grad_norm=config.train.skip_grad_norm,
+                              spike_loss=config.train.spike_loss,
+                              spike_limit=config.train.spike_limit)
   # Split like training splits a one-device batch (`TrainConfig.microbatch_size`).
   parts = train_state.parts_per_device(bs, config.train.microbatch_size,
                                        jax.default_backend())
@@ -230,7 +248,8 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
 
   if 'train' in what:
     draw_fn, step_fn = train_state.make_step_fns(
-        model, tx, ema_decay=config.train.ema_decay, clip_grad=config.train.clip_grad)
+        model, tx, ema_decay=config.train.ema_decay, clip_grad=config.train.clip_grad,
+        rules=rules)
     key = jax.random.PRNGKey(1)
 
     def one_step(state, graphs):
@@ -278,7 +297,10 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
   if 'sample' in what:
     n_mol, T = bench.sample_molecules, model.T
     n_steps = min(bench.sample_steps, T)
-    timing = chain_seconds(model, state.ema_params, graph, n_steps=n_steps, k=n_steps)
+    timing = (bfn_chain_seconds(model, state.ema_params, graph, n_steps=n_steps,
+                                atomic_numbers=stats.atomic_numbers)
+              if isinstance(model, BayesianFlow)
+              else chain_seconds(model, state.ema_params, graph, n_steps=n_steps, k=n_steps))
     per_step = timing['chain_s'] / n_steps
     results.update(sample_compile_s=timing['compile_s'], sample_step_s=per_step,
                    sample_molecules=n_mol,

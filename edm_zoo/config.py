@@ -72,6 +72,36 @@ class DiffusionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BFNConfig:
+  """A Bayesian flow network of molecules (GeoBFN's QM9 arguments, bfn4molgen.yaml).
+
+  Coordinates are a continuous variable and the charge a discretised one (`bins`
+  bins on [-1, 1]); both are flowed with x's Gaussian update, gamma(t) =
+  1 - sigma1^(2t).
+
+  Attributes:
+    sigma1_coord: the coordinates' sigma_1 (their flow's precision at t = 1).
+    sigma1_charges: the charges' sigma_1.
+    bins: K of the discretised charge; Z maps to bin centre (2Z - 1) / K - 1.
+    beta1: the discrete-variable flow's beta_1 (GeoBFN's argument; its QM9 model
+      flows no discrete variable, so it is unused).
+    t_min: t is clamped to at least this; below it the flow's input is zero.
+    sample_steps: the sampler's default number of Bayesian updates.
+    position_scale: coordinates are divided by this (GeoBFN's normalizer, 2.0).
+    basis_nf: centres of the Gaussian basis of the charge mean on [-2, 2] (the
+      network's node input).
+  """
+  sigma1_coord: float = 0.001
+  sigma1_charges: float = 0.15
+  bins: int = 9
+  beta1: float = 2.0
+  t_min: float = 1e-4
+  sample_steps: int = 1000
+  position_scale: float = 2.0
+  basis_nf: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Optimisation, evaluation and bookkeeping (EDM's published QM9 run).
 
@@ -109,6 +139,14 @@ class TrainConfig:
       The launchers turn it off when --ae_ckpt is given without it.
     ae_ckpt: a stage-1 run whose (EMA) autoencoder a latent diffusion starts
       from (GeoLDM's --ae_path); '' starts from the initialisation.
+    clip_queue_start: the first item of the clipping queue (EDM 3000, GeoBFN 1).
+    clip_queue_len: the queue's length (EDM 50, GeoBFN 3000).
+    skip_grad_norm: skip the update of a step whose gradient norm exceeds this
+      (GeoBFN's maximum_allowed_norm, 10,000; 0: never).
+    spike_loss: a batch loss above this (or non-finite) skips the *next* step's
+      update and counts as a spike (GeoBFN's recover_trigger_loss, 500; 0: off).
+    spike_limit: more spikes than this in one epoch reload the parameters of the
+      newest checkpoint (GeoBFN's skip_count_limit, 3).
   """
   batch_size: int = 64
   microbatch_size: int = 0
@@ -132,6 +170,11 @@ class TrainConfig:
   stage: str = 'diffusion'
   trainable_ae: bool = True
   ae_ckpt: str = ''
+  clip_queue_start: float = 3000.0
+  clip_queue_len: int = 50
+  skip_grad_norm: float = 0.0
+  spike_loss: float = 0.0
+  spike_limit: int = 3
 
 
 STAGES = ('diffusion', 'autoencoder')
@@ -150,7 +193,8 @@ class Config:
   """Everything a run needs; launchers fill it from flags.
 
   Attributes:
-    model, diffusion, train: the sections above.
+    model, diffusion, train, bfn: the sections above (`bfn` for a Bayesian
+      flow model, `diffusion` for the others).
     dataset: a `--dataset` of the registry (`edm_zoo.data.registry`): 'qm9',
       'qm9_noh', a train half ('qm9_second_half' is where the reference trains its
       conditional models), 'geom_drugs', 'moses3d', or one of your own.
@@ -164,6 +208,7 @@ class Config:
   model: ModelConfig = ModelConfig()
   diffusion: DiffusionConfig = DiffusionConfig()
   train: TrainConfig = TrainConfig()
+  bfn: BFNConfig = BFNConfig()
   dataset: str = 'qm9'
   conditioning: tuple[str, ...] = ()
   context_norm_split: str = 'valid'
@@ -213,7 +258,22 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-_SECTIONS = {'model': ModelConfig, 'diffusion': DiffusionConfig, 'train': TrainConfig}
+# Defaults of a model that differ from EDM's, beneath any preset and flag: its
+# authors' published settings.
+MODEL_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    # GeoBFN (configs/bfn4molgen.yaml, geobfn_train.py): its EGNN without attention
+    # or tanh, EDM's clipping with a queue seeded by 1 and 3000 long, a gradient
+    # norm cap and its loss-spike rules; AdamW lr 1e-4, wd 1e-12, EMA 0.9999, batch
+    # 64 as EDM's.
+    'geobfn': {
+        'model': {'attention': False, 'tanh': False},
+        'train': {'clip_queue_start': 1.0, 'clip_queue_len': 3000,
+                  'skip_grad_norm': 10_000.0, 'spike_loss': 500.0, 'spike_limit': 3},
+    },
+}
+
+_SECTIONS = {'model': ModelConfig, 'diffusion': DiffusionConfig, 'train': TrainConfig,
+             'bfn': BFNConfig}
 
 
 def field_names() -> dict[str, str]:
@@ -243,7 +303,10 @@ def build(preset: str = 'published', **overrides) -> Config:
   """
   if preset not in PRESETS:
     raise ValueError(f'unknown preset {preset!r}; allowed: {sorted(PRESETS)}.')
-  sections = {k: dict(v) for k, v in PRESETS[preset].items()}
+  model = overrides.get('model') or 'egnn'
+  sections = {k: dict(v) for k, v in MODEL_DEFAULTS.get(model, {}).items()}
+  for k, v in PRESETS[preset].items():
+    sections.setdefault(k, {}).update(v)
   top = {}
   fields = field_names()
   for key, value in overrides.items():
@@ -296,6 +359,19 @@ def validate(config: Config) -> Config:
   if t.stage == 'autoencoder' and t.ae_ckpt:
     raise ValueError('--ae_ckpt starts a latent diffusion from a trained autoencoder; '
                      'it does not apply to --stage=autoencoder.')
+  b = config.bfn
+  for name, value in (('sigma1_coord', b.sigma1_coord), ('sigma1_charges', b.sigma1_charges)):
+    if not 0 < value < 1:
+      raise ValueError(f'{name} must be in (0, 1), got {value}.')
+  for name, value in (('bins', b.bins), ('sample_steps', b.sample_steps),
+                      ('basis_nf', b.basis_nf), ('clip_queue_len', t.clip_queue_len),
+                      ('spike_limit', t.spike_limit)):
+    if int(value) <= 0:
+      raise ValueError(f'{name} must be a positive integer, got {value}.')
+  if not 0 <= b.t_min < 1:
+    raise ValueError(f't_min must be in [0, 1), got {b.t_min}.')
+  if b.position_scale <= 0:
+    raise ValueError(f'position_scale must be positive, got {b.position_scale}.')
   if config.num_atom_types <= 0:
     raise ValueError(f'num_atom_types must be positive, got {config.num_atom_types}.')
   return dataclasses.replace(config, conditioning=tuple(config.conditioning))
@@ -313,9 +389,10 @@ def from_dict(d: dict[str, Any]) -> Config:
     if key in diff:
       diff[key] = tuple(diff[key])
   train = TrainConfig(**d.pop('train', {}))
+  bfn = BFNConfig(**d.pop('bfn', {}))
   if 'conditioning' in d:
     d['conditioning'] = tuple(d['conditioning'])
-  return Config(model=model, diffusion=DiffusionConfig(**diff), train=train, **d)
+  return Config(model=model, diffusion=DiffusionConfig(**diff), train=train, bfn=bfn, **d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -422,7 +499,7 @@ class SamplingConfig:
     batch_size: molecules per sampling batch.
     seed: batch b draws sizes from (seed, b) and noise from fold_in(key(seed), b).
     sampler: 'ancestral' (EDM's), 'ddim' or 'dpm_solver'
-      (`edm_zoo.diffusion.samplers`).
+      (`edm_zoo.methods.diffusion.samplers`).
     steps: reverse steps on an evenly spaced time grid (0: T, EDM's chain); the
       network is evaluated steps + 1 times per molecule.
     eta: DDIM's share of the ancestral noise (0: deterministic).

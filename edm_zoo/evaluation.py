@@ -12,7 +12,7 @@ import tqdm
 from edm_zoo import masking
 from edm_zoo.data import batching
 from edm_zoo.data import sources
-from edm_zoo.diffusion.objective import Diffusion
+from edm_zoo.methods.diffusion.objective import Diffusion
 
 
 def make_nll_fn(model: Diffusion):
@@ -21,13 +21,13 @@ def make_nll_fn(model: Diffusion):
   @jax.jit
   def fn(params, graph, key):
     k_t, k_eps, k_eps0 = jax.random.split(key, 3)
-    t_int = jax.random.randint(k_t, graph.n_node.shape, 1, model.T + 1)
+    t = model.eval_time(k_t, graph.n_node.shape)
     # Block 0 from k_eps itself (EDM's draw), block b > 0 from fold_in(k_eps, b).
     eps = jnp.concatenate([model.sample_noise(
         k_eps if b == 0 else jax.random.fold_in(k_eps, b), graph)
         for b in range(model.noise_blocks)], -1)
     eps0 = model.sample_noise(k_eps0, graph)
-    per = model.eval_terms(params, graph, t_int, eps, eps0)['nll_per_molecule']
+    per = model.eval_terms(params, graph, t, eps, eps0)['nll_per_molecule']
     return masking.graph_sum(per, graph)
 
   return fn

@@ -16,8 +16,7 @@ import tqdm
 from edm_zoo import conditioning
 from edm_zoo.config import SamplingConfig
 from edm_zoo.data import batching
-from edm_zoo.diffusion import samplers
-from edm_zoo.diffusion.objective import Diffusion
+from edm_zoo import methods
 from edm_zoo.io.files import atomic_path
 
 
@@ -71,14 +70,14 @@ def unflatten_molecules(sizes, positions, types, charges) -> list[dict]:
       np.split(positions, bounds), np.split(types, bounds), np.split(charges, bounds))]
 
 
-def sample_batch(model: Diffusion, params, sizes: np.ndarray, key: jax.Array, *,
+def sample_batch(model: methods.Model, params, sizes: np.ndarray, key: jax.Array, *,
                  atomic_numbers, budgets, sampling: SamplingConfig = SamplingConfig(),
                  chain_every: int = 0, context: np.ndarray | None = None
                  ) -> dict[str, Any]:
   """Samples molecules of the given sizes; returns numpy arrays per molecule.
 
   Args:
-    model, params: the diffusion model and its (EMA) parameters.
+    model, params: the generative model and its (EMA) parameters.
     sizes: [n] atoms of each molecule.
     key: the batch's key.
     atomic_numbers: Z of each one-hot type.
@@ -93,12 +92,8 @@ def sample_batch(model: Diffusion, params, sizes: np.ndarray, key: jax.Array, *,
   """
   graph = batching.placeholder_graph(
       sizes, atomic_numbers, batching.choose_budget(sizes, budgets), context)
-  out = samplers.sample(model, params, graph, key,
-                        samplers.get(sampling.sampler, eta=sampling.eta),
-                        steps=sampling.steps, spacing=sampling.spacing,
-                        jit_steps=sampling.jit_steps,
-                        unroll=sampling.unroll, fix_noise=sampling.fix_noise,
-                        chain_every=chain_every)
+  out = methods.sample(model, params, graph, key, sampling,
+                       atomic_numbers=atomic_numbers, chain_every=chain_every)
   out = jax.device_get(out)
   n = int(np.sum(sizes))
   result = {'molecules': unflatten_molecules(
@@ -125,7 +120,7 @@ def _claim_partial_dir(partial_dir: str, request: dict[str, Any]) -> None:
     json.dump(request, f)
 
 
-def generate(model: Diffusion, params, sampling: SamplingConfig, *,
+def generate(model: methods.Model, params, sampling: SamplingConfig, *,
              histogram: dict[int, int], atomic_numbers, partial_dir: str | None = None,
              progress: bool = True, condition: Condition | None = None) -> list[dict]:
   """`sampling.n_samples` molecules in batches; with `partial_dir`, a rerun resumes.
@@ -139,8 +134,8 @@ def generate(model: Diffusion, params, sampling: SamplingConfig, *,
   n_samples, batch_size, seed = sampling.n_samples, sampling.batch_size, sampling.seed
   if n_samples <= 0:
     raise ValueError(f'n_samples must be positive, got {n_samples}.')
-  samplers.get(sampling.sampler, eta=sampling.eta)  # One-line errors before any work.
-  steps = len(samplers.model_grid(model, params, sampling.steps, sampling.spacing)) - 1
+  methods.check_sampling(model, sampling)  # One-line errors before any work.
+  steps = methods.steps_of(model, params, sampling)
   budgets = batching.default_budgets(batch_size, histogram)
   size_histogram = condition.size_histogram(histogram) if condition else histogram
   if partial_dir:

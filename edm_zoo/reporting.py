@@ -16,8 +16,8 @@ from edm_zoo import config as config_lib
 from edm_zoo import evaluation, generate
 from edm_zoo.config import SamplingConfig
 from edm_zoo.data import batching, elements as elements_lib, registry, sources
-from edm_zoo import diffusion
-from edm_zoo.diffusion.objective import Diffusion
+from edm_zoo import methods
+from edm_zoo.methods.diffusion.objective import Diffusion
 from edm_zoo.io import export, files, pictures, viewer
 from edm_zoo.metrics import rdkit_metrics, stability
 from edm_zoo.property_prediction import protocol
@@ -65,7 +65,7 @@ def load_model(ckpt: str) -> tuple[config_lib.Config, Diffusion, Any, dict]:
   """(config, model, EMA params, meta) of a checkpoint; one-line errors."""
   config, params, meta = checkpoint.load_for_inference(ckpt)
   hist = {int(k): int(v) for k, v in meta['statistics']['n_nodes_histogram'].items()}
-  model = diffusion.make(config, hist)
+  model = methods.make(config, hist)
   try:
     model.check_params(params)
   except ValueError as e:

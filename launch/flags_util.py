@@ -16,7 +16,7 @@ from edm_zoo import conditioning
 from edm_zoo import config as config_lib
 from edm_zoo import models
 from edm_zoo.data import registry
-from edm_zoo.diffusion import samplers
+from edm_zoo.methods.diffusion import samplers
 from edm_zoo.training import checkpoint
 from edm_zoo.training import distributed
 from edm_zoo.training import skeleton

@@ -24,7 +24,7 @@ import sys  # noqa: E402
 from edm_zoo import benchmarks  # noqa: E402
 from edm_zoo import config as config_lib  # noqa: E402
 from edm_zoo import reporting  # noqa: E402
-from edm_zoo.diffusion import samplers  # noqa: E402
+from edm_zoo.methods.diffusion import samplers  # noqa: E402
 from edm_zoo.io import files  # noqa: E402
 from launch import flags_util  # noqa: E402
 

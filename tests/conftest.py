@@ -23,7 +23,8 @@ from edm_zoo.data import batching, registry
 
 # The networks around EDM's objective (a latent entry, geoldm, has its own tests in
 # test_geoldm.py: it is EDM's EGNN as the dynamics of GeoLDM's latent diffusion).
-NETWORKS = [n for n in models.names() if not models.get(n).latent]
+# The diffusion networks ((z_t, t) -> eps_hat); geobfn has its own tests (test_geobfn.py).
+NETWORKS = [n for n in models.diffusion_names() if not models.get(n).latent]
 
 # QM9's atom types with H (EDM's one-hot order H, C, N, O, F).
 ATOMIC_NUMBERS = (1, 6, 7, 8, 9)

@@ -7,7 +7,7 @@ import pytest
 from edm_zoo import augmentation
 from edm_zoo import config as config_lib
 from edm_zoo.data import batching, features, registry
-from edm_zoo.diffusion import Diffusion
+from edm_zoo.methods.diffusion import Diffusion
 from edm_zoo.training import optimizer
 from edm_zoo.training import state as train_state
 

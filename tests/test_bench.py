@@ -13,7 +13,7 @@ import pytest
 from edm_zoo import benchmarks
 from edm_zoo import config as config_lib
 from edm_zoo.data import registry
-from edm_zoo.diffusion import Diffusion
+from edm_zoo.methods.diffusion import Diffusion
 from edm_zoo.training import optimizer
 from conftest import shared_path
 from instruments import original_geom_train

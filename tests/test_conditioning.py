@@ -13,7 +13,7 @@ from edm_zoo.compat import edm_args
 from edm_zoo.config import Config, DiffusionConfig, ModelConfig
 from edm_zoo.data import batching, features, registry
 from edm_zoo.models import conventions
-from edm_zoo.diffusion import Diffusion
+from edm_zoo.methods.diffusion import Diffusion
 
 # The reference's hard-coded statistics of its `qm9_second_half` dataset
 # (configs/datasets_config.py of the original EDM).

@@ -13,7 +13,7 @@ from datasets.geom_drugs import edm_geom_drugs
 from edm_zoo import config as config_lib
 from edm_zoo import evaluation, reporting
 from edm_zoo.data import batching, registry
-from edm_zoo.diffusion.objective import Diffusion
+from edm_zoo.methods.diffusion.objective import Diffusion
 from edm_zoo.io import export, readers
 from edm_zoo.training import loop, optimizer
 from edm_zoo.training import state as train_state

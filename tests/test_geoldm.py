@@ -16,11 +16,12 @@ import pytest
 
 from conftest import padded_graph, shared_path
 from edm_zoo import config as config_lib
-from edm_zoo import diffusion, evaluation, masking, reporting
+from edm_zoo import evaluation, masking, methods, reporting
+from edm_zoo.methods import diffusion
 from edm_zoo.compat import geoldm, importer
 from edm_zoo.config import Config, ModelConfig
-from edm_zoo.diffusion import gaussians
-from edm_zoo.diffusion.latent import LatentDiffusion
+from edm_zoo.methods.diffusion import gaussians
+from edm_zoo.methods.diffusion.latent import LatentDiffusion
 from edm_zoo.data import registry
 from edm_zoo.io import readers
 from edm_zoo.training import checkpoint, loop, optimizer, state as train_state
@@ -285,7 +286,7 @@ def test_stage_one_and_a_frozen_decoder_train_what_geoldm_trains(setup):
 def test_latent_recipe_flags_are_refused_for_other_models(model_name, train, message):
   config = config_lib.build('tiny', model=model_name, **train)
   with pytest.raises(ValueError, match=message):
-    diffusion.make(config, {9: 1})
+    methods.make(config, {9: 1})
 
 
 def test_bad_stage_settings_are_refused():

@@ -12,7 +12,7 @@ from conftest import NETWORKS, padded_graph
 from datasets.geom_drugs import edm_geom_drugs
 from edm_zoo import masking, models
 from edm_zoo.config import Config, DiffusionConfig, ModelConfig
-from edm_zoo.diffusion import Diffusion
+from edm_zoo.methods.diffusion import Diffusion
 
 Z = edm_geom_drugs.ATOMIC_NUMBERS_WITH_H
 # A C34 alkane (104 atoms with H) and a chlorophenyl amide-ether chain ending in a

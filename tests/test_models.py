@@ -12,8 +12,8 @@ from conftest import NETWORKS, padded_graph
 from edm_zoo import center_of_gravity, masking, models
 from edm_zoo.config import Config, DiffusionConfig, ModelConfig
 from edm_zoo.data import registry
-from edm_zoo.diffusion import Diffusion, samplers, schedules
-from edm_zoo.diffusion.samplers import ancestral, chain
+from edm_zoo.methods.diffusion import Diffusion, samplers, schedules
+from edm_zoo.methods.diffusion.samplers import ancestral, chain
 from edm_zoo.models import layers
 
 
@@ -165,7 +165,7 @@ def test_schedules_are_increasing(schedule, molecules, histogram):
 def test_bad_schedule_and_model_names():
   with pytest.raises(ValueError, match="unknown noise schedule 'linear'"):
     schedules.gamma_table('linear', 10, 1e-5)
-  with pytest.raises(ValueError, match=r"unknown model 'mlp'; allowed: \['egnn', 'geoldm', 'gnn'\]"):
+  with pytest.raises(ValueError, match=r"unknown model 'mlp'; allowed: \['egnn', 'geobfn', 'geoldm', 'gnn'\]"):
     models.get('mlp')
 
 

@@ -12,7 +12,7 @@ import pytest
 from edm_zoo import config as config_lib
 from edm_zoo import evaluation
 from edm_zoo.data import batching, registry
-from edm_zoo.diffusion import Diffusion
+from edm_zoo.methods.diffusion import Diffusion
 from edm_zoo.training import loop, optimizer
 from edm_zoo.training import state as train_state
 

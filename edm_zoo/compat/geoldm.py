@@ -1,5 +1,5 @@
 """GeoLDM parity: vectors written by GeoLDM's own code (PARITY_GEOLDM.md) replayed
-through `edm_zoo.diffusion.latent.LatentDiffusion`.
+through `edm_zoo.methods.diffusion.latent.LatentDiffusion`.
 
 `parity_report(path)` checks the encoder, the latent, the decoder and the
 reconstruction terms, the dynamics, the train-mode loss, the eval-mode NLL terms,
@@ -21,8 +21,8 @@ import numpy as np
 from edm_zoo import center_of_gravity, masking
 from edm_zoo.compat import edm_args, parity, state_dict as state_dict_lib
 from edm_zoo.data import batching, elements, registry
-from edm_zoo.diffusion.samplers import ancestral
-from edm_zoo.diffusion.latent import LatentDiffusion
+from edm_zoo.methods.diffusion.samplers import ancestral
+from edm_zoo.methods.diffusion.latent import LatentDiffusion
 from edm_zoo.training import optimizer, state as train_state
 
 # State-dict entries that are not parameters of ours (zero buffers; the gamma

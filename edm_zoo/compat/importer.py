@@ -1,12 +1,15 @@
-"""An original EDM or GeoLDM model (state dict + args) as an edm_zoo checkpoint."""
+"""An original EDM, GeoLDM or GeoBFN model as an edm_zoo checkpoint."""
 
 from __future__ import annotations
 
+import re
+
 from edm_zoo import conditioning
 from edm_zoo import config as config_lib
-from edm_zoo.compat import edm_args, geoldm, state_dict as state_dict_lib
+from edm_zoo.compat import edm_args, geobfn, geoldm, state_dict as state_dict_lib
 from edm_zoo.data import registry
-from edm_zoo.diffusion.objective import Diffusion
+from edm_zoo.methods.bfn.objective import BayesianFlow
+from edm_zoo.methods.diffusion.objective import Diffusion
 from edm_zoo.training import checkpoint, optimizer, state as train_state
 
 
@@ -35,12 +38,47 @@ def import_checkpoint(state_dict_path: str, args_path: str, out: str,
     params = state_dict_lib.params_from_state_dict(state_dict)
     model.check_params(params)
   tx = optimizer.torch_adamw_amsgrad(float(args.get('lr', 1e-4)))
-  state = train_state.new_state(params, tx)
+  return _save(out, config, params, tx, stats, [state_dict_path, args_path], data_dir)
+
+
+def import_geobfn(path: str, out: str, data_dir: str | None = None,
+                  dataset: str = 'qm9') -> str:
+  """Converts a GeoBFN model (its Lightning `.ckpt`, EMA weights when present, or
+  an `.npz` state dict) into an edm_zoo `--model=geobfn` checkpoint folder.
+
+  The width and depth are read from the weights; the rest is GeoBFN's QM9
+  configuration (configs/bfn4molgen.yaml), which is the one GeoBFN's code trains.
+  """
+  state, _ = geobfn.read_checkpoint(path)
+  state = {k.removeprefix('dynamics.'): v for k, v in state.items()}
+  if 'egnn.embedding.weight' not in state:
+    raise ValueError(f'{path} holds no GeoBFN network (no egnn.embedding.weight).')
+  blocks = {int(m.group(1)) for k in state if (m := re.match(r'egnn\.e_block_(\d+)\.', k))}
+  config = config_lib.build('published', model='geobfn', dataset=dataset,
+                            nf=int(state['egnn.embedding.weight'].shape[0]),
+                            n_layers=len(blocks))
+  config = registry.configure(config, data_dir)
+  stats = registry.statistics(config.dataset, data_dir)
+  model = BayesianFlow(config, stats.n_nodes_histogram)
+  params = geobfn.params_from_state_dict(state)
+  try:
+    model.check_params(params)
+  except ValueError as e:
+    raise ValueError(f'{path}: {e}') from None
+  tx = optimizer.guarded(optimizer.torch_adamw_amsgrad(config.train.lr,
+                                                       weight_decay=config.train.weight_decay))
+  return _save(out, config, params, tx, stats, [path], data_dir,
+               optimizer.init_clip_queue((config.train.clip_queue_start,),
+                                         config.train.clip_queue_len))
+
+
+def _save(out, config, params, tx, stats, sources, data_dir, clip_queue=None) -> str:
+  state = train_state.new_state(params, tx, clip_queue)
   meta = {'config': config_lib.to_dict(config), 'epoch': 0, 'position': 0,
           'statistics': {'atom_types': list(stats.atom_types),
                          'n_nodes_histogram': {str(k): v for k, v in
                                                stats.n_nodes_histogram.items()}},
-          'best_val_nll': None, 'imported_from': [state_dict_path, args_path]}
+          'best_val_nll': None, 'imported_from': sources}
   if config.conditioning:
     meta['property_norms'] = conditioning.fit_normalizer(config, data_dir).to_dict()
   ckpt = checkpoint.Checkpointer(out, keep_last=1)

@@ -19,8 +19,8 @@ from jax.sharding import Mesh
 
 from edm_zoo.compat import edm_args, state_dict as state_dict_lib
 from edm_zoo.data import batching, elements, registry
-from edm_zoo.diffusion.samplers import ancestral, chain
-from edm_zoo.diffusion.objective import Diffusion
+from edm_zoo.methods.diffusion.samplers import ancestral, chain
+from edm_zoo.methods.diffusion.objective import Diffusion
 from edm_zoo.training import optimizer, state as train_state
 
 

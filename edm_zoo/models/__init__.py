@@ -1,8 +1,11 @@
-"""The model zoo: denoising networks that share one diffusion objective.
+"""The model zoo: the networks of every generative method.
 
-Each model is a pure `net_fn(graph, z_t, t, *, config) -> eps_hat` over a padded
-`jraph.GraphsTuple`; `transform(config)` wraps it once with `hk.transform`.
-Adding a model: one new module file with a `net_fn`, one line in `_REGISTRY`.
+Each model is a pure `net_fn(graph, ..., *, config)` over a padded
+`jraph.GraphsTuple`; `transform(config)` wraps it once with `hk.transform`. A
+diffusion network maps (z_t, t) to eps_hat (`conventions`); a Bayesian flow
+network (geobfn) maps the flow's means and t to its output distribution's
+parameters. Adding a model: one new module file with a `net_fn`, one line in
+`_REGISTRY` naming its method (`edm_zoo.methods`).
 """
 
 from __future__ import annotations
@@ -13,22 +16,25 @@ from typing import Callable, NamedTuple
 import haiku as hk
 
 from edm_zoo.config import Config
-from edm_zoo.models import egnn, gnn
+from edm_zoo.models import egnn, geobfn, gnn
 
 
 class Entry(NamedTuple):
   """A zoo model: its pure `net_fn`, whether its position output is E(3)-equivariant,
-  and whether the diffusion runs on an autoencoder's latent (GeoLDM: `net_fn` is
-  then the latent dynamics, `edm_zoo.diffusion.latent`)."""
+  whether the diffusion runs on an autoencoder's latent (GeoLDM: `net_fn` is
+  then the latent dynamics, `edm_zoo.methods.diffusion.latent`), and its
+  generative method (`edm_zoo.methods`: 'diffusion' or 'bfn')."""
   net_fn: Callable
   equivariant: bool
   latent: bool = False
+  method: str = 'diffusion'
 
 
 _REGISTRY: dict[str, Entry] = {
     'egnn': Entry(egnn.net_fn, equivariant=True),
     'gnn': Entry(gnn.net_fn, equivariant=False),
     'geoldm': Entry(egnn.net_fn, equivariant=True, latent=True),
+    'geobfn': Entry(geobfn.net_fn, equivariant=True, method='bfn'),
 }
 
 
@@ -38,6 +44,12 @@ def names() -> list[str]:
 
 def latent_names() -> list[str]:
   return sorted(n for n, e in _REGISTRY.items() if e.latent)
+
+
+def diffusion_names() -> list[str]:
+  """The models of EDM's diffusion (on data or a latent): their networks take
+  (z_t, t) and return eps_hat."""
+  return sorted(n for n, e in _REGISTRY.items() if e.method == 'diffusion')
 
 
 def get(name: str) -> Entry:

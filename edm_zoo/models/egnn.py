@@ -154,16 +154,18 @@ class EGNN(hk.Module):
   Args:
     config: the network configuration.
     out_node_nf: width of the feature output.
+    out_name: the output layer's module name (GeoBFN's is `embedding_out_charge`).
     name: the Haiku module name.
   """
 
   def __init__(self, *, config: ModelConfig, out_node_nf: int,
-               name: str | None = 'egnn'):
+               out_name: str = 'embedding_out', name: str | None = 'egnn'):
     super().__init__(name=name)
     if config.aggregation != 'sum':
       raise ValueError(f"aggregation {config.aggregation!r}: only 'sum' is supported.")
     self._config = config
     self._out_node_nf = out_node_nf
+    self._out_name = out_name
 
   def __call__(self, h: jax.Array, x: jax.Array, graph: jraph.GraphsTuple
                ) -> tuple[jax.Array, jax.Array]:
@@ -177,7 +179,7 @@ class EGNN(hk.Module):
     for l in range(c.n_layers):
       h, x = EquivariantBlock(config=c, name=f'e_block_{l}')(
           h, x, graph=graph, dist0=dist0, node_mask=node_mask, edge_mask=edge_mask)
-    h = layers.TorchLinear(self._out_node_nf, name='embedding_out')(h)
+    h = layers.TorchLinear(self._out_node_nf, name=self._out_name)(h)
     return h * node_mask[:, None], x
 
 

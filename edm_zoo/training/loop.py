@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 from typing import Any
 
 import jax
@@ -18,13 +19,17 @@ from edm_zoo import conditioning
 from edm_zoo import config as config_lib
 from edm_zoo import evaluation
 from edm_zoo.data import batching, registry, sources
-from edm_zoo import diffusion
-from edm_zoo.diffusion.objective import Diffusion
+from edm_zoo import methods, models
+from edm_zoo.methods import diffusion
+from edm_zoo.methods.diffusion.objective import Diffusion
 from edm_zoo.training import checkpoint, distributed, optimizer, skeleton
 from edm_zoo.training import state as train_state
 from edm_zoo.training.skeleton import TrainingError
 
 __all__ = ['Setup', 'TrainingError', 'setup', 'train']
+
+# GeoBFN's recover_count_limit.
+RECOVER_LIMIT = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +74,15 @@ def setup(config: config_lib.Config, data_dir: str | None = None) -> Setup:
   if config.conditioning:
     normalizer = conditioning.fit_normalizer(config, data_dir)
     splits = {k: conditioning.conditioned(v, normalizer) for k, v in splits.items()}
-  return Setup(config=config, model=diffusion.make(config, stats.n_nodes_histogram),
-               tx=optimizer.torch_adamw_amsgrad(t.lr, weight_decay=t.weight_decay),
+  if (models.get(config.model.name).method == 'bfn'
+      and max(stats.atomic_numbers) > config.bfn.bins):
+    raise ValueError(f'--model={config.model.name} bins charges 1..{config.bfn.bins}; '
+                     f'{config.dataset} has Z up to {max(stats.atomic_numbers)} '
+                     f'(--bins={max(stats.atomic_numbers)} or more).')
+  tx = optimizer.torch_adamw_amsgrad(t.lr, weight_decay=t.weight_decay)
+  if t.spike_loss:
+    tx = optimizer.guarded(tx)
+  return Setup(config=config, model=methods.make(config, stats.n_nodes_histogram), tx=tx,
                mesh=mesh, shards_per_device=parts, local_shards=local, splits=splits,
                statistics=stats, normalizer=normalizer)
 
@@ -145,10 +157,14 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
 
   first, _ = next(batches(epoch=0))
   key = jax.random.PRNGKey(t.seed)
-  state = train_state.init_state(model, s.tx, jax.random.fold_in(key, 0),
-                                 jax.tree.map(lambda a: a[0], first))
+  state = train_state.init_state(
+      model, s.tx, jax.random.fold_in(key, 0), jax.tree.map(lambda a: a[0], first),
+      optimizer.init_clip_queue((t.clip_queue_start,), t.clip_queue_len))
+  rules = optimizer.StepRules(skip_grad_norm=t.skip_grad_norm, spike_loss=t.spike_loss,
+                              spike_limit=t.spike_limit, steps_per_epoch=steps_per_epoch)
   draw_fn, step_fn = train_state.make_step_fns(
-      model, s.tx, ema_decay=t.ema_decay, clip_grad=t.clip_grad, mesh=mesh)
+      model, s.tx, ema_decay=t.ema_decay, clip_grad=t.clip_grad, mesh=mesh, rules=rules)
+  recoveries = []
   noise_key = jax.random.fold_in(key, 1)
   augment_fn = train_state.make_augment_fn(mesh) if t.data_augmentation else None
   augment_key = jax.random.fold_in(key, 2)
@@ -175,15 +191,37 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
         raise TrainingError(
             f'{n_bad} non-finite steps in a row at step {step}; stopped. The last good '
             f'checkpoint is in {workdir}/checkpoints (lower --lr?).')
+    if metrics.get('recover', False):
+      state = recover(state)
     return state, {'loss': float(metrics['loss']), 'grad_norm': float(metrics['grad_norm']),
                    'max_grad_norm': float(metrics.get('max_grad_norm', np.nan)),
                    'clipped': float(metrics.get('clipped', False)),
                    'nonfinite_in_a_row': float(n_bad)}
 
+  def recover(state):
+    # GeoBFN's RecoverCallback: too many loss spikes in an epoch reload the
+    # newest checkpoint's parameters (the optimizer state and EMA stay), or a
+    # fresh initialisation when there is none; more than 20 reloads stop the run.
+    step = int(jax.device_get(state.step))
+    recoveries.append(step)
+    if len(recoveries) > RECOVER_LIMIT:
+      raise TrainingError(f'{len(recoveries)} recoveries from loss spikes by step {step}; '
+                          f'stopped (lower --lr?).')
+    try:
+      params = checkpoint.load_state(os.path.join(workdir, 'checkpoints'))[0]['params']
+      source = 'the newest checkpoint'
+    except ValueError:
+      params = jax.jit(model.init)(jax.random.fold_in(key, 3 + step),
+                                   jax.tree.map(lambda a: a[0], first))
+      source = 'a fresh initialisation (no checkpoint yet)'
+    logging.warning('step %d: more than %d loss spikes (> %g) this epoch; parameters '
+                    'reloaded from %s.', step, t.spike_limit, t.spike_loss, source)
+    params = jax.device_put(params, NamedSharding(mesh, P()))
+    return state._replace(params=params)
+
   # Stage 1 of a latent model evaluates its own loss, not an NLL.
   figure = model.objective_name
-  label, unit = (('NLL', 'nats/molecule') if figure == 'nll'
-                 else ('stage-1 VAE loss', 'per molecule'))
+  label, unit = model.objective_label
 
   def validate(state):
     out = evaluate(distributed.local_copy(state.ema_params), s.splits['valid'],

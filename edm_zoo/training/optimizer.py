@@ -104,3 +104,71 @@ def clip_gradients(grads: Any, queue: ClipQueue):
 def ema_update(ema_params: Any, params: Any, decay: float) -> Any:
   """ema <- decay * ema + (1 - decay) * params, every step (no warm-up)."""
   return jax.tree.map(lambda e, p: e * decay + (1 - decay) * p, ema_params, params)
+
+
+class StepRules(NamedTuple):
+  """GeoBFN's guards around a step (its `Gradient_clip` and `RecoverCallback`);
+  the defaults turn them off (EDM has none).
+
+  Attributes:
+    skip_grad_norm: a step whose gradient norm (before clipping) exceeds this
+      leaves the parameters, optimizer state and clipping queue as they were
+      (0: never).
+    spike_loss: a batch loss above this (or non-finite) is a spike: the *next*
+      step's gradients are zeroed (GeoBFN sets them to None, so the update is
+      skipped and the clipping queue receives a norm of 0) (0: off).
+    spike_limit: a spike that brings the epoch's count above this asks for the
+      parameters of the newest checkpoint (`recover` in the step's metrics) and
+      sets the count to spike_limit // 2.
+    steps_per_epoch: the count and the pending skip reset at every epoch start.
+  """
+  skip_grad_norm: float = 0.0
+  spike_loss: float = 0.0
+  spike_limit: int = 3
+  steps_per_epoch: int = 0
+
+
+class Guarded(NamedTuple):
+  """An optimizer state with the spike rules' flags beside it.
+
+  Attributes:
+    inner: the optimizer's own state.
+    skip_next: the next step's gradients are to be zeroed.
+    spikes: spikes so far in this epoch.
+  """
+  inner: Any
+  skip_next: jax.Array
+  spikes: jax.Array
+
+
+def guarded(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` whose state also carries `StepRules`' flags (set by the train step)."""
+
+  def init_fn(params):
+    return Guarded(tx.init(params), jnp.zeros([], bool), jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    updates, inner = tx.update(updates, state.inner, params)
+    return updates, state._replace(inner=inner)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def spike_flags(state: Guarded, loss: jax.Array, step: jax.Array, rules: StepRules
+                ) -> tuple[Guarded, jax.Array]:
+  """(state with this batch's spike counted, whether to recover) after a step
+  whose loss is `loss` (GeoBFN's `on_train_batch_end`)."""
+  spike = ~(loss <= rules.spike_loss) if rules.spike_loss else jnp.zeros([], bool)
+  spikes = state.spikes + spike.astype(jnp.int32)
+  recover = spike & (spikes > rules.spike_limit)
+  spikes = jnp.where(recover, rules.spike_limit // 2, spikes)
+  return state._replace(skip_next=spike, spikes=spikes), recover
+
+
+def epoch_start(state: Guarded, step: jax.Array, rules: StepRules) -> Guarded:
+  """The flags at the start of a step: reset when it is the first of an epoch."""
+  if not rules.steps_per_epoch:
+    return state
+  new = step % rules.steps_per_epoch == 0
+  return state._replace(skip_next=state.skip_next & ~new,
+                        spikes=jnp.where(new, 0, state.spikes))

@@ -19,8 +19,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from edm_zoo import augmentation
 from edm_zoo import masking
-from edm_zoo.diffusion import gaussians
-from edm_zoo.diffusion.objective import Diffusion, dense_width
+from edm_zoo.methods.diffusion import gaussians
+from edm_zoo.methods.diffusion.objective import Diffusion, dense_width
 from edm_zoo.training import optimizer
 
 
@@ -56,10 +56,11 @@ def new_state(params, tx: optax.GradientTransformation,
 
 
 def init_state(model: Diffusion, tx: optax.GradientTransformation, rng: jax.Array,
-               graph: jraph.GraphsTuple) -> TrainState:
+               graph: jraph.GraphsTuple,
+               clip_queue: optimizer.ClipQueue | None = None) -> TrainState:
   # Jitted: Haiku's init runs op by op otherwise (~5 s for the tiny model, every
   # start); the values are the same.
-  return new_state(jax.jit(model.init)(rng, graph), tx)
+  return new_state(jax.jit(model.init)(rng, graph), tx, clip_queue)
 
 
 def _shard(graphs: jraph.GraphsTuple, d: int) -> jraph.GraphsTuple:
@@ -76,13 +77,13 @@ def draw(model: Diffusion, graph: jraph.GraphsTuple, key: jax.Array, first: jax.
   """
   keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(
       first + jnp.arange(graph.n_node.shape[0]))
-  t_int = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 0), (), 0,
-                                                model.T + 1))(keys)
+  t = jax.vmap(lambda k: model.draw_time(jax.random.fold_in(k, 0)))(keys)
   # Block b of the noise from fold_in(k, 1 + b): block 0 is EDM's eps.
   eps = jnp.concatenate([gaussians.sample_noise_per_molecule(
       jax.vmap(lambda k: jax.random.fold_in(k, 1 + b))(keys), graph, model.n_features,
-      max(model.n_nodes_histogram)) for b in range(model.noise_blocks)], -1)
-  return t_int, eps
+      max(model.n_nodes_histogram), centre=model.centred_noise)
+      for b in range(model.noise_blocks)], -1)
+  return t, eps
 
 
 def _on_mesh(fn, mesh: Mesh | None, n_shards: int, in_specs, out_specs):
@@ -200,7 +201,7 @@ def loss_and_grads(model: Diffusion, params, graphs: jraph.GraphsTuple, t_int: j
   def local(offset, params, graphs, t_int, eps, all_reduce):
     del offset
     width = _local_width(graphs)
-    count = jnp.sum(masking.graph_mask(graphs))
+    count = jnp.sum(model.loss_units(graphs))
     if all_reduce:
       width = jax.lax.pmax(width, 'data')
       count = jax.lax.psum(count, 'data')
@@ -245,38 +246,65 @@ def mean_loss_and_grads(sum_fn, params, graphs: jraph.GraphsTuple,
 
 
 def apply_gradients(state: TrainState, grads, loss, *, tx, ema_decay: float,
-                    clip_grad: bool = True):
-  """Clip, AdamW step and EMA; a non-finite loss or gradient skips the update."""
+                    clip_grad: bool = True,
+                    rules: optimizer.StepRules = optimizer.StepRules()):
+  """Clip, AdamW step and EMA; a non-finite loss or gradient skips the update.
+
+  With a `Guarded` optimizer state, GeoBFN's rules (`optimizer.StepRules`): a
+  step after a loss spike has its gradients zeroed (norm 0 enters the clipping
+  queue, nothing is updated), a gradient norm above `skip_grad_norm` skips the
+  update and the queue; the EMA is updated every step, as GeoBFN's callback does.
+  """
+  guard = isinstance(state.opt_state, optimizer.Guarded)
+  flags = optimizer.epoch_start(state.opt_state, state.step, rules) if guard else None
+  skip = flags.skip_next if guard else jnp.zeros([], bool)
+  if guard:
+    grads = jax.tree.map(lambda g: jnp.where(skip, jnp.zeros_like(g), g), grads)
   if clip_grad:
     clipped, queue, info = optimizer.clip_gradients(grads, state.clip_queue)
   else:
     clipped, queue = grads, state.clip_queue
     info = {'grad_norm': optax.global_norm(grads)}
-  updates, opt_state = tx.update(clipped, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  capped = (info['grad_norm'] > rules.skip_grad_norm if rules.skip_grad_norm
+            else jnp.zeros([], bool))
+  apply = ~skip & ~capped
+  choose = lambda c, new, old: jax.tree.map(lambda n, o: jnp.where(c, n, o), new, old)
+  queue = choose(capped, state.clip_queue, queue)
+  opt_in = flags if guard else state.opt_state
+  updates, opt_state = tx.update(clipped, opt_in, state.params)
+  params = choose(apply, optax.apply_updates(state.params, updates), state.params)
+  opt_state = choose(apply, opt_state, opt_in)
   ema = optimizer.ema_update(state.ema_params, params, ema_decay)
   finite = jnp.isfinite(loss) & jnp.isfinite(info['grad_norm'])
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  keep = lambda new, old: choose(finite, new, old)
+  opt_state = keep(opt_state, opt_in)
+  extra = {}
+  if guard:
+    opt_state, recover = optimizer.spike_flags(opt_state, loss, state.step, rules)
+    extra = {'skipped': ~apply, 'spikes': opt_state.spikes, 'recover': recover}
   new = TrainState(
       step=state.step + 1,
       params=keep(params, state.params), ema_params=keep(ema, state.ema_params),
-      opt_state=keep(opt_state, state.opt_state),
+      opt_state=opt_state,
       clip_queue=keep(queue, state.clip_queue),
       nonfinite=jnp.where(finite, 0, state.nonfinite + 1))
-  return new, {'loss': loss, 'finite': finite, 'nonfinite': new.nonfinite, **info}
+  return new, {'loss': loss, 'finite': finite, 'nonfinite': new.nonfinite, **info,
+               **extra}
 
 
 def train_step(state: TrainState, graphs: jraph.GraphsTuple, t_int: jax.Array,
                eps: jax.Array, *, model: Diffusion, tx, ema_decay: float,
-               clip_grad: bool = True, mesh: Mesh | None = None):
+               clip_grad: bool = True, mesh: Mesh | None = None,
+               rules: optimizer.StepRules = optimizer.StepRules()):
   """One optimizer step on stacked shards [S, ...] with explicit t and noise."""
   loss, grads = loss_and_grads(model, state.params, graphs, t_int, eps, mesh)
   return apply_gradients(state, grads, loss, tx=tx, ema_decay=ema_decay,
-                         clip_grad=clip_grad)
+                         clip_grad=clip_grad, rules=rules)
 
 
 def make_step_fns(model: Diffusion, tx: optax.GradientTransformation, *,
-                  ema_decay: float, clip_grad: bool = True, mesh: Mesh | None = None):
+                  ema_decay: float, clip_grad: bool = True, mesh: Mesh | None = None,
+                  rules: optimizer.StepRules = optimizer.StepRules()):
   """(draw_fn, step_fn), jitted once: what training runs every step.
 
   `draw_fn(graphs, key, step)` -> (t_int, eps) from `fold_in(key, step)`;
@@ -295,6 +323,6 @@ def make_step_fns(model: Diffusion, tx: optax.GradientTransformation, *,
                                            mesh), **shardings.get('draw', {}))
   step_fn = jax.jit(
       functools.partial(train_step, model=model, tx=tx, ema_decay=ema_decay,
-                        clip_grad=clip_grad, mesh=mesh),
+                        clip_grad=clip_grad, mesh=mesh, rules=rules),
       donate_argnums=0, **shardings.get('step', {}))
   return draw_fn, step_fn

@@ -23,7 +23,8 @@ def sample_noise(rng: jax.Array, graph: jraph.GraphsTuple, n_features: int,
 
 
 def sample_noise_per_molecule(keys: jax.Array, graph: jraph.GraphsTuple,
-                              n_features: int, max_atoms: int) -> jax.Array:
+                              n_features: int, max_atoms: int, *,
+                              centre: bool = True) -> jax.Array:
   """As `sample_noise`, but molecule g's rows come from `keys[g]` alone.
 
   The draw of a molecule then does not depend on which other molecules share its
@@ -35,6 +36,7 @@ def sample_noise_per_molecule(keys: jax.Array, graph: jraph.GraphsTuple,
     graph: the batch.
     n_features: columns of h.
     max_atoms: the largest real molecule (rows drawn per molecule).
+    centre: project the positions to zero CoG (a Bayesian flow takes raw draws).
   """
   table = jax.vmap(lambda k: jax.random.normal(k, (max_atoms, 3 + n_features)))(keys)
   graph_of = masking.node_graph_index(graph)
@@ -43,7 +45,7 @@ def sample_noise_per_molecule(keys: jax.Array, graph: jraph.GraphsTuple,
   # Padding nodes may sit past max_atoms; they are masked to zero below.
   z = table[graph_of, jnp.clip(row, 0, max_atoms - 1)]
   z = z * masking.node_mask(graph)[:, None]
-  return center_of_gravity.remove_mean_positions(z, graph)
+  return center_of_gravity.remove_mean_positions(z, graph) if centre else z
 
 
 def subspace_dim(graph: jraph.GraphsTuple) -> jax.Array:

@@ -34,8 +34,8 @@ from edm_zoo import models
 from edm_zoo.config import Config
 from edm_zoo.data import batching
 from edm_zoo.data import features
-from edm_zoo.diffusion import gaussians
-from edm_zoo.diffusion import schedules
+from edm_zoo.methods.diffusion import gaussians
+from edm_zoo.methods.diffusion import schedules
 
 Params = Any
 _LOG_2PI = math.log(2 * math.pi)
@@ -124,10 +124,25 @@ class Diffusion:
     return gaussians.sample_noise(rng, graph, self.n_features)
 
   # Independent [n_node, 3 + n_features] draws the objective takes as one `eps`
-  # (GeoLDM's latent model also takes its encoder's noise).
+  # (GeoLDM's latent model also takes its encoder's noise), positions CoG-free.
   noise_blocks = 1
+  centred_noise = True
   # What `nll_per_molecule` holds (GeoLDM's stage 1 reports its VAE loss there).
   objective_name = 'nll'
+  objective_label = ('NLL', 'nats/molecule')
+
+  def draw_time(self, key: jax.Array) -> jax.Array:
+    """One molecule's training t in {0..T} (EDM's t0_always=False)."""
+    return jax.random.randint(key, (), 0, self.T + 1)
+
+  def eval_time(self, key: jax.Array, shape) -> jax.Array:
+    """Eval-mode t in {1..T} (the t = 0 term is computed apart)."""
+    return jax.random.randint(key, shape, 1, self.T + 1)
+
+  @staticmethod
+  def loss_units(graphs: jraph.GraphsTuple) -> jax.Array:
+    """What the training loss averages over: EDM's mean is over molecules."""
+    return masking.graph_mask(graphs)
 
   # --- Pieces of the objective.
 

@@ -19,9 +19,9 @@ import jraph
 
 from edm_zoo import center_of_gravity
 from edm_zoo import masking
-from edm_zoo.diffusion import schedules
-from edm_zoo.diffusion.samplers import chain
-from edm_zoo.diffusion.objective import Diffusion, Params
+from edm_zoo.methods.diffusion import schedules
+from edm_zoo.methods.diffusion.samplers import chain
+from edm_zoo.methods.diffusion.objective import Diffusion, Params
 
 
 @dataclasses.dataclass(frozen=True)

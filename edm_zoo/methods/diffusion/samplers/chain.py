@@ -22,8 +22,8 @@ import numpy as np
 
 from edm_zoo import center_of_gravity
 from edm_zoo import masking
-from edm_zoo.diffusion import schedules
-from edm_zoo.diffusion.objective import Diffusion, Params
+from edm_zoo.methods.diffusion import schedules
+from edm_zoo.methods.diffusion.objective import Diffusion, Params
 
 
 SPACINGS = ('uniform', 'quadratic', 'power_<p>', 'log_snr')
@@ -207,7 +207,7 @@ def sample(model: Diffusion, params: Params, graph: jraph.GraphsTuple, rng: jax.
     params: its (EMA) parameters.
     graph: a padded batch whose `n_node` gives each molecule's size.
     rng: the chain's key (see the module docstring for its draws).
-    sampler: the step rule (`edm_zoo.diffusion.samplers.get`).
+    sampler: the step rule (`edm_zoo.methods.diffusion.samplers.get`).
     steps: reverse steps (network evaluations before the final one); 0: T.
     spacing: how the steps are spread over [0, T] (`time_grid`).
     jit_steps: steps per compiled call (K); 0 compiles the whole chain (or

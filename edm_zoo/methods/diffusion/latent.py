@@ -21,8 +21,8 @@ import numpy as np
 
 from edm_zoo import center_of_gravity, masking
 from edm_zoo.config import Config
-from edm_zoo.diffusion import gaussians, schedules
-from edm_zoo.diffusion.objective import check_param_shapes, dense_width, log_pn_table
+from edm_zoo.methods.diffusion import gaussians, objective, schedules
+from edm_zoo.methods.diffusion.objective import check_param_shapes, dense_width, log_pn_table
 from edm_zoo.models import egnn, geoldm
 
 Params = Any
@@ -71,6 +71,10 @@ class LatentDiffusion:
 
   # eps holds two noise blocks: the diffusion's and the encoder's latent noise.
   noise_blocks = 2
+  centred_noise = True
+  draw_time = objective.Diffusion.draw_time
+  eval_time = objective.Diffusion.eval_time
+  loss_units = objective.Diffusion.loss_units
   # Module names of the autoencoder (`_networks` builds them in the 'vae' scope).
   AE_PREFIX = 'vae/'
 
@@ -84,6 +88,8 @@ class LatentDiffusion:
     self.trainable_ae = config.train.trainable_ae
     # What `nll_per_molecule` holds: stage 1's loss is no likelihood.
     self.objective_name = 'vae_loss' if self.stage == 'autoencoder' else 'nll'
+    self.objective_label = (('stage-1 VAE loss', 'per molecule') if self.stage == 'autoencoder'
+                            else ('NLL', 'nats/molecule'))
     self.latent_nf = config.model.latent_nf
     self.n_features = self.latent_nf
     self.n_nodes_histogram = dict(n_nodes_histogram)

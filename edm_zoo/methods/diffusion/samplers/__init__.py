@@ -10,8 +10,8 @@ sampler: one module with a frozen dataclass that has `stochastic`, `init` and
 
 from __future__ import annotations
 
-from edm_zoo.diffusion.samplers import ancestral, ddim, dpm_solver
-from edm_zoo.diffusion.samplers.chain import SPACINGS, model_grid, sample, time_grid
+from edm_zoo.methods.diffusion.samplers import ancestral, ddim, dpm_solver
+from edm_zoo.methods.diffusion.samplers.chain import SPACINGS, model_grid, sample, time_grid
 
 _REGISTRY = {
     'ancestral': lambda eta: ancestral.Ancestral(),

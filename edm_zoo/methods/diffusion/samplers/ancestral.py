@@ -15,8 +15,8 @@ import jraph
 
 from edm_zoo import center_of_gravity
 from edm_zoo import masking
-from edm_zoo.diffusion import schedules
-from edm_zoo.diffusion.objective import Diffusion, Params
+from edm_zoo.methods.diffusion import schedules
+from edm_zoo.methods.diffusion.objective import Diffusion, Params
 
 
 def p_zs_given_zt(model: Diffusion, params: Params, graph: jraph.GraphsTuple,
