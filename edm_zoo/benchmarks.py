@@ -559,17 +559,24 @@ def sampler_study_row(model: Diffusion, params, sampling: config_lib.SamplingCon
   runs any grid, and batch b's sizes depend on (seed, b) only), so molecules per
   hour measure sampling, not compiling.
   """
-  steps = len(samplers.model_grid(model, params, sampling.steps, sampling.spacing)) - 1
-  warm_steps = min(sampling.jit_steps, steps) if sampling.jit_steps else steps
-  generate.generate(model, params, dataclasses.replace(sampling, steps=warm_steps),
-                    histogram=model.n_nodes_histogram, atomic_numbers=atomic_numbers,
-                    progress=False)
+  steps = methods.steps_of(model, params, sampling)
+  if isinstance(model, BayesianFlow):
+    # Its chain compiles per step count and padding shape: compile each shape
+    # the run will meet, with the row's steps.
+    _compile_bfn_shapes(model, params, sampling, atomic_numbers)
+  else:
+    warm_steps = min(sampling.jit_steps, steps) if sampling.jit_steps else steps
+    generate.generate(model, params, dataclasses.replace(sampling, steps=warm_steps),
+                      histogram=model.n_nodes_histogram, atomic_numbers=atomic_numbers,
+                      progress=False)
   start = time.perf_counter()
   molecules = generate.generate(model, params, sampling, histogram=model.n_nodes_histogram,
                                 atomic_numbers=atomic_numbers, progress=progress)
   seconds = time.perf_counter() - start
-  row = {'sampler': sampling.sampler, 'eta': sampling.eta, 'spacing': sampling.spacing,
-         'steps': steps,
+  bfn = isinstance(model, BayesianFlow)
+  row = {'model': model.config.model.name,
+         'sampler': 'bayesian_updates' if bfn else sampling.sampler,
+         'eta': sampling.eta, 'spacing': sampling.spacing, 'steps': steps,
          'nfe': steps + 1, 'sampling_seconds': seconds,
          'molecules_per_hour': 3600 * len(molecules) / max(seconds, 1e-9)}
   row.update(metrics_with_intervals(molecule_outcomes(
@@ -577,11 +584,26 @@ def sampler_study_row(model: Diffusion, params, sampling: config_lib.SamplingCon
   return row
 
 
+def _compile_bfn_shapes(model: BayesianFlow, params, sampling, atomic_numbers) -> None:
+  hist = model.n_nodes_histogram
+  budgets = batching.default_budgets(sampling.batch_size, hist)
+  seen = {}
+  for b in range(-(-sampling.n_samples // sampling.batch_size)):
+    n = min(sampling.batch_size, sampling.n_samples - b * sampling.batch_size)
+    sizes = generate.sample_sizes(hist, n, sampling.seed, b)
+    seen.setdefault(batching.choose_budget(sizes, budgets), sizes)
+  for budget, sizes in seen.items():
+    graph = batching.placeholder_graph(sizes, atomic_numbers, budget)
+    jax.block_until_ready(methods.sample(model, params, graph, jax.random.PRNGKey(0),
+                                         sampling, atomic_numbers=atomic_numbers)['x'])
+
+
 def _label(row) -> str:
-  """'ddim (eta 0)', 'ancestral, quadratic grid', ..."""
+  """'ddim (eta 0)', 'ancestral, quadratic grid', 'geobfn: bayesian_updates', ..."""
   name = row['sampler'] + (f" (eta {row['eta']:g})" if row['sampler'] == 'ddim' else '')
   spacing = row.get('spacing', 'uniform')
-  return name if spacing == 'uniform' else f'{name}, {spacing} grid'
+  name = name if spacing == 'uniform' else f'{name}, {spacing} grid'
+  return f"{row['model']}: {name}" if row.get('model') else name
 
 
 def sampler_study_table(rows) -> str:
@@ -597,13 +619,17 @@ def sampler_study_table(rows) -> str:
   return '\n'.join(lines)
 
 
-def sampler_study_plot(rows, path: str, title: str) -> None:
+def sampler_study_plot(rows, path: str, title: str, by_model: bool = False) -> None:
+  """Quality and speed against NFE, one line per sampler (per model with
+  `by_model`: each model's rows on one line, whatever sampler and grid each
+  point took)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-  for label in sorted({_label(r) for r in rows}):
-    rs = sorted((r for r in rows if _label(r) == label), key=lambda r: r['nfe'])
+  line = (lambda r: r.get('model', '')) if by_model else _label
+  for label in sorted({line(r) for r in rows}):
+    rs = sorted((r for r in rows if line(r) == label), key=lambda r: r['nfe'])
     nfe = [r['nfe'] for r in rs]
     for ax, key in zip(axes, ('atom_stability', 'validity')):
       ax.errorbar(nfe, [100 * r[key] for r in rs],

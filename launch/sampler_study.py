@@ -5,7 +5,9 @@ one trained model.
       --out_dir=workdirs/sampler_study --n_samples=1000 \
       --markdown=BENCHMARKS.md --plot=docs/sampler_study_cpu.png
 
-Each (sampler, spacing, steps) row samples --n_samples molecules and reports atom
+A Bayesian flow model (geobfn) gets one row per --steps (its own Bayesian
+updates). Rows of several checkpoints can share an --out_dir (each row names its
+model), so one table and plot compare them. Each row samples --n_samples molecules and reports atom
 and molecule stability, validity and uniqueness with 95% intervals (Wilson; a
 bootstrap over molecules for atom stability) and molecules per hour. Rows run from the
 cheapest up and are saved to <out_dir>/rows.json as they finish; a rerun skips
@@ -23,7 +25,9 @@ import sys  # noqa: E402
 
 from edm_zoo import benchmarks  # noqa: E402
 from edm_zoo import config as config_lib  # noqa: E402
+from edm_zoo import methods  # noqa: E402
 from edm_zoo import reporting  # noqa: E402
+from edm_zoo.methods.bfn import BayesianFlow  # noqa: E402
 from edm_zoo.methods.diffusion import samplers  # noqa: E402
 from edm_zoo.io import files  # noqa: E402
 from launch import flags_util  # noqa: E402
@@ -43,6 +47,8 @@ _JIT_STEPS = flags.DEFINE_integer('jit_steps', 25, 'steps per compiled call (eve
                                   'compiles the same chain length)')
 _MARKDOWN = flags.DEFINE_string('markdown', None, 'replace the study table in this file')
 _PLOT = flags.DEFINE_string('plot', None, 'write a PNG plot here')
+_PLOT_BY_MODEL = flags.DEFINE_bool('plot_by_model', False, 'one line per model in the plot '
+                                   '(its rows whatever their sampler and grid)')
 _DATA_DIR = flags_util.define_data_dir_flag()
 _PROGRESS = flags.DEFINE_bool('progress', True, 'show progress bars')
 
@@ -79,18 +85,26 @@ def main(argv):
   out_dir = flags_util.writable_out_dir(_OUT_DIR.value)
   try:
     config, model, params, meta = reporting.load_model(ckpt)
+    if isinstance(model, BayesianFlow):
+      # One row per step count: the model's own Bayesian updates (--samplers and
+      # --spacings are diffusion options).
+      plan = [config_lib.build_sampling(n_samples=_N_SAMPLES.value, batch_size=_BATCH_SIZE.value,
+                                        seed=_SEED.value, steps=s) for s in steps]
     for p in plan:
-      samplers.model_grid(model, params, p.steps, p.spacing)
+      methods.check_sampling(model, p)
+      methods.steps_of(model, params, p)
   except ValueError as e:
     runtime.fail(str(e))
   types, z = reporting.elements_of(config, meta, flags.FLAGS.data_dir)
   rows_path = os.path.join(out_dir, 'rows.json')
   rows = json.load(open(rows_path)) if os.path.exists(rows_path) else []
-  key = lambda r: (r['sampler'], r['eta'], r.get('spacing', 'uniform'), r['steps'],
-                   r['molecules'])
+  key = lambda r: (r.get('model', config.model.name), r['sampler'], r['eta'],
+                   r.get('spacing', 'uniform'), r['steps'], r['molecules'])
   done = {key(r) for r in rows}
+  sampler_name = lambda p: 'bayesian_updates' if isinstance(model, BayesianFlow) else p.sampler
   for p in plan:
-    if (p.sampler, p.eta, p.spacing, p.steps, p.n_samples) in done:
+    if (config.model.name, sampler_name(p), p.eta, p.spacing,
+        methods.steps_of(model, params, p), p.n_samples) in done:
       continue
     row = benchmarks.sampler_study_row(
         model, params, p, atomic_numbers=z, elements=types, progress=_PROGRESS.value)
@@ -99,16 +113,19 @@ def main(argv):
     with files.atomic_path(rows_path) as tmp, open(tmp, 'w') as f:
       json.dump(rows, f, indent=1)
   spacing = lambda r: r.get('spacing', 'uniform')
-  rows.sort(key=lambda r: (r['sampler'], r['eta'], spacing(r) != 'uniform', spacing(r),
-                           -r['steps']))
+  rows.sort(key=lambda r: (r.get('model', ''), r['sampler'], r['eta'], spacing(r) != 'uniform',
+                           spacing(r), -r['steps']))
   table = benchmarks.sampler_study_table(rows)
   print(table)
   if _MARKDOWN.value:
     _replace_table(_MARKDOWN.value, table)
   if _PLOT.value:
+    name = (' vs '.join(sorted({r.get('model', '?') for r in rows})) if _PLOT_BY_MODEL.value
+            else os.path.basename(os.path.normpath(ckpt)))
     benchmarks.sampler_study_plot(rows, _PLOT.value,
-                                  f'{os.path.basename(os.path.normpath(ckpt))}: '
-                                  f'{_N_SAMPLES.value} molecules per point')
+                                  f'{name}: '
+                                  f'{_N_SAMPLES.value} molecules per point',
+                                  by_model=_PLOT_BY_MODEL.value)
 
 
 if __name__ == '__main__':

@@ -74,7 +74,7 @@ class LatentDiffusion:
   centred_noise = True
   draw_time = objective.Diffusion.draw_time
   eval_time = objective.Diffusion.eval_time
-  loss_units = objective.Diffusion.loss_units
+  loss_units = staticmethod(objective.Diffusion.loss_units)
   # Module names of the autoencoder (`_networks` builds them in the 'vae' scope).
   AE_PREFIX = 'vae/'
 
