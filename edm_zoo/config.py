@@ -501,7 +501,8 @@ class SamplingConfig:
     sampler: 'ancestral' (EDM's), 'ddim' or 'dpm_solver'
       (`edm_zoo.methods.diffusion.samplers`).
     steps: reverse steps on an evenly spaced time grid (0: T, EDM's chain); the
-      network is evaluated steps + 1 times per molecule.
+      network is evaluated steps + 1 times per molecule. For a Bayesian flow
+      (geobfn): its Bayesian updates, any number >= 1 (0: `bfn.sample_steps`).
     eta: DDIM's share of the ancestral noise (0: deterministic).
     spacing: how the steps spread over [0, T]: 'uniform', 'power_<p>' (t = T (1 -
       i/steps)^p, finer near the data for p > 1; 'quadratic' = 'power_2') or

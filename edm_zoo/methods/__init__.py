@@ -50,7 +50,7 @@ def check_sampling(model: Model, sampling: SamplingConfig) -> None:
   if isinstance(model, bfn.BayesianFlow):
     for given, flag in ((sampling.sampler != 'ancestral', f'--sampler={sampling.sampler}'),
                         (sampling.spacing != 'uniform', f'--spacing={sampling.spacing}'),
-                        (sampling.fix_noise, '--fix_noise'),
+                        (sampling.fix_noise, '--fix_noise'), (sampling.chain, '--chain'),
                         (sampling.eta != 0.0, f'--eta={sampling.eta}')):
       if given:
         raise ValueError(f'{flag} is a diffusion sampler option; geobfn samples with '
