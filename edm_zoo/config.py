@@ -536,19 +536,33 @@ class EvalConfig:
     nll_molecules: the first n molecules of the split only (0: all).
     mae_molecules: n evenly spread molecules of the second half for the MAE
       protocol's real-molecule rows (0: all 50,000).
+    chemistry: the chemistry checks beside EDM's metrics (`edm_zoo.metrics.chemistry`:
+      RDKit's bond perception and a charge-aware valency table, PoseBusters,
+      MMFF94 and GFN2-xTB relaxation).
+    xtb_molecules: GFN2-xTB relaxes the perceived ones among the first n molecules
+      (0: none; a few seconds each on a CPU core).
+    energy_molecules: PoseBusters' energy-ratio check (an ensemble of RDKit
+      conformers per molecule, ~1 s each) runs on the first n molecules (0: none).
+    chemistry_workers: processes for the chemistry checks (0: the usable CPUs, at
+      most 8).
   """
   nll_passes: int = 5
   nll_split: str = 'test'
   nll_batch_size: int = 64
   nll_molecules: int = 0
   mae_molecules: int = 0
+  chemistry: bool = True
+  xtb_molecules: int = 50
+  energy_molecules: int = 100
+  chemistry_workers: int = 0
 
 
 def build_eval(**overrides) -> EvalConfig:
   """An EvalConfig from flag-style overrides (None keeps the default); one-line
   ValueErrors."""
   config = _fill(EvalConfig, 'evaluation', overrides)
-  for name in ('nll_passes', 'nll_molecules', 'mae_molecules'):
+  for name in ('nll_passes', 'nll_molecules', 'mae_molecules', 'xtb_molecules',
+               'energy_molecules', 'chemistry_workers'):
     if getattr(config, name) < 0:
       raise ValueError(f'{name} must be >= 0, got {getattr(config, name)}.')
   if config.nll_batch_size <= 0:

@@ -19,7 +19,7 @@ from edm_zoo.data import batching, elements as elements_lib, registry, sources
 from edm_zoo import methods
 from edm_zoo.methods.diffusion.objective import Diffusion
 from edm_zoo.io import export, files, pictures, viewer
-from edm_zoo.metrics import rdkit_metrics, stability
+from edm_zoo.metrics import chemistry, rdkit_metrics, stability
 from edm_zoo.property_prediction import protocol
 from edm_zoo.property_prediction import training as clf_training
 from edm_zoo.training import checkpoint
@@ -44,12 +44,39 @@ def molecule_metrics(molecules, elements, reference_smiles=None, *,
 
 
 def reference_split_metrics(split: str, dataset: str = 'qm9',
-                            data_dir: str | None = None) -> dict[str, float]:
-  """The metrics of a real split (the 'Data' row of EDM's tables)."""
+                            data_dir: str | None = None, *, n_molecules: int = 0,
+                            seed: int = 0,
+                            evaluation_config: config_lib.EvalConfig | None = None,
+                            progress: bool = False) -> dict[str, Any]:
+  """The metrics of a real split (the 'Data' row of EDM's tables): EDM's on the
+  whole split (or, with `n_molecules`, a seeded subset of that many), and with an
+  `evaluation_config` whose `chemistry` is on, the chemistry checks on the same
+  molecules under 'chemistry'."""
   source = registry.load(dataset, split, data_dir)
-  molecules = rdkit_metrics.source_molecules(source)
-  return molecule_metrics(molecules, registry.atom_types(dataset, data_dir),
-                          single_bonds=registry.metrics(dataset).rdkit_single_bonds)
+  indices = None
+  if n_molecules and n_molecules < len(source):
+    indices = np.sort(np.random.default_rng(seed).choice(len(source), n_molecules,
+                                                         replace=False)).tolist()
+  molecules = rdkit_metrics.source_molecules(source, indices)
+  types = registry.atom_types(dataset, data_dir)
+  out: dict[str, Any] = molecule_metrics(
+      molecules, types, single_bonds=registry.metrics(dataset).rdkit_single_bonds)
+  out.update(split=split, dataset=dataset, seed=seed)
+  if evaluation_config is not None and evaluation_config.chemistry:
+    out['chemistry'] = chemistry_checks(molecules, types, evaluation_config, progress)
+  return out
+
+
+def chemistry_checks(molecules, types: tuple[str, ...], e: config_lib.EvalConfig,
+                     progress: bool = False) -> dict[str, Any]:
+  """`edm_zoo.metrics.chemistry.evaluate` of (positions, type indices) molecules."""
+  start = time.time()
+  out = chemistry.evaluate([(p, [types[int(t)] for t in ts]) for p, ts in molecules],
+                           xtb_molecules=e.xtb_molecules,
+                           energy_molecules=e.energy_molecules, workers=e.chemistry_workers,
+                           progress=progress)
+  out['seconds'] = time.time() - start
+  return out
 
 
 def elements_of(config: config_lib.Config, meta: dict,
@@ -231,6 +258,9 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, sampling: SamplingConfig,
   molecules = [(m['positions'], m['types']) for m in out['molecules']]
   report['metrics'] = molecule_metrics(molecules, types, reference,
                                        single_bonds=scoring.rdkit_single_bonds)
+  if e.chemistry:
+    report['chemistry'] = chemistry_checks(molecules, types, e, progress)
+    report['timings']['chemistry_seconds'] = report['chemistry']['seconds']
   if clf is not None:
     start = time.time()
     report['mae'] = protocol.evaluate(

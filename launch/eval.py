@@ -4,6 +4,7 @@
   python launch/eval.py --ckpt=DIR --n_samples=1000 --nll_passes=1 --chain
   python launch/eval.py --ckpt=DIR --nll_passes=0     # sample metrics only
   python launch/eval.py --reference_split=test       # metrics of real molecules
+  python launch/eval.py --reference_split=test --n_samples=1000   # a seeded subset
   python launch/eval.py --ckpt=COND_DIR --classifier=CLF_DIR   # + EDM's MAE protocol
 
 Writes to --out_dir (default <ckpt>/eval): report.json (metrics, NLL, config,
@@ -25,6 +26,7 @@ import sys  # noqa: E402
 from edm_zoo import config as config_lib  # noqa: E402
 from edm_zoo import reporting  # noqa: E402
 from edm_zoo.data import registry  # noqa: E402
+from edm_zoo.metrics import chemistry  # noqa: E402
 from edm_zoo.property_prediction import protocol  # noqa: E402
 from launch import flags_util  # noqa: E402
 
@@ -43,15 +45,20 @@ _ATOMS_CLASSIFIER = flags.DEFINE_string(
     '(default: per-size medians of the first half)')
 
 
-def _reference_split(out_dir):
+def _reference_split(out_dir, evaluation_config):
+  f = flags.FLAGS
   metrics = reporting.reference_split_metrics(
-      _REFERENCE_SPLIT.value, _DATASET.value, flags.FLAGS.data_dir)
+      _REFERENCE_SPLIT.value, _DATASET.value, f.data_dir,
+      n_molecules=f.n_samples if f['n_samples'].present else 0, seed=f.seed,
+      evaluation_config=evaluation_config, progress=f.progress)
   print(f'{_REFERENCE_SPLIT.value} split ({metrics["molecules"]} molecules): '
         f'atom stability {100 * metrics["atom_stability"]:.3f}%, molecule stability '
         f'{100 * metrics["mol_stability"]:.3f}%, validity '
         f'{100 * metrics["validity"]:.3f}%, uniqueness '
         f'{100 * metrics["uniqueness"]:.3f}% (stability '
         f'{metrics["stability_seconds"]:.1f} s, RDKit {metrics["rdkit_seconds"]:.1f} s)')
+  if 'chemistry' in metrics:
+    print(chemistry.format_table(metrics['chemistry']))
   if out_dir:
     reporting.write_report(metrics, os.path.join(
         flags_util.writable_out_dir(out_dir), 'report.json'))
@@ -61,16 +68,16 @@ def main(argv):
   runtime.start_main(argv)
   f = flags.FLAGS
   try:
-    if _REFERENCE_SPLIT.value:
-      _reference_split(f.out_dir)
-      return
-    if not f.ckpt:
-      sys.exit('error: give --ckpt=DIR (or --reference_split=test).')
-    sampling = flags_util.sampling_from_flags()
     values = flags_util.dataclass_values(config_lib.EvalConfig)
     if _SKIP_NLL.value:
       values['nll_passes'] = 0
     evaluation_config = config_lib.build_eval(**values)
+    if _REFERENCE_SPLIT.value:
+      _reference_split(f.out_dir, evaluation_config)
+      return
+    if not f.ckpt:
+      sys.exit('error: give --ckpt=DIR (or --reference_split=test).')
+    sampling = flags_util.sampling_from_flags()
   except ValueError as e:
     runtime.fail(f'--{e}' if 'must be' in str(e) else str(e))
   ckpt = flags_util.checked_ckpt()
@@ -84,6 +91,8 @@ def main(argv):
     runtime.fail(str(e))
   print(json.dumps({k: report[k] for k in ('nll', 'metrics', 'molecules_per_hour')
                     if k in report}, indent=1))
+  if 'chemistry' in report:
+    print(chemistry.format_table(report['chemistry']))
   if 'mae' in report:
     print(protocol.format_table(report['mae']))
   if 'metrics' in report:

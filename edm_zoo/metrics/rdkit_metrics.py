@@ -124,10 +124,12 @@ def validity_uniqueness_novelty(smiles: Sequence[str | None],
   return out
 
 
-def source_molecules(source) -> list[tuple[np.ndarray, np.ndarray]]:
-  """(positions, type indices) of every molecule of a source (a dataset split)."""
+def source_molecules(source, indices: Sequence[int] | None = None
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+  """(positions, type indices) of every molecule of a source (a dataset split), or
+  of those at `indices`."""
   lookup = {int(z): i for i, z in enumerate(source.atomic_numbers)}
-  items = source.__getitems__(range(len(source)))
+  items = source.__getitems__(range(len(source)) if indices is None else list(indices))
   return [(m['positions'], np.array([lookup[int(z)] for z in m['charges']]))
           for m in items]
 
