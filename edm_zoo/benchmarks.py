@@ -38,7 +38,7 @@ from edm_zoo.methods.diffusion.samplers import chain
 from edm_zoo import methods
 from edm_zoo.methods.bfn import BayesianFlow
 from edm_zoo.methods.diffusion.objective import Diffusion
-from edm_zoo.metrics import rdkit_metrics, stability
+from edm_zoo.metrics import intervals
 from edm_zoo.training import distributed, optimizer, state as train_state
 
 
@@ -500,56 +500,6 @@ def size_study(model: Diffusion, tx, config: config_lib.Config,
 METRICS = ('atom_stability', 'mol_stability', 'validity', 'uniqueness')
 
 
-def molecule_outcomes(molecules, elements) -> dict[str, np.ndarray]:
-  """Per molecule: stable atoms, atoms, molecule stable, valid, and its SMILES."""
-  stable_atoms, atoms, mol_stable = [], [], []
-  for positions, types in molecules:
-    m, s, n = stability.check_stability(positions, types, elements)
-    mol_stable.append(m)
-    stable_atoms.append(s)
-    atoms.append(n)
-  smiles = rdkit_metrics.valid_smiles(molecules, elements)
-  return {'stable_atoms': np.array(stable_atoms), 'atoms': np.array(atoms),
-          'mol_stable': np.array(mol_stable, bool),
-          'valid': np.array([s is not None for s in smiles]),
-          'smiles': np.array([s or '' for s in smiles], object)}
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-  """The Wilson score interval of a proportion k / n (95% for z = 1.96)."""
-  if n == 0:
-    return 0.0, 1.0
-  p = k / n
-  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-  half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-  return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))
-
-
-def metrics_with_intervals(outcomes: dict[str, np.ndarray], *, resamples: int = 1000,
-                           seed: int = 0) -> dict[str, float]:
-  """The four metrics with 95% intervals: Wilson intervals for the per-molecule
-  proportions (molecule stability, validity, and uniqueness as distinct SMILES
-  among the valid ones), a bootstrap over whole molecules for atom stability
-  (the atoms of one molecule are not independent)."""
-  o = outcomes
-  n = len(o['valid'])
-  valid = int(o['valid'].sum())
-  distinct = len(set(o['smiles'][o['valid']]))
-  counts = {'mol_stability': (int(o['mol_stable'].sum()), n),
-            'validity': (valid, n), 'uniqueness': (distinct, valid)}
-  out: dict[str, float] = {'molecules': n}
-  for key, (k, m) in counts.items():
-    out[key] = k / max(m, 1)
-    out[f'{key}_lo'], out[f'{key}_hi'] = wilson_interval(k, m)
-  ratio = lambda index: o['stable_atoms'][index].sum() / max(o['atoms'][index].sum(), 1)
-  out['atom_stability'] = float(ratio(np.arange(n)))
-  rng = np.random.default_rng(seed)
-  boot = [ratio(rng.integers(0, n, n)) for _ in range(resamples)]
-  out['atom_stability_lo'], out['atom_stability_hi'] = (
-      float(v) for v in np.percentile(boot, [2.5, 97.5]))
-  return out
-
-
 def sampler_study_row(model: Diffusion, params, sampling: config_lib.SamplingConfig, *,
                       atomic_numbers, elements, progress: bool = True) -> dict[str, Any]:
   """One row of the study: sample with `sampling`, time it, score the molecules.
@@ -579,7 +529,7 @@ def sampler_study_row(model: Diffusion, params, sampling: config_lib.SamplingCon
          'eta': sampling.eta, 'spacing': sampling.spacing, 'steps': steps,
          'nfe': steps + 1, 'sampling_seconds': seconds,
          'molecules_per_hour': 3600 * len(molecules) / max(seconds, 1e-9)}
-  row.update(metrics_with_intervals(molecule_outcomes(
+  row.update(intervals.metrics_with_intervals(intervals.molecule_outcomes(
       [(m['positions'], m['types']) for m in molecules], elements)))
   return row
 

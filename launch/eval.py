@@ -89,7 +89,8 @@ def main(argv):
         atoms_classifier=_ATOMS_CLASSIFIER.value)
   except ValueError as e:
     runtime.fail(str(e))
-  print(json.dumps({k: report[k] for k in ('nll', 'metrics', 'molecules_per_hour')
+  print(json.dumps({k: report[k] for k in ('nll', 'metrics', 'metrics_intervals',
+                                           'molecules_per_hour')
                     if k in report}, indent=1))
   if 'chemistry' in report:
     print(chemistry.format_table(report['chemistry']))

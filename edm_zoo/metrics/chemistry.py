@@ -26,7 +26,6 @@ count and a 95% interval.
 from __future__ import annotations
 
 import concurrent.futures
-import math
 import os
 import time
 from typing import Any, Sequence
@@ -36,6 +35,8 @@ import tqdm
 from rdkit import Chem
 from rdkit import RDLogger
 from rdkit.Chem import AllChem, rdDetermineBonds
+
+from edm_zoo.metrics import intervals
 
 RDLogger.DisableLog('rdApp.*')
 
@@ -240,36 +241,6 @@ def _bust(args):
   return posebusters(*args)
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-  if n == 0:
-    return 0.0, 1.0
-  p = k / n
-  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-  return max(centre - half, 0.0), min(centre + half, 1.0)
-
-
-def share(flags: np.ndarray) -> dict[str, float]:
-  """A proportion with its count and 95% Wilson interval."""
-  k, n = int(np.sum(flags)), int(len(flags))
-  lo, hi = wilson(k, n)
-  return {'value': k / max(n, 1), 'lo': lo, 'hi': hi, 'n': n}
-
-
-def quartiles(values: Sequence[float], seed: int = 0, resamples: int = 1000
-              ) -> dict[str, float]:
-  """Median and quartiles, with a bootstrap 95% interval of the median."""
-  v = np.asarray(values, np.float64)
-  if not len(v):
-    return {'n': 0}
-  rng = np.random.default_rng(seed)
-  boot = np.median(v[rng.integers(0, len(v), (resamples, len(v)))], axis=1)
-  q1, med, q3 = np.percentile(v, [25, 50, 75])
-  lo, hi = np.percentile(boot, [2.5, 97.5])
-  return {'median': float(med), 'q1': float(q1), 'q3': float(q3), 'median_lo': float(lo),
-          'median_hi': float(hi), 'n': int(len(v))}
-
-
 def _quiet() -> None:
   """A worker's C-level stdout to /dev/null: YAeHMOP (RDKit's Hückel) prints a
   warning per short contact there."""
@@ -334,10 +305,9 @@ def evaluate(molecules: Sequence[tuple[np.ndarray, Sequence[str]]], *, xtb_molec
   stable_atoms = np.array([r['valency_stable_atoms'] for r in results])
   report: dict[str, Any] = {'molecules': n, 'notes': []}
   report['valency'] = {
-      'perceived': share(perceived),
-      'mol_stability': share(np.array([r['valency_stable'] for r in results], bool)),
-      'atom_stability': {'value': float(stable_atoms.sum() / max(atoms.sum(), 1)),
-                         'n_atoms': int(atoms.sum()), **_atom_interval(stable_atoms, atoms)},
+      'perceived': intervals.share(perceived),
+      'mol_stability': intervals.share(np.array([r['valency_stable'] for r in results], bool)),
+      'atom_stability': intervals.atom_share(stable_atoms, atoms),
       'table': 'edm_zoo.metrics.chemistry.VALENCES (Kekulé valence by element and charge)'}
   if pb_note:
     report['notes'].append(f'PoseBusters skipped: {pb_note}')
@@ -345,19 +315,19 @@ def evaluate(molecules: Sequence[tuple[np.ndarray, Sequence[str]]], *, xtb_molec
     all_pass = perceived.copy()
     pb = {}
     for c, flags in join(geometry, GEOMETRY_CHECKS).items():
-      pb[c] = share(flags)
+      pb[c] = intervals.share(flags)
       all_pass &= flags
-    pb['all_but_energy'] = share(all_pass)
+    pb['all_but_energy'] = intervals.share(all_pass)
     for c, flags in join(energetic, ENERGY_CHECKS).items():
-      pb[c] = share(flags)
+      pb[c] = intervals.share(flags)
     report['posebusters'] = pb
     report['posebusters_energy_subset'] = (
         f'the first {min(energy_molecules, n)} molecules (not perceived: fail)')
   for name in ('mmff', 'xtb'):
     done = [r[name] for r in results if name in r and 'skipped' not in r[name]]
     skipped = [r[name]['skipped'] for r in results if name in r and 'skipped' in r[name]]
-    report[name] = {'energy_drop_kcal_mol': quartiles([d['energy_drop'] for d in done]),
-                    'heavy_atom_rmsd_angstrom': quartiles([d['rmsd'] for d in done]),
+    report[name] = {'energy_drop_kcal_mol': intervals.quartiles([d['energy_drop'] for d in done]),
+                    'heavy_atom_rmsd_angstrom': intervals.quartiles([d['rmsd'] for d in done]),
                     'molecules': len(done), 'skipped': len(skipped)}
     if skipped:
       report['notes'].append(f'{name}: {len(skipped)} skipped ({skipped[0]})')
@@ -371,18 +341,6 @@ def evaluate(molecules: Sequence[tuple[np.ndarray, Sequence[str]]], *, xtb_molec
       'posebusters': pb_seconds / max(n, 1), 'wall_checks': checks_seconds / max(n, 1),
       'workers': workers}
   return report
-
-
-def _atom_interval(stable: np.ndarray, atoms: np.ndarray, seed: int = 0) -> dict[str, float]:
-  """A bootstrap over whole molecules of the stable-atom share (atoms of one molecule
-  are not independent)."""
-  if not len(atoms):
-    return {'lo': 0.0, 'hi': 1.0}
-  rng = np.random.default_rng(seed)
-  idx = rng.integers(0, len(atoms), (1000, len(atoms)))
-  ratios = stable[idx].sum(1) / np.maximum(atoms[idx].sum(1), 1)
-  lo, hi = np.percentile(ratios, [2.5, 97.5])
-  return {'lo': float(lo), 'hi': float(hi)}
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -191,9 +191,13 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
         raise TrainingError(
             f'{n_bad} non-finite steps in a row at step {step}; stopped. The last good '
             f'checkpoint is in {workdir}/checkpoints (lower --lr?).')
+    guard = {}
+    if 'skipped' in metrics:  # GeoBFN's rules: what they did at this step.
+      guard = {'skipped': float(metrics['skipped']), 'spikes_in_epoch': float(metrics['spikes'])}
     if metrics.get('recover', False):
       state = recover(state)
-    return state, {'loss': float(metrics['loss']), 'grad_norm': float(metrics['grad_norm']),
+    return state, {**guard, 'loss': float(metrics['loss']),
+                   'grad_norm': float(metrics['grad_norm']),
                    'max_grad_norm': float(metrics.get('max_grad_norm', np.nan)),
                    'clipped': float(metrics.get('clipped', False)),
                    'nonfinite_in_a_row': float(n_bad)}
