@@ -63,6 +63,12 @@ def test_eval_writes_everything_and_resumes(ckpt, tmp_path):
   for key in ('atom_stability', 'mol_stability', 'validity', 'uniqueness'):
     assert report['metrics'][key] == pytest.approx(again[key]), key
   assert report['metrics']['molecules'] == 6 and np.isfinite(report['metrics']['novelty'])
+  # Beside EDM's row: its intervals and the chemistry checks, each with its count.
+  assert report['metrics_intervals']['molecules'] == 6
+  assert report['metrics_intervals']['validity'] == pytest.approx(report['metrics']['validity'])
+  chem = report['chemistry']
+  assert chem['molecules'] == 6 and chem['valency']['perceived']['n'] == 6
+  assert chem['posebusters']['all_but_energy']['n'] == 6
   mols = [m for m in Chem.SDMolSupplier(str(out / 'samples.sdf'), sanitize=False)]
   assert len(mols) == 6 and all(m.GetNumConformers() == 1 for m in mols)
   assert (out / 'samples.xyz').read_text().count('sample_') == 6
