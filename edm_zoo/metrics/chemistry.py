@@ -26,6 +26,7 @@ count and a 95% interval.
 from __future__ import annotations
 
 import concurrent.futures
+import multiprocessing
 import os
 import time
 from typing import Any, Sequence
@@ -242,10 +243,12 @@ def _bust(args):
 
 
 def _quiet() -> None:
-  """A worker's C-level stdout to /dev/null: YAeHMOP (RDKit's Hückel) prints a
-  warning per short contact there."""
+  """A worker's C-level stdout and stderr to /dev/null: YAeHMOP (RDKit's Hückel)
+  prints a warning per short contact, PoseBusters one per molecule whose conformer
+  ensemble fails (the parent still receives a worker's exceptions)."""
   devnull = os.open(os.devnull, os.O_WRONLY)
   os.dup2(devnull, 1)
+  os.dup2(devnull, 2)
 
 
 def default_workers() -> int:
@@ -277,7 +280,10 @@ def evaluate(molecules: Sequence[tuple[np.ndarray, Sequence[str]]], *, xtb_molec
   # xTB relaxes the perceived ones among the first xtb_molecules: a subset fixed by
   # the molecules' order, not by the number of workers.
   start = time.perf_counter()
-  with concurrent.futures.ProcessPoolExecutor(workers, initializer=_quiet) as pool:
+  # Not fork: the caller (eval.py) runs JAX, whose threads a forked child would inherit.
+  context = multiprocessing.get_context('forkserver')
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                              initializer=_quiet) as pool:
     results = list(tqdm.tqdm(pool.map(check_one, *zip(*jobs), chunksize=8), total=len(jobs),
                              disable=not progress, desc='chemistry', unit='mol',
                              leave=False)) if jobs else []
