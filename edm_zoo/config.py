@@ -552,7 +552,7 @@ class EvalConfig:
   nll_molecules: int = 0
   mae_molecules: int = 0
   chemistry: bool = True
-  xtb_molecules: int = 50
+  xtb_molecules: int = 20
   energy_molecules: int = 100
   chemistry_workers: int = 0
 

@@ -255,7 +255,7 @@ def default_workers() -> int:
   return max(1, min(len(os.sched_getaffinity(0)), 8))
 
 
-def evaluate(molecules: Sequence[tuple[np.ndarray, Sequence[str]]], *, xtb_molecules: int = 50,
+def evaluate(molecules: Sequence[tuple[np.ndarray, Sequence[str]]], *, xtb_molecules: int = 20,
              energy_molecules: int = 100, workers: int = 0, progress: bool = False
              ) -> dict[str, Any]:
   """The chemistry checks of a list of (positions [n, 3] Å, element symbols).
