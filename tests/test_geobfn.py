@@ -17,7 +17,7 @@ from edm_zoo import center_of_gravity, config as config_lib, masking, methods
 from edm_zoo.compat import geobfn, importer
 from edm_zoo.config import SamplingConfig
 from edm_zoo.data import batching, registry
-from edm_zoo.methods.bfn import BayesianFlow, flow, sampler
+from edm_zoo.methods.bfn import BayesianFlow, flow
 from edm_zoo.training import checkpoint, optimizer, state as train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,7 +77,7 @@ def test_parity_with_geobfn_optimizer_steps_and_spike_skip():
 
 # --- Symmetries.
 
-@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize('seed', [0, 1])
 def test_network_and_loss_are_e3_equivariant(setup, seed):
   model, params, graph = setup
   inputs = _inputs(model, graph)
@@ -225,7 +225,7 @@ def test_loss_falls_on_a_fixed_batch(setup):
 
 # --- Sampling with any number of steps.
 
-@pytest.mark.parametrize('steps', [1, 3, 20])
+@pytest.mark.parametrize('steps', [1, 7])
 def test_any_step_sampling(setup, steps):
   model, params, _ = setup
   sizes = [3, 9, 17]
@@ -289,13 +289,13 @@ def _run(*args, cwd):
 @pytest.mark.slow
 def test_tiny_run_loss_falls_then_samples_and_evaluates(tmp_path):
   work = tmp_path / 'run'
-  r = _run('launch/train.py', '--model=geobfn', '--preset=tiny', '--total_steps=60',
-           '--eval_every_steps=60', '--checkpoint_every_steps=60', '--log_every_steps=1',
+  r = _run('launch/train.py', '--model=geobfn', '--preset=tiny', '--total_steps=30',
+           '--eval_every_steps=30', '--checkpoint_every_steps=30', '--log_every_steps=1',
            f'--workdir={work}', '--noprogress', cwd=ROOT)
   assert r.returncode == 0, r.stderr[-2000:]
   records = [json.loads(l) for l in open(work / 'metrics.jsonl')]
   losses = [r['loss'] for r in records if 'loss' in r]
-  assert len(losses) == 60 and losses[0] > 10 * np.median(losses[-15:])
+  assert len(losses) == 30 and losses[0] > 10 * np.median(losses[-15:])
   assert np.isfinite([r['val_bfn_loss'] for r in records if 'val_bfn_loss' in r]).all()
   r = _run('launch/sample.py', f'--ckpt={work}', '--n_samples=6', '--batch_size=6',
            '--steps=10', f'--out_dir={tmp_path / "s"}', cwd=ROOT)

@@ -17,7 +17,6 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 import jraph
-import numpy as np
 
 from edm_zoo import center_of_gravity, masking
 from edm_zoo.config import Config
