@@ -19,7 +19,7 @@ from edm_zoo.data import batching, elements as elements_lib, registry, sources
 from edm_zoo import methods
 from edm_zoo.methods.diffusion.objective import Diffusion
 from edm_zoo.io import export, files, pictures, viewer
-from edm_zoo.metrics import chemistry, intervals, rdkit_metrics, stability
+from edm_zoo.metrics import chemistry, intervals, rdkit_metrics
 from edm_zoo.property_prediction import protocol
 from edm_zoo.property_prediction import training as clf_training
 from edm_zoo.training import checkpoint
@@ -33,14 +33,26 @@ def molecule_metrics(molecules, elements, reference_smiles=None, *,
                      single_bonds: bool = False) -> dict[str, float]:
   """Stability, validity, uniqueness (and novelty) of (positions, types) pairs;
   `single_bonds`: RDKit molecules get single bonds (EDM's GEOM-Drugs scoring)."""
+  return molecule_scores(molecules, elements, reference_smiles, single_bonds=single_bonds)[0]
+
+
+def molecule_scores(molecules, elements, reference_smiles=None, *,
+                    single_bonds: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
+  """(`molecule_metrics`' figures, the same figures with counts and 95% intervals),
+  from one pass of the stability and RDKit checks."""
   start = time.time()
-  out = stability.stability(molecules, elements)
-  out['stability_seconds'] = time.time() - start
+  stable = intervals.stability_outcomes(molecules, elements)
+  out = {'atom_stability': int(stable['stable_atoms'].sum()) / max(int(stable['atoms'].sum()), 1),
+         'mol_stability': int(stable['mol_stable'].sum()) / max(len(molecules), 1),
+         'molecules': len(molecules), 'stability_seconds': time.time() - start}
   start = time.time()
   smiles = rdkit_metrics.valid_smiles(molecules, elements, single_bonds=single_bonds)
   out.update(rdkit_metrics.validity_uniqueness_novelty(smiles, reference_smiles))
   out['rdkit_seconds'] = time.time() - start
-  return out
+  with_intervals = intervals.metrics_with_intervals(
+      {**stable, 'valid': np.array([s is not None for s in smiles], bool),
+       'smiles': np.array([s or '' for s in smiles], object)})
+  return out, with_intervals
 
 
 def reference_split_metrics(split: str, dataset: str = 'qm9',
@@ -59,10 +71,8 @@ def reference_split_metrics(split: str, dataset: str = 'qm9',
                                                          replace=False)).tolist()
   molecules = rdkit_metrics.source_molecules(source, indices)
   types = registry.atom_types(dataset, data_dir)
-  out: dict[str, Any] = molecule_metrics(
+  out, out['intervals'] = molecule_scores(
       molecules, types, single_bonds=registry.metrics(dataset).rdkit_single_bonds)
-  out['intervals'] = intervals.metrics_with_intervals(intervals.molecule_outcomes(
-      molecules, types, registry.metrics(dataset).rdkit_single_bonds))
   out.update(split=split, dataset=dataset, seed=seed)
   if evaluation_config is not None and evaluation_config.chemistry:
     out['chemistry'] = chemistry_checks(molecules, types, evaluation_config, progress)
@@ -258,11 +268,9 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, sampling: SamplingConfig,
   reference = (rdkit_metrics.training_smiles(config.dataset, data_dir, progress)
                if scoring.novelty else None)
   molecules = [(m['positions'], m['types']) for m in out['molecules']]
-  report['metrics'] = molecule_metrics(molecules, types, reference,
-                                       single_bonds=scoring.rdkit_single_bonds)
-  # EDM's figures unchanged above; here with their count and 95% intervals.
-  report['metrics_intervals'] = intervals.metrics_with_intervals(
-      intervals.molecule_outcomes(molecules, types, scoring.rdkit_single_bonds))
+  # EDM's figures unchanged, and beside them with their count and 95% intervals.
+  report['metrics'], report['metrics_intervals'] = molecule_scores(
+      molecules, types, reference, single_bonds=scoring.rdkit_single_bonds)
   if e.chemistry:
     report['chemistry'] = chemistry_checks(molecules, types, e, progress)
     report['timings']['chemistry_seconds'] = report['chemistry']['seconds']

@@ -96,7 +96,7 @@ def test_posebusters_finds_an_internal_clash():
 
 def test_xtb_relaxation_of_a_small_molecule():
   _, positions, symbols = embedded('CO')
-  out = chemistry.xtb_strain(positions, [Chem.Atom(s).GetAtomicNum() for s in symbols])
+  out = chemistry.xtb_strain(chemistry.perceive(positions, symbols)[0])
   if 'skipped' in out:
     pytest.skip(out['skipped'])
   assert out['converged'] and 0 <= out['energy_drop'] < 10 and out['rmsd'] < 0.3

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edm_zoo import config as config_lib
+from edm_zoo import center_of_gravity, config as config_lib
 from edm_zoo.compat import parity, state_dict as state_dict_lib
 from edm_zoo.data import batching
 from edm_zoo.methods.bfn import flow, sampler
@@ -107,7 +107,8 @@ class Replay:
     molecules = [{'positions': p, 'charges': z} for p, z in zip(
         np.split(vectors['batch/positions_raw'], bounds),
         np.split(vectors['batch/atomic_numbers'], bounds))]
-    self.graph = batching.build_graph(molecules, self.atomic_numbers, _budget(sizes))
+    self.graph = batching.build_graph(molecules, self.atomic_numbers,
+                                      batching.exact_budget(sizes))
     self.n = int(sum(sizes))
     self.n_total = self.graph.nodes['positions'].shape[0]
 
@@ -124,12 +125,6 @@ class Replay:
 
   def real(self, a) -> np.ndarray:
     return np.asarray(a)[:self.n]
-
-
-def _budget(sizes) -> batching.PaddingBudget:
-  sizes = np.asarray(sizes)
-  return batching.PaddingBudget(int(sizes.sum()) + 1, int((sizes * (sizes - 1)).sum()),
-                                len(sizes) + 1)
 
 
 def parity_report(path: str) -> dict[str, dict[str, float]]:
@@ -153,8 +148,9 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
       v['fwd/basis'], TOL_INPUT)
   terms = model.train_terms(params, graph, t, eps)
   # GeoBFN's heads: clamp(CoG(x_out - mu)), clamp(h_out) from the EGNN's raw outputs.
-  ref_eps = _centred(v['fwd/egnn_x'] - v['fwd/mu_coord'], v['batch/sizes'])
-  report['network/eps_x'] = _check(r.real(terms['eps_x']), np.clip(ref_eps, -10, 10),
+  ref_eps = center_of_gravity.remove_mean(r.nodes(v['fwd/egnn_x'] - v['fwd/mu_coord']),
+                                         graph)
+  report['network/eps_x'] = _check(r.real(terms['eps_x']), np.clip(r.real(ref_eps), -10, 10),
                                    TOL_NETWORK)
   report['network/charge_heads'] = _check(
       np.concatenate([r.real(terms['mu_eps']), r.real(terms['ln_sigma_eps'])], -1),
@@ -175,14 +171,6 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
   return report
 
 
-def _centred(a: np.ndarray, sizes) -> np.ndarray:
-  out, start = np.array(a, np.float32), 0
-  for n in sizes:
-    out[start:start + n] -= out[start:start + n].mean(0, keepdims=True)
-    start += n
-  return out
-
-
 def _grad_errors(grads, v, prefix: str, tol) -> dict[str, dict[str, float]]:
   names = [k[len(prefix):] for k in v if k.startswith(prefix)]
   ours = {n: state_dict_lib.torch_view(grads, n.removeprefix('dynamics.')) for n in names}
@@ -194,7 +182,7 @@ def _grad_errors(grads, v, prefix: str, tol) -> dict[str, dict[str, float]]:
 
 def _sampler_errors(r: Replay, v) -> dict[str, dict[str, float]]:
   sizes = [int(n) for n in v['sample/sizes']]
-  graph = batching.placeholder_graph(sizes, r.atomic_numbers, _budget(sizes))
+  graph = batching.placeholder_graph(sizes, r.atomic_numbers, batching.exact_budget(sizes))
   n_total = graph.nodes['positions'].shape[0]
   steps = v['sample/noise_coord'].shape[0]
   pad = lambda a: np.concatenate([a, np.zeros((a.shape[0], n_total - a.shape[1], a.shape[2]),

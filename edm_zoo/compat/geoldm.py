@@ -216,9 +216,7 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
 def _sampler_report(v, model, params, atomic_numbers) -> dict[str, dict[str, float]]:
   mask = v['sample/node_mask']
   sizes = mask[..., 0].sum(1).astype(int)
-  budget = batching.PaddingBudget(int(sizes.sum()) + 1, int((sizes * (sizes - 1)).sum()),
-                                  len(sizes) + 1)
-  graph = batching.placeholder_graph(sizes, atomic_numbers, budget)
+  graph = batching.placeholder_graph(sizes, atomic_numbers, batching.exact_budget(sizes))
   n_total = graph.nodes['positions'].shape[0]
   nodes = lambda a: parity.nodes_from_dense(np.asarray(a), mask, n_total)
   dense = lambda a: parity.dense_from_nodes(a, mask)

@@ -34,9 +34,7 @@ def graph_from_dense(one_hot: np.ndarray, charges: np.ndarray, x: np.ndarray,
                 'charges': np.rint(charges[b, mask[b], 0]).astype(np.int32),
                 'gdb_index': b} for b in range(len(mask))]
   sizes = mask.sum(1)
-  budget = batching.PaddingBudget(int(sizes.sum()) + 1,
-                                  int((sizes * (sizes - 1)).sum()), len(sizes) + 1)
-  graph = batching.build_graph(molecules, atomic_numbers, budget)
+  graph = batching.build_graph(molecules, atomic_numbers, batching.exact_budget(sizes))
   types = np.argmax(graph.nodes['one_hot'], -1)
   want = np.concatenate([np.argmax(one_hot[b][mask[b]], -1) for b in range(len(mask))])
   if not np.array_equal(types[:len(want)], want):

@@ -107,6 +107,13 @@ def molecule_ids(molecules: Sequence[dict]) -> list[str]:
           f'molecule {m.get(features.INDEX, "?")}' for m in molecules]
 
 
+def exact_budget(sizes: Sequence[int]) -> PaddingBudget:
+  """The smallest budget of exactly these molecules: every edge, one padding node
+  and one padding graph (parity replays, whose batches are given)."""
+  sizes = np.asarray(sizes)
+  return PaddingBudget(int(sizes.sum()) + 1, int((sizes * (sizes - 1)).sum()), len(sizes) + 1)
+
+
 def choose_budget(sizes: Sequence[int], budgets: Sequence[PaddingBudget],
                   ids: Sequence[str] = ()) -> PaddingBudget:
   for budget in budgets:

@@ -35,7 +35,8 @@ import numpy as np
 import tqdm
 from rdkit import Chem
 from rdkit import RDLogger
-from rdkit.Chem import AllChem, rdDetermineBonds
+from rdkit.Chem import AllChem, rdDetermineBonds, rdMolAlign
+from scipy import optimize
 
 from edm_zoo.metrics import intervals
 
@@ -119,15 +120,20 @@ def valency_stability(mol: Chem.Mol | None, n_atoms: int) -> tuple[int, bool]:
   return int(sum(ok)), bool(all(ok) and neutral and len(ok) == n_atoms)
 
 
-def _heavy_rmsd(a: np.ndarray, b: np.ndarray, heavy: np.ndarray) -> float:
-  """RMSD of the heavy atoms after the best rigid superposition (Kabsch)."""
-  p, q = a[heavy] - a[heavy].mean(0), b[heavy] - b[heavy].mean(0)
-  if len(p) < 2:
+def _heavy_rmsd(mol: Chem.Mol, before: np.ndarray, after: np.ndarray) -> float:
+  """RMSD of the heavy atoms between two geometries of `mol` after RDKit's best
+  rigid superposition."""
+  heavy = [(a.GetIdx(), a.GetIdx()) for a in mol.GetAtoms() if a.GetAtomicNum() > 1]
+  if len(heavy) < 2:
     return 0.0
-  u, _, vt = np.linalg.svd(p.T @ q)
-  d = np.sign(np.linalg.det(u @ vt))
-  rot = u @ np.diag([1.0, 1.0, d]) @ vt
-  return float(np.sqrt(np.mean(np.sum((p @ rot - q)**2, -1))))
+  pair = Chem.Mol(mol)
+  pair.RemoveAllConformers()
+  for positions in (before, after):
+    conf = Chem.Conformer(mol.GetNumAtoms())
+    for i, p in enumerate(np.asarray(positions, np.float64)):
+      conf.SetAtomPosition(i, p.tolist())
+    pair.AddConformer(conf, assignId=True)
+  return float(rdMolAlign.AlignMol(pair, pair, prbCid=1, refCid=0, atomMap=heavy))
 
 
 def mmff_strain(mol: Chem.Mol) -> dict[str, Any]:
@@ -142,24 +148,21 @@ def mmff_strain(mol: Chem.Mol) -> dict[str, Any]:
   e0 = ff.CalcEnergy()
   ff.Minimize(maxIts=2000)
   e1 = ff.CalcEnergy()
-  heavy = np.array([a.GetAtomicNum() > 1 for a in m.GetAtoms()])
   return {'energy_drop': float(e0 - e1),
-          'rmsd': _heavy_rmsd(before, m.GetConformer().GetPositions(), heavy)}
+          'rmsd': _heavy_rmsd(m, before, m.GetConformer().GetPositions())}
 
 
-def xtb_strain(positions: np.ndarray, numbers: np.ndarray, charge: int = 0
-               ) -> dict[str, Any]:
-  """GFN2-xTB relaxation (tblite energies and gradients, scipy L-BFGS, at most
-  XTB_MAX_STEPS steps): {'energy_drop' (kcal/mol), 'rmsd' (Å), 'converged'} or
-  {'skipped': why}."""
+def xtb_strain(mol: Chem.Mol) -> dict[str, Any]:
+  """GFN2-xTB relaxation of a perceived molecule at its total formal charge
+  (tblite energies and gradients, scipy L-BFGS, at most XTB_MAX_STEPS steps):
+  {'energy_drop' (kcal/mol), 'rmsd' (Å), 'converged'} or {'skipped': why}."""
   try:
-    from scipy import optimize  # pylint: disable=g-import-not-at-top
     from tblite.interface import Calculator  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     return {'skipped': f'tblite is not installed ({e})'}
-  numbers = np.asarray(numbers, np.int64)
-  x0 = np.asarray(positions, np.float64) / BOHR
-  calc = Calculator('GFN2-xTB', numbers, x0, charge=float(charge))
+  numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], np.int64)
+  x0 = mol.GetConformer().GetPositions() / BOHR
+  calc = Calculator('GFN2-xTB', numbers, x0, charge=float(Chem.GetFormalCharge(mol)))
   calc.set('verbosity', 0)
 
   def energy(flat):
@@ -172,9 +175,8 @@ def xtb_strain(positions: np.ndarray, numbers: np.ndarray, charge: int = 0
                             options={'maxiter': XTB_MAX_STEPS, 'gtol': 1e-4})
   except RuntimeError as e:  # SCF failures.
     return {'skipped': f'xTB failed ({str(e).splitlines()[0] if str(e) else "RuntimeError"})'}
-  heavy = numbers > 1
   return {'energy_drop': float((e0 - out.fun) * HARTREE_KCAL),
-          'rmsd': _heavy_rmsd(x0 * BOHR, out.x.reshape(-1, 3) * BOHR, heavy),
+          'rmsd': _heavy_rmsd(mol, x0 * BOHR, out.x.reshape(-1, 3) * BOHR),
           'converged': bool(out.success)}
 
 
@@ -193,8 +195,7 @@ def check_one(positions: np.ndarray, symbols: Sequence[str], xtb: bool) -> dict[
     seconds['mmff'] = time.perf_counter() - start
     if xtb:
       start = time.perf_counter()
-      out['xtb'] = xtb_strain(positions, [a.GetAtomicNum() for a in mol.GetAtoms()],
-                              Chem.GetFormalCharge(mol))
+      out['xtb'] = xtb_strain(mol)
       seconds['xtb'] = time.perf_counter() - start
   out['seconds'] = seconds
   return out

@@ -11,20 +11,21 @@ import numpy as np
 from edm_zoo.metrics import rdkit_metrics, stability
 
 
+def stability_outcomes(molecules, elements) -> dict[str, np.ndarray]:
+  """Per molecule (EDM's stability): stable atoms, atoms, whether it is stable."""
+  per = [stability.check_stability(p, t, elements) for p, t in molecules]
+  return {'stable_atoms': np.array([s for _, s, _ in per], np.int64),
+          'atoms': np.array([n for _, _, n in per], np.int64),
+          'mol_stable': np.array([m for m, _, _ in per], bool)}
+
+
 def molecule_outcomes(molecules, elements, single_bonds: bool = False
                       ) -> dict[str, np.ndarray]:
   """Per molecule (EDM's metrics): stable atoms, atoms, molecule stable, valid, and
   its SMILES (`single_bonds` as the dataset scores validity)."""
-  stable_atoms, atoms, mol_stable = [], [], []
-  for positions, types in molecules:
-    m, s, n = stability.check_stability(positions, types, elements)
-    mol_stable.append(m)
-    stable_atoms.append(s)
-    atoms.append(n)
   smiles = rdkit_metrics.valid_smiles(molecules, elements, single_bonds=single_bonds)
-  return {'stable_atoms': np.array(stable_atoms), 'atoms': np.array(atoms),
-          'mol_stable': np.array(mol_stable, bool),
-          'valid': np.array([s is not None for s in smiles]),
+  return {**stability_outcomes(molecules, elements),
+          'valid': np.array([s is not None for s in smiles], bool),
           'smiles': np.array([s or '' for s in smiles], object)}
 
 

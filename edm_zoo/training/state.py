@@ -268,25 +268,22 @@ def apply_gradients(state: TrainState, grads, loss, *, tx, ema_decay: float,
   capped = (info['grad_norm'] > rules.skip_grad_norm if rules.skip_grad_norm
             else jnp.zeros([], bool))
   apply = ~skip & ~capped
+  finite = jnp.isfinite(loss) & jnp.isfinite(info['grad_norm'])
   choose = lambda c, new, old: jax.tree.map(lambda n, o: jnp.where(c, n, o), new, old)
-  queue = choose(capped, state.clip_queue, queue)
   opt_in = flags if guard else state.opt_state
   updates, opt_state = tx.update(clipped, opt_in, state.params)
-  params = choose(apply, optax.apply_updates(state.params, updates), state.params)
-  opt_state = choose(apply, opt_state, opt_in)
-  ema = optimizer.ema_update(state.ema_params, params, ema_decay)
-  finite = jnp.isfinite(loss) & jnp.isfinite(info['grad_norm'])
-  keep = lambda new, old: choose(finite, new, old)
-  opt_state = keep(opt_state, opt_in)
+  params = choose(apply & finite, optax.apply_updates(state.params, updates), state.params)
+  opt_state = choose(apply & finite, opt_state, opt_in)
   extra = {}
   if guard:
     opt_state, recover = optimizer.spike_flags(opt_state, loss, state.step, rules)
     extra = {'skipped': ~apply, 'spikes': opt_state.spikes, 'recover': recover}
   new = TrainState(
-      step=state.step + 1,
-      params=keep(params, state.params), ema_params=keep(ema, state.ema_params),
+      step=state.step + 1, params=params,
+      ema_params=choose(finite, optimizer.ema_update(state.ema_params, params, ema_decay),
+                        state.ema_params),
       opt_state=opt_state,
-      clip_queue=keep(queue, state.clip_queue),
+      clip_queue=choose(finite & ~capped, queue, state.clip_queue),
       nonfinite=jnp.where(finite, 0, state.nonfinite + 1))
   return new, {'loss': loss, 'finite': finite, 'nonfinite': new.nonfinite, **info,
                **extra}

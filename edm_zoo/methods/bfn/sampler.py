@@ -72,41 +72,49 @@ def final_prediction(model: BayesianFlow, params: Params, graph: jraph.GraphsTup
   return dict(pred, charge=flow.nearest_centre(pred['k_hat'], b.bins))
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'n', 'record'))
-def chain(model: BayesianFlow, params: Params, graph: jraph.GraphsTuple,
-          noise: jax.Array, *, n: int, record: bool = False) -> dict[str, jax.Array]:
-  """The n-step chain for the given noise [n, n_node, 4].
-
-  Returns:
-    `final_prediction`'s dict, the last means `mu_x`, `mu_charge` and, with
-    `record`, every step's `x_pred` and `k_hat` ([n, n_node, ...]) and the means
-    before each step.
-  """
+def _run(model: BayesianFlow, params: Params, graph: jraph.GraphsTuple, noise_of,
+         inputs, *, n: int, record: bool) -> dict[str, jax.Array]:
+  """The n-step chain; step i's noise is `noise_of(i, inputs[i - 1])`."""
   n_node = masking.node_mask(graph).shape[0]
   state = (jnp.zeros((n_node, 3)), jnp.zeros((n_node, 1)), jnp.float32(1.0),
            jnp.float32(1.0))
 
-  def body(state, inputs):
-    i, eps = inputs
-    new, pred = _step(model, params, graph, n, state, i, eps)
+  def body(state, xs):
+    i, x = xs
+    new, pred = _step(model, params, graph, n, state, i, noise_of(i, x))
     out = ({'x_pred': pred['x_pred'], 'k_hat': pred['k_hat'], 'mu_x_in': state[0],
             'mu_charge_in': state[1]} if record else None)
     return new, out
 
   steps = jnp.arange(1, n + 1, dtype=jnp.float32)
-  (mu_x, mu_c, _, _), frames = jax.lax.scan(body, state, (steps, noise))
+  (mu_x, mu_c, _, _), frames = jax.lax.scan(body, state, (steps, inputs))
   out = dict(final_prediction(model, params, graph, mu_x, mu_c), mu_x=mu_x, mu_charge=mu_c)
   if record:
     out['frames'] = frames
   return out
 
 
+@functools.partial(jax.jit, static_argnames=('model', 'n', 'record'))
+def chain(model: BayesianFlow, params: Params, graph: jraph.GraphsTuple,
+          noise: jax.Array, *, n: int, record: bool = False) -> dict[str, jax.Array]:
+  """The n-step chain for the given noise [n, n_node, 4] (parity replays).
+
+  Returns:
+    `final_prediction`'s dict, the last means `mu_x`, `mu_charge` and, with
+    `record`, every step's `x_pred` and `k_hat` ([n, n_node, ...]) and the means
+    before each step.
+  """
+  return _run(model, params, graph, lambda i, eps: eps, noise, n=n, record=record)
+
+
 @functools.partial(jax.jit, static_argnames=('model', 'n'))
 def _sample(model, params, graph, rng, *, n):
-  n_node = masking.node_mask(graph).shape[0]
-  noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(rng, i), (n_node, 4)))(
-      jnp.arange(1, n + 1))
-  return chain(model, params, graph, noise * masking.node_mask(graph)[None, :, None], n=n)
+  # Each step draws its own noise inside the scan: memory does not grow with n.
+  mask = masking.node_mask(graph)[:, None]
+  n_node = mask.shape[0]
+  noise_of = lambda i, _: jax.random.normal(
+      jax.random.fold_in(rng, i.astype(jnp.int32)), (n_node, 4)) * mask
+  return _run(model, params, graph, noise_of, jnp.zeros(n), n=n, record=False)
 
 
 def decode(model: BayesianFlow, charge: jax.Array, atomic_numbers) -> tuple[jax.Array, jax.Array]:
