@@ -562,7 +562,8 @@ def sampler_study_table(rows) -> str:
            'uniqueness | molecules/h |', '|---|---|---|---|---|---|---|']
   for r in rows:
     name = _label(r)
-    cells = [f"{100 * r[k]:.1f} [{100 * r[k + '_lo']:.1f}, {100 * r[k + '_hi']:.1f}]"
+    cells = [f"{100 * r[k]:.1f}" + (f" [{100 * r[k + '_lo']:.1f}, {100 * r[k + '_hi']:.1f}]"
+                                     if r.get(k + '_lo') is not None else '')
              for k in METRICS]
     lines.append(f"| {name} | {r['nfe']} | {' | '.join(cells)} | "
                  f"{r['molecules_per_hour']:,.0f} |")

@@ -537,8 +537,8 @@ class EvalConfig:
     mae_molecules: n evenly spread molecules of the second half for the MAE
       protocol's real-molecule rows (0: all 50,000).
     chemistry: the chemistry checks beside EDM's metrics (`edm_zoo.metrics.chemistry`:
-      RDKit's bond perception and a charge-aware valency table, PoseBusters,
-      MMFF94 and GFN2-xTB relaxation).
+      RDKit's bond perception judged by two valency tables, PoseBusters, MMFF94
+      and GFN2-xTB relaxation); skipped for a dataset without hydrogens.
     xtb_molecules: GFN2-xTB relaxes the perceived ones among the first n molecules
       (0: none; a few seconds each on a CPU core).
     energy_molecules: PoseBusters' energy-ratio check (an ensemble of RDKit

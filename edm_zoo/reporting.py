@@ -81,7 +81,15 @@ def reference_split_metrics(split: str, dataset: str = 'qm9',
 
 def chemistry_checks(molecules, types: tuple[str, ...], e: config_lib.EvalConfig,
                      progress: bool = False) -> dict[str, Any]:
-  """`edm_zoo.metrics.chemistry.evaluate` of (positions, type indices) molecules."""
+  """`edm_zoo.metrics.chemistry.evaluate` of (positions, type indices) molecules;
+  skipped, with the reason, for a dataset without hydrogen atoms."""
+  if 'H' not in types:
+    # Bond perception needs every atom: on heavy atoms alone it fails on every
+    # molecule, and a table of zeros would say nothing about the molecules.
+    return {**chemistry.skipped_report(
+        len(molecules), 'the dataset has no hydrogen atoms, and RDKit perceives bonds only '
+        'from every atom (use a dataset with hydrogens, e.g. qm9 or geom_drugs)'),
+            'seconds': 0.0}
   start = time.time()
   out = chemistry.evaluate([(p, [types[int(t)] for t in ts]) for p, ts in molecules],
                            xtb_molecules=e.xtb_molecules,

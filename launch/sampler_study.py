@@ -8,8 +8,9 @@ one trained model.
 A Bayesian flow model (geobfn) gets one row per --steps (its own Bayesian
 updates). Rows of several checkpoints can share an --out_dir (each row names its
 model), so one table and plot compare them. Each row samples --n_samples molecules and reports atom
-and molecule stability, validity and uniqueness with 95% intervals (Wilson; a
-bootstrap over molecules for atom stability) and molecules per hour. Rows run from the
+and molecule stability and validity with 95% intervals (Wilson; a bootstrap over
+molecules for atom stability), uniqueness (no interval: docs/metrics.md) and
+molecules per hour. Rows run from the
 cheapest up and are saved to <out_dir>/rows.json as they finish; a rerun skips
 the rows already there (a row is timed whole, so an interrupted row starts over).
 """

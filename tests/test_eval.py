@@ -67,8 +67,11 @@ def test_eval_writes_everything_and_resumes(ckpt, tmp_path):
   assert report['metrics_intervals']['molecules'] == 6
   assert report['metrics_intervals']['validity'] == pytest.approx(report['metrics']['validity'])
   chem = report['chemistry']
-  assert chem['molecules'] == 6 and chem['valency']['perceived']['n'] == 6
-  assert chem['posebusters']['all_but_energy']['n'] == 6
+  assert chem['molecules'] == 6 and chem['perception']['perceived']['n'] == 6
+  for table in ('reference', 'ours'):
+    assert chem['valency'][table]['mol_stability']['n'] == 6
+  pb = chem['posebusters']['all_but_energy']
+  assert pb['n'] + pb['not_run'] == 6
   mols = [m for m in Chem.SDMolSupplier(str(out / 'samples.sdf'), sanitize=False)]
   assert len(mols) == 6 and all(m.GetNumConformers() == 1 for m in mols)
   assert (out / 'samples.xyz').read_text().count('sample_') == 6

@@ -4,7 +4,7 @@ medians (the atoms of one molecule are not independent)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -42,19 +42,24 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def metrics_with_intervals(outcomes: dict[str, np.ndarray], *, resamples: int = 1000,
                            seed: int = 0) -> dict[str, float]:
   """The four metrics with 95% intervals: Wilson intervals for the per-molecule
-  proportions (molecule stability, validity, and uniqueness as distinct SMILES
-  among the valid ones), a bootstrap over whole molecules for atom stability
-  (the atoms of one molecule are not independent)."""
+  proportions (molecule stability, validity), a bootstrap over whole molecules
+  for atom stability (the atoms of one molecule are not independent).
+
+  Uniqueness (distinct SMILES among the valid ones) gets no interval: it is not
+  a share of independent trials, and a bootstrap over molecules would invent
+  duplicates (a resample with replacement repeats about a third of its
+  molecules), so its `uniqueness_lo` / `uniqueness_hi` are None.
+  """
   o = outcomes
   n = len(o['valid'])
   valid = int(o['valid'].sum())
-  distinct = len(set(o['smiles'][o['valid']]))
-  counts = {'mol_stability': (int(o['mol_stable'].sum()), n),
-            'validity': (valid, n), 'uniqueness': (distinct, valid)}
-  out: dict[str, float] = {'molecules': n}
+  counts = {'mol_stability': (int(o['mol_stable'].sum()), n), 'validity': (valid, n)}
+  out: dict[str, Any] = {'molecules': n}
   for key, (k, m) in counts.items():
     out[key] = k / max(m, 1)
     out[f'{key}_lo'], out[f'{key}_hi'] = wilson_interval(k, m)
+  out['uniqueness'] = len(set(o['smiles'][o['valid']])) / max(valid, 1)
+  out['uniqueness_lo'] = out['uniqueness_hi'] = None
   ratio = lambda index: o['stable_atoms'][index].sum() / max(o['atoms'][index].sum(), 1)
   out['atom_stability'] = float(ratio(np.arange(n)))
   rng = np.random.default_rng(seed)
@@ -71,6 +76,18 @@ def share(flags: np.ndarray) -> dict[str, float]:
   return {'value': k / max(n, 1), 'lo': lo, 'hi': hi, 'n': n}
 
 
+def share_run(outcomes: np.ndarray, why_not_run: str = '') -> dict[str, Any]:
+  """A pass rate over the checks that ran: `outcomes` 1 pass, 0 fail, NaN did not
+  run. Those that did not run are counted apart (`not_run`, with the first
+  reason), never inside the rate."""
+  outcomes = np.asarray(outcomes, np.float64)
+  ran = ~np.isnan(outcomes)
+  out: dict[str, Any] = {**share(outcomes[ran] == 1), 'not_run': int((~ran).sum())}
+  if out['not_run']:
+    out['not_run_why'] = why_not_run or 'no reason given'
+  return out
+
+
 def atom_share(stable: np.ndarray, atoms: np.ndarray, seed: int = 0,
                resamples: int = 1000) -> dict[str, float]:
   """The share of stable atoms over molecules, with a bootstrap over whole molecules."""
@@ -85,7 +102,7 @@ def atom_share(stable: np.ndarray, atoms: np.ndarray, seed: int = 0,
 
 def quartiles(values: Sequence[float], seed: int = 0, resamples: int = 1000
               ) -> dict[str, float]:
-  """Median and quartiles, with a bootstrap 95% interval of the median."""
+  """Median, quartiles and mean, with a bootstrap 95% interval of the median."""
   v = np.asarray(values, np.float64)
   if not len(v):
     return {'n': 0}
@@ -94,4 +111,4 @@ def quartiles(values: Sequence[float], seed: int = 0, resamples: int = 1000
   q1, med, q3 = np.percentile(v, [25, 50, 75])
   lo, hi = np.percentile(boot, [2.5, 97.5])
   return {'median': float(med), 'q1': float(q1), 'q3': float(q3), 'median_lo': float(lo),
-          'median_hi': float(hi), 'n': int(len(v))}
+          'median_hi': float(hi), 'mean': float(v.mean()), 'n': int(len(v))}
