@@ -64,6 +64,8 @@ def reference_split_metrics(split: str, dataset: str = 'qm9',
   whole split (or, with `n_molecules`, a seeded subset of that many), and with an
   `evaluation_config` whose `chemistry` is on, the chemistry checks on the same
   molecules under 'chemistry'."""
+  if not isinstance(seed, (int, np.integer)):
+    raise ValueError(f'the subset seed must be an integer, got {seed!r}.')
   source = registry.load(dataset, split, data_dir)
   indices = None
   if n_molecules and n_molecules < len(source):

@@ -49,7 +49,8 @@ def _reference_split(out_dir, evaluation_config):
   f = flags.FLAGS
   metrics = reporting.reference_split_metrics(
       _REFERENCE_SPLIT.value, _DATASET.value, f.data_dir,
-      n_molecules=f.n_samples if f['n_samples'].present else 0, seed=f.seed,
+      n_molecules=f.n_samples if f['n_samples'].present else 0,
+      seed=f.seed if f.seed is not None else config_lib.SamplingConfig.seed,
       evaluation_config=evaluation_config, progress=f.progress)
   print(f'{_REFERENCE_SPLIT.value} split ({metrics["molecules"]} molecules): '
         f'atom stability {100 * metrics["atom_stability"]:.3f}%, molecule stability '

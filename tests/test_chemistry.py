@@ -299,6 +299,12 @@ def test_evaluate_from_a_plain_script(tmp_path, guarded):
   assert ('ran in one process' in done.stdout) != guarded
 
 
+def test_a_reference_subset_needs_a_seed():
+  # eval.py passed an unset --seed as None, which drew a different "seeded" subset each run.
+  with pytest.raises(ValueError, match='seed'):
+    reporting.reference_split_metrics('test', 'qm9', n_molecules=10, seed=None)
+
+
 @pytest.mark.slow
 def test_reference_split_figures_are_stable_and_edm_row_unchanged():
   e = config_lib.build_eval(xtb_molecules=2, energy_molecules=0, chemistry_workers=2)

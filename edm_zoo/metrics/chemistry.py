@@ -54,10 +54,12 @@ BOHR = 0.529177210903
 MAX_PERCEIVE_ATOMS = 200
 # The reference's MMFF limit (geom-drugs-3dgen-evaluation, compute_mmff_energy_drop).
 MMFF_MAX_ITERS = 1000
-# GFN2-xTB: L-BFGS until the largest gradient component is below xtb's 'normal'
-# gradient threshold (1e-3 Eh/bohr), at most this many steps.
+# GFN2-xTB: L-BFGS until the largest gradient component is below XTB_GTOL, at
+# most XTB_MAX_STEPS steps; converged when the gradient norm ends below xtb's
+# 'normal' threshold (1e-3 Eh/bohr), the criterion of the reference's `xtb --opt`.
 XTB_MAX_STEPS = 500
-XTB_GTOL = 1e-3
+XTB_GTOL = 1e-4
+XTB_CONVERGED_GNORM = 1e-3
 POSEBUSTERS_CHUNK = 25
 GEOMETRY_CHECKS = ('sanitization', 'inchi_convertible', 'all_atoms_connected', 'no_radicals',
                    'bond_lengths', 'bond_angles', 'internal_steric_clash',
@@ -137,7 +139,8 @@ def mmff_strain(mol: Chem.Mol) -> dict[str, Any]:
 def xtb_strain(mol: Chem.Mol) -> dict[str, Any]:
   """GFN2-xTB relaxation of a perceived molecule at its total formal charge
   (tblite energies and gradients, scipy L-BFGS to XTB_GTOL, at most XTB_MAX_STEPS
-  steps): {'energy_drop' (kcal/mol), 'rmsd_heavy', 'rmsd_all' (Å), 'converged'}
+  steps; converged below XTB_CONVERGED_GNORM): {'energy_drop' (kcal/mol),
+  'rmsd_heavy', 'rmsd_all' (Å), 'converged'}
   or {'skipped': why}."""
   try:
     from tblite.interface import Calculator  # pylint: disable=g-import-not-at-top
@@ -158,8 +161,9 @@ def xtb_strain(mol: Chem.Mol) -> dict[str, Any]:
                             options={'maxiter': XTB_MAX_STEPS, 'gtol': XTB_GTOL})
   except RuntimeError as e:  # SCF failures.
     return {'skipped': f'xTB failed ({str(e).splitlines()[0] if str(e) else "RuntimeError"})'}
-  # L-BFGS-B can stop on a line search at a point that meets the threshold.
-  converged = out.success or float(np.max(np.abs(out.jac))) <= XTB_GTOL
+  # By the gradient reached, not scipy's message: L-BFGS-B can end on a line search
+  # at a converged point, or run out of steps just short of its own tighter gtol.
+  converged = float(np.linalg.norm(out.jac)) <= XTB_CONVERGED_GNORM
   return _strain(mol, x0 * BOHR, out.x.reshape(-1, 3) * BOHR,
                  (e0 - out.fun) * HARTREE_KCAL, converged)
 
@@ -537,6 +541,11 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{q['n']:,} converged of {r['relaxed']:,}"))
   lines = ['| check | value [95% interval] | n |', '|---|---|---|']
   lines += [f'| {a} | {b} | {c} |' for a, b, c in rows]
+  for check, s in report.get('posebusters', {}).items():
+    # The paper-threshold share did not run on the same molecules as internal_energy.
+    if isinstance(s, dict) and s.get('not_run') and check != 'internal_energy_paper_threshold':
+      lines.append(f"note: PoseBusters {check} did not run on {s['not_run']} molecules "
+                   f"(first: {s['not_run_why']})")
   lines.append(f"note: valency {report['valency']['bonds']}")
   lines += [f'note: {n}' for n in report.get('notes', [])]
   return '\n'.join(lines)
