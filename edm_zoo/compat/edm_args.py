@@ -11,6 +11,9 @@ from typing import Any, Mapping
 from edm_zoo.config import Config, DiffusionConfig, ModelConfig
 
 _MODEL_NAMES = {'egnn_dynamics': 'egnn', 'gnn_dynamics': 'gnn'}
+# EDM's dataset names: (ours, atom types with hydrogens).
+_DATASETS = {'qm9': ('qm9', 5), 'qm9_first_half': ('qm9_first_half', 5),
+             'qm9_second_half': ('qm9_second_half', 5), 'geom': ('geom_drugs', 16)}
 
 
 def config_from_args(args: Mapping[str, Any]) -> Config:
@@ -21,11 +24,12 @@ def config_from_args(args: Mapping[str, Any]) -> Config:
                      f'{sorted(_MODEL_NAMES)}.')
   remove_h = bool(args.get('remove_h', False))
   dataset = args.get('dataset', 'qm9')
-  if dataset not in ('qm9', 'qm9_first_half', 'qm9_second_half'):
-    raise ValueError(f'EDM dataset {dataset!r} is not supported; allowed: qm9, '
-                     'qm9_first_half, qm9_second_half.')
+  if dataset not in _DATASETS:
+    raise ValueError(f'EDM dataset {dataset!r} is not supported; allowed: '
+                     f'{sorted(_DATASETS)}.')
   if remove_h and dataset != 'qm9':
     raise ValueError(f'EDM has no {dataset} without hydrogens.')
+  default_classes = 4 if remove_h else _DATASETS[dataset][1]
   return Config(
       model=ModelConfig(
           name=_MODEL_NAMES[model], nf=int(args['nf']), n_layers=int(args['n_layers']),
@@ -45,9 +49,9 @@ def config_from_args(args: Mapping[str, Any]) -> Config:
           loss_type=args.get('diffusion_loss_type', 'l2'),
           norm_values=tuple(float(v) for v in args.get('normalize_factors', (1, 4, 1))),
           include_charges=bool(args.get('include_charges', True))),
-      dataset='qm9_noh' if remove_h else dataset,
+      dataset='qm9_noh' if remove_h else _DATASETS[dataset][0],
       conditioning=tuple(args.get('conditioning') or ()),
-      num_atom_types=int(args.get('num_classes', 4 if remove_h else 5)))
+      num_atom_types=int(args.get('num_classes', default_classes)))
 
 
 def read_args(path: str) -> dict[str, Any]:
