@@ -147,6 +147,9 @@ class TrainConfig:
       update and counts as a spike (GeoBFN's recover_trigger_loss, 500; 0: off).
     spike_limit: more spikes than this in one epoch reload the parameters of the
       newest checkpoint (GeoBFN's skip_count_limit, 3).
+    warmup_steps: a linear learning-rate warm-up over this many steps, from
+      lr / warmup_steps up to lr (0: none, EDM's schedule). An opt-in against the
+      loss spikes of GEOM-Drugs' first steps, which the original has too (BUILD.md).
   """
   batch_size: int = 64
   microbatch_size: int = 0
@@ -175,6 +178,7 @@ class TrainConfig:
   skip_grad_norm: float = 0.0
   spike_loss: float = 0.0
   spike_limit: int = 3
+  warmup_steps: int = 0
 
 
 STAGES = ('diffusion', 'autoencoder')
@@ -370,6 +374,8 @@ def validate(config: Config) -> Config:
       raise ValueError(f'{name} must be a positive integer, got {value}.')
   if not 0 <= b.t_min < 1:
     raise ValueError(f't_min must be in [0, 1), got {b.t_min}.')
+  if t.warmup_steps < 0:
+    raise ValueError(f'warmup_steps must be >= 0, got {t.warmup_steps}.')
   if b.position_scale <= 0:
     raise ValueError(f'position_scale must be positive, got {b.position_scale}.')
   if config.num_atom_types <= 0:

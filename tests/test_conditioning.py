@@ -250,8 +250,12 @@ def test_reference_args_of_a_conditional_model():
       'normalize_factors': [1, 4, 10]})
   assert config.conditioning == ('alpha',) and config.dataset == 'qm9_second_half'
   assert config_lib.validate(config).context_nf == 1
+  geom = edm_args.config_from_args({'nf': 8, 'n_layers': 1, 'dataset': 'geom',
+                                     'include_charges': False})
+  assert (geom.dataset, geom.num_atom_types, geom.diffusion.include_charges) == (
+      'geom_drugs', 16, False)
   with pytest.raises(ValueError, match='not supported'):
-    edm_args.config_from_args({'nf': 8, 'n_layers': 1, 'dataset': 'geom'})
+    edm_args.config_from_args({'nf': 8, 'n_layers': 1, 'dataset': 'zinc'})
 
 
 def test_a_batch_without_the_models_properties_is_refused(molecules):

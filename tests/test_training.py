@@ -134,3 +134,25 @@ def test_validation_nll_falls_within_a_few_hundred_steps(tmp_path):
   print(f'validation NLL {before:.1f} -> {result["val_nll"]:.1f} nats/molecule')
   # Measured: ~1600 -> ~790 nats/molecule; demand at least a 30% drop.
   assert result['val_nll'] < 0.7 * before, (before, result['val_nll'])
+
+
+def test_warmup_scales_the_first_updates_and_then_leaves_edm_schedule():
+  params = {'w': jnp.array([0.5, -1.0, 2.0])}
+  grads = [{'w': jnp.array([0.3, -2.0, 1e-3]) * (k + 1)} for k in range(5)]
+
+  def updates(tx):
+    state, out = tx.init(params), []
+    for g in grads:
+      u, state = tx.update(g, state, params)
+      out.append(u['w'])
+    return out
+  plain = updates(optimizer.torch_adamw_amsgrad(1e-3))
+  warm = updates(optimizer.torch_adamw_amsgrad(1e-3, warmup_steps=4))
+  for k, (p, w) in enumerate(zip(plain, warm)):
+    np.testing.assert_allclose(w, p * min(1.0, (k + 1) / 4), rtol=1e-6)
+  # Without a warm-up the optimizer state is EDM's (checkpoints restore as before).
+  no_warmup = optimizer.torch_adamw_amsgrad(1e-3).init(params)
+  assert jax.tree.structure(no_warmup) == jax.tree.structure(
+      optimizer.torch_adamw_amsgrad(1e-3, warmup_steps=0).init(params))
+  with pytest.raises(ValueError, match='warmup_steps'):
+    config_lib.build('tiny', warmup_steps=-1)

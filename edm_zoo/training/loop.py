@@ -79,7 +79,8 @@ def setup(config: config_lib.Config, data_dir: str | None = None) -> Setup:
     raise ValueError(f'--model={config.model.name} bins charges 1..{config.bfn.bins}; '
                      f'{config.dataset} has Z up to {max(stats.atomic_numbers)} '
                      f'(--bins={max(stats.atomic_numbers)} or more).')
-  tx = optimizer.torch_adamw_amsgrad(t.lr, weight_decay=t.weight_decay)
+  tx = optimizer.torch_adamw_amsgrad(t.lr, weight_decay=t.weight_decay,
+                                     warmup_steps=t.warmup_steps)
   if t.spike_loss:
     tx = optimizer.guarded(tx)
   return Setup(config=config, model=methods.make(config, stats.n_nodes_histogram), tx=tx,

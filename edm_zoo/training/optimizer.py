@@ -48,12 +48,23 @@ def scale_by_torch_amsgrad(b1: float = 0.9, b2: float = 0.999,
 
 
 def torch_adamw_amsgrad(lr: float, *, b1: float = 0.9, b2: float = 0.999,
-                        eps: float = 1e-8, weight_decay: float = 1e-12
-                        ) -> optax.GradientTransformation:
-  """torch.optim.AdamW(lr, betas, eps, weight_decay, amsgrad=True) as optax."""
+                        eps: float = 1e-8, weight_decay: float = 1e-12,
+                        warmup_steps: int = 0) -> optax.GradientTransformation:
+  """torch.optim.AdamW(lr, betas, eps, weight_decay, amsgrad=True) as optax.
+
+  With `warmup_steps`, the learning rate of step k (from 0) is
+  lr * min(1, (k + 1) / warmup_steps): the whole update, weight decay included,
+  is scaled, as a torch LambdaLR would scale AdamW's lr.
+  """
+  if warmup_steps < 0:
+    raise ValueError(f'warmup_steps must be >= 0, got {warmup_steps}.')
+  if warmup_steps:
+    scale = optax.scale_by_schedule(
+        lambda count: -lr * jnp.minimum(1.0, (count + 1) / warmup_steps))
+  else:
+    scale = optax.scale(-lr)  # EDM: the state stays that of earlier checkpoints.
   return optax.chain(scale_by_torch_amsgrad(b1, b2, eps),
-                     optax.add_decayed_weights(weight_decay),
-                     optax.scale(-lr))
+                     optax.add_decayed_weights(weight_decay), scale)
 
 
 class ClipQueue(NamedTuple):
