@@ -350,11 +350,12 @@ def relaxation_figures(results: list[dict[str, Any]], name: str) -> tuple[dict[s
   return out, notes
 
 
-def merge_posebusters(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
-  """One `posebusters` output from those of consecutive chunks (first reasons kept)."""
+def merge_posebusters(parts: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+  """One `posebusters` output for checks `names` from those of consecutive chunks
+  (first reasons kept; empty arrays for no chunk)."""
   out: dict[str, Any] = {'checks': {}, 'reasons': {}}
-  for key in parts[0]['checks'] if parts else ():
-    out['checks'][key] = np.concatenate([p['checks'][key] for p in parts])
+  for key in names:
+    out['checks'][key] = np.concatenate([p['checks'][key] for p in parts] + [np.zeros(0)])
   for p in parts:
     for c, why in p['reasons'].items():
       out['reasons'].setdefault(c, why)
@@ -481,8 +482,9 @@ def evaluate(molecules: Sequence[tuple[np.ndarray, Sequence[str]]], *, xtb_molec
   else:
     energetic = [p for (p, _), (_, e) in zip(parts, tasks) if e]
     report['posebusters'] = posebusters_figures(
-        merge_posebusters([p for (p, _), (_, e) in zip(parts, tasks) if not e]),
-        merge_posebusters(energetic) if energetic else None, min(energy_molecules, n))
+        merge_posebusters([p for (p, _), (_, e) in zip(parts, tasks) if not e], GEOMETRY_CHECKS),
+        merge_posebusters(energetic, ENERGY_CHECKS) if energetic else None,
+        min(energy_molecules, n))
   for name in ('mmff', 'xtb'):
     report[name], more = relaxation_figures(results, name)
     report['notes'] += more
