@@ -26,6 +26,9 @@ from edm_zoo import config as config_lib
 from edm_zoo.training import checkpoint, metrics_log, skeleton
 
 _TRAIN_SCALARS = ('loss', 'l1')
+# What the curves are drawn against: steps, or wall-clock minutes of training (the
+# `elapsed_s` of each record: setup and compiles included, summed over resumes).
+X_AXES = ('step', 'minutes')
 # The eval report's sample metrics, in the order EDM's table gives them.
 _REPORT_METRICS = ('atom_stability', 'mol_stability', 'validity', 'uniqueness',
                    'valid_x_unique', 'novelty')
@@ -60,12 +63,28 @@ class Run:
     train = self.config.get('train', self.config)
     return train.get('total_steps') or None
 
-  def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of a logged scalar."""
+  def curve(self, key: str, x: str = 'step') -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a logged scalar; x='minutes': (the run's wall-clock
+    minutes, values) of the records that carry `elapsed_s`."""
+    if x not in X_AXES:
+      raise ValueError(f'x must be one of {X_AXES}, got {x!r}.')
+    if x == 'minutes':
+      pairs = [(r['elapsed_s'] / 60, r[key]) for r in self.records
+               if isinstance(r.get(key), (int, float))
+               and isinstance(r.get('elapsed_s'), (int, float))]
+      return (np.array([p[0] for p in pairs], np.float64),
+              np.array([p[1] for p in pairs], np.float64))
     pairs = [(r['step'], r[key]) for r in self.records
              if isinstance(r.get(key), (int, float))]
     return (np.array([p[0] for p in pairs], np.int64),
             np.array([p[1] for p in pairs], np.float64))
+
+  def minutes_at(self, step: int) -> float | None:
+    """The run's wall-clock minutes when it logged `step` (None if not known)."""
+    for r in self.records:
+      if r['step'] == step and isinstance(r.get('elapsed_s'), (int, float)):
+        return r['elapsed_s'] / 60
+    return None
 
   @property
   def train_scalar(self) -> str | None:
@@ -186,8 +205,11 @@ def _fmt(value: Any) -> str:
   return str(value) if value != '' else "''"
 
 
-def _figure(pair: tuple[float, int] | None) -> str:
-  return '-' if pair is None else f'{pair[0]:.4g} (step {pair[1]})'
+def _figure(pair: tuple[float, int] | None, minutes: float | None = None) -> str:
+  if pair is None:
+    return '-'
+  when = f'step {pair[1]}' + ('' if minutes is None else f', {minutes:.1f} min')
+  return f'{pair[0]:.4g} ({when})'
 
 
 def summary(runs: Sequence[Run]) -> list[dict[str, str]]:
@@ -200,7 +222,8 @@ def summary(runs: Sequence[Run]) -> list[dict[str, str]]:
     total = run.total_steps
     row['steps'] = f'{run.step}' + (f' / {total}' if total else '')
     for key in run.figures('val_'):
-      row[f'best {key}'] = _figure(run.best(key))
+      best = run.best(key)
+      row[f'best {key}'] = _figure(best, best and run.minutes_at(best[1]))
     for key in run.figures('test_'):
       row[key] = _figure(run.last(key))
     report = run.report or {}
@@ -234,7 +257,7 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
   return np.concatenate([head, np.convolve(values, kernel, mode='valid')])
 
 
-def plot(runs: Sequence[Run], path: str, *, smooth: int = 0) -> None:
+def plot(runs: Sequence[Run], path: str, *, smooth: int = 0, x: str = 'step') -> None:
   """Train loss and validation figures of every run, one panel each, shared axes
   across runs.
 
@@ -243,6 +266,7 @@ def plot(runs: Sequence[Run], path: str, *, smooth: int = 0) -> None:
     path: the PNG to write.
     smooth: moving-average window of the train loss in logged points (0: 1/50
       of each run's curve).
+    x: 'step', or 'minutes' of wall-clock training (records with `elapsed_s`).
   """
   # A Figure without pyplot: no global backend is chosen or changed (notebooks).
   fig = mpl_figure.Figure(figsize=(12, 4.5))
@@ -251,18 +275,19 @@ def plot(runs: Sequence[Run], path: str, *, smooth: int = 0) -> None:
   for i, run in enumerate(runs):
     color = colors[i % len(colors)]
     if run.train_scalar:
-      steps, values = run.curve(run.train_scalar)
+      steps, values = run.curve(run.train_scalar, x)
       window = smooth or max(1, len(values) // 50)
       ax_train.plot(steps, values, color=color, alpha=0.2, lw=0.8)
       ax_train.plot(steps, _smooth(values, window), color=color, lw=1.5,
                     label=f'{run.name} ({run.train_scalar})')
     for key, style in zip(run.figures('val_'), ('o-', 's--', '^:')):
-      steps, values = run.curve(key)
+      steps, values = run.curve(key, x)
       ax_val.plot(steps, values, style, color=color, ms=4, label=f'{run.name} ({key})')
-  ax_train.set(xlabel='step', ylabel='train loss', title=(
+  xlabel = 'step' if x == 'step' else 'wall-clock minutes (setup and compiles included)'
+  ax_train.set(xlabel=xlabel, ylabel='train loss', title=(
       f'train loss (moving average of {smooth} logged points)' if smooth
       else 'train loss (moving average over 2% of each run)'))
-  ax_val.set(xlabel='step', ylabel='validation figure', title='validation (EMA)')
+  ax_val.set(xlabel=xlabel, ylabel='validation figure', title='validation (EMA)')
   for ax in (ax_train, ax_val):
     ax.grid(alpha=0.3)
     if ax.has_data():
@@ -281,9 +306,12 @@ def plot(runs: Sequence[Run], path: str, *, smooth: int = 0) -> None:
   fig.savefig(path, dpi=110)
 
 
-def compare(paths: Sequence[str], out_dir: str) -> tuple[str, list[dict[str, str]]]:
-  """Reads the runs, writes `compare.md`, `compare.json` and `compare.png` to
-  `out_dir`; returns (markdown table, rows)."""
+def compare(paths: Sequence[str], out_dir: str, *, x: str = 'step'
+            ) -> tuple[str, list[dict[str, str]]]:
+  """Reads the runs, writes `compare.md`, `compare.json` and `compare.png` (curves
+  against `x`: 'step' or 'minutes') to `out_dir`; returns (markdown table, rows)."""
+  if x not in X_AXES:
+    raise ValueError(f'--x must be one of {X_AXES}, got {x!r}.')
   runs = read(paths)
   rows = summary(runs)
   table = markdown(rows)
@@ -294,5 +322,5 @@ def compare(paths: Sequence[str], out_dir: str) -> tuple[str, list[dict[str, str
     json.dump({'runs': [os.path.abspath(r.path) for r in runs], 'rows': rows,
                'differences': config_differences(runs),
                'reports': [r.report_path for r in runs]}, f, indent=1, default=str)
-  plot(runs, os.path.join(out_dir, 'compare.png'))
+  plot(runs, os.path.join(out_dir, 'compare.png'), x=x)
   return table, rows

@@ -2,6 +2,7 @@
 
   python launch/compare.py workdirs/a workdirs/b workdirs/c
   python launch/compare.py W1 W2 --out_dir=cmp
+  python launch/compare.py W1 W2 --x=minutes      # against wall-clock minutes
 
 Prints a table of the runs (the config fields that differ between them, steps
 taken, the best validation figure, the test figure, and the newest eval report's
@@ -21,6 +22,8 @@ from edm_zoo import runs
 from launch import runtime
 
 _OUT_DIR = flags.DEFINE_string('out_dir', 'compare', 'where compare.md/.json/.png go')
+_X = flags.DEFINE_enum('x', 'step', list(runs.X_AXES), 'draw the curves against steps or '
+                       'wall-clock minutes of training (setup and compiles included)')
 
 
 def main(argv):
@@ -28,7 +31,7 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   try:
-    table, _ = runs.compare(paths, _OUT_DIR.value)
+    table, _ = runs.compare(paths, _OUT_DIR.value, x=_X.value)
   except ValueError as e:
     runtime.fail(str(e))
   print(table)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 _TUNABLE = 'glibc.malloc.hugetlb=1'
 _MULTI_PROCESS_FLAGS = ('--coordinator_address', '--num_processes', '--process_id',
@@ -33,6 +34,16 @@ def _has_avx512() -> bool:
     return False
 
 
+_STARTED = 'EDM_ZOO_STARTED'
+
+
+def started() -> float:
+  """When this command began (`time.time()`), kept across the re-exec below; a
+  caller may set EDM_ZOO_STARTED to start the clock earlier (two runs launched
+  together share one origin)."""
+  return float(os.environ[_STARTED])
+
+
 def configure_process() -> None:
   """Re-executes this process with two settings that speed up XLA:CPU.
 
@@ -48,6 +59,7 @@ def configure_process() -> None:
   `--process_id` or `--distributed` given) runs as a supervised child instead
   (`_supervise`), so that losing another process ends in one line.
   """
+  os.environ.setdefault(_STARTED, repr(time.time()))
   if os.environ.get(_NATIVE_LOG):
     _native_stderr_to(os.environ[_NATIVE_LOG])
   if not sys.platform.startswith('linux') or os.environ.get('EDM_ZOO_NO_REEXEC'):

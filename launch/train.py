@@ -47,7 +47,8 @@ def main(argv):
   if distributed.is_writer():
     print(f'training {config.model.name} on {config.dataset} in {workdir}')
   flags_util.run_trainer(lambda: loop.train(
-      config, workdir, data_dir=_DATA_DIR.value, progress=_PROGRESS.value), workdir)
+      config, workdir, data_dir=_DATA_DIR.value, progress=_PROGRESS.value,
+      started=runtime.started()), workdir)
 
 
 if __name__ == '__main__':

@@ -131,8 +131,11 @@ def _meta(s: Setup) -> dict[str, Any]:
 
 
 def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = None,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, started: float | None = None) -> dict[str, Any]:
   """Trains (or resumes) a run in `workdir`; returns the final figures.
+
+  `started` (a `time.time()`) is when the process began, so that the logged
+  `elapsed_s` counts its setup (default: when training starts).
 
   Batches are split over every device (`jax.devices()`, all processes): the
   batch axis is sharded, parameters replicated; each process reads only its
@@ -261,5 +264,6 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
       checkpoint_every=t.checkpoint_every_steps, log_every=t.log_every_steps,
       keep_last=t.keep_last)
   state = jax.device_put(state, NamedSharding(mesh, P()))
-  _, result = skeleton.run(workdir, state, trainer, schedule, progress=progress)
+  _, result = skeleton.run(workdir, state, trainer, schedule, progress=progress,
+                           started=started)
   return result

@@ -176,7 +176,7 @@ def resume(workdir: str, state: Any, trainer: Trainer, keep_last: int
   another config (beyond `trainer.schedule_fields`)."""
   ckpt = checkpoint.Checkpointer(workdir, keep_last, best_metric=trainer.best_metric)
   best = f'best_{trainer.best_metric}'
-  meta = {**trainer.meta, 'epoch': 0, 'position': 0, best: None,
+  meta = {**trainer.meta, 'epoch': 0, 'position': 0, best: None, 'elapsed_s': 0.0,
           'jax_version': jax.__version__}
   if ckpt.latest_step() is not None:
     allowed = {}
@@ -225,7 +225,7 @@ def resume(workdir: str, state: Any, trainer: Trainer, keep_last: int
 
 
 def run(workdir: str, state: Any, trainer: Trainer, schedule: Schedule, *,
-        progress: bool = True) -> tuple[Any, dict[str, Any]]:
+        progress: bool = True, started: float | None = None) -> tuple[Any, dict[str, Any]]:
   """Trains (or resumes) in `workdir` until `schedule.total_steps`.
 
   Args:
@@ -235,13 +235,23 @@ def run(workdir: str, state: Any, trainer: Trainer, schedule: Schedule, *,
     trainer: the trainer's step, evaluation, data and metadata.
     schedule: the intervals.
     progress: show a progress bar.
+    started: when this process began (`time.time()`); its setup then counts in
+      the logged `elapsed_s` (default: now).
 
   Returns:
     (final state, result): the last evaluation's figures, `finish`'s figures,
     `step` and the best metric.
   """
+  started = time.time() if started is None else started
   ckpt, state, meta = resume(workdir, state, trainer, schedule.keep_last)
   best = f'best_{trainer.best_metric}'
+  # Wall-clock seconds of training, summed over the processes that ran it: a
+  # resume continues from its checkpoint's (the steps after it are run again).
+  elapsed_before = float(meta.get('elapsed_s') or 0.0)
+
+  def elapsed():
+    return elapsed_before + time.time() - started
+
   step = int(jax.device_get(state.step))
   writing = distributed.is_writer()
   writer = (metrics_log.MetricsWriter(workdir, resume_step=step) if writing
@@ -255,6 +265,7 @@ def run(workdir: str, state: Any, trainer: Trainer, schedule: Schedule, *,
     if saved[0] == step and val is None:
       return
     saved[0] = step
+    meta['elapsed_s'] = elapsed()
     # Host arrays: a checkpoint without a device topology restores anywhere (1
     # device, n devices, another machine); orbax still has every process take
     # part and process 0 write.
@@ -280,12 +291,13 @@ def run(workdir: str, state: Any, trainer: Trainer, schedule: Schedule, *,
         if step % schedule.log_every == 0:
           now = time.time()
           writer.write(step, {**scalars, 'epoch': meta['epoch'], 'steps_per_s':
-                              (step - last_step) / max(now - last_time, 1e-9)})
+                              (step - last_step) / max(now - last_time, 1e-9),
+                              'elapsed_s': elapsed()})
           last_time, last_step = now, step
         val = None
         if step % schedule.eval_every == 0 or step == schedule.total_steps:
           figures, message = trainer.evaluate(state)
-          writer.write(step, figures)
+          writer.write(step, {**figures, 'elapsed_s': elapsed()})
           if writing:
             bar.write(f'step {step}: {message}')
           val = figures[trainer.best_metric]
