@@ -19,11 +19,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import multiprocessing
+import os
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+from rdkit import RDLogger
 import tensorflow_datasets as tfds
 import tqdm
+
+from edm_zoo.data import bonds
 
 # Molecules per shard file. TFDS keeps a shard's examples until the shard is
 # written (it counts them after writing), so this bounds the build's memory:
@@ -77,15 +82,64 @@ def _keyed(split: SplitExamples, lo: int, hi: int, bar: tqdm.tqdm
     bar.close()
 
 
+def bond_features() -> dict[str, tfds.features.FeatureConnector]:
+  """bonds [m, 2] int32 (i < j), bond_orders [m] int32 (`edm_zoo.data.bonds`
+  classes), formal_charges [n] int32 and bonds_status (where they come from)."""
+  return {'bonds': tfds.features.Tensor(shape=(None, 2), dtype=np.int32),
+          'bond_orders': tfds.features.Tensor(shape=(None,), dtype=np.int32),
+          'formal_charges': tfds.features.Tensor(shape=(None,), dtype=np.int32),
+          'bonds_status': tfds.features.Scalar(dtype=np.int32)}
+
+
 def molecule_features(**extra) -> tfds.features.FeaturesDict:
   """positions [n, 3] float32 (Angstrom), charges [n] int32 (Z), num_atoms, index
-  (the molecule's place in the inputs), plus `extra` features."""
+  (the molecule's place in the inputs), the bond fields, plus `extra` features."""
   return tfds.features.FeaturesDict({
       'positions': tfds.features.Tensor(shape=(None, 3), dtype=np.float32),
       'charges': tfds.features.Tensor(shape=(None,), dtype=np.int32),
       'num_atoms': tfds.features.Scalar(dtype=np.int32),
       'index': tfds.features.Scalar(dtype=np.int64),
-      **extra})
+      **bond_features(), **extra})
+
+
+def bonds_metadata(statuses: dict[str, Sequence[int]], **extra) -> dict[str, object]:
+  """The metadata of a dataset's bonds: per split, how many records have each
+  status, and the places of those left out of the bond-aware splits."""
+  out = {'status_names': list(bonds.STATUS), 'counts': {}, 'left_out': {}, **extra}
+  for split, values in statuses.items():
+    values = np.asarray(values, np.int64)
+    out['counts'][split] = {name: int((values == k).sum())
+                            for k, name in enumerate(bonds.STATUS)}
+    out['left_out'][split] = np.flatnonzero(np.isin(values, bonds.LEFT_OUT)).tolist()
+  return out
+
+
+def _perceive_chunk(items):
+  RDLogger.DisableLog('rdApp.*')
+  return [bonds.perceive_record(p, z, identity) for p, z, identity in items]
+
+
+def perceive_all(items: Sequence[tuple[np.ndarray, np.ndarray, tuple[str, str] | None]],
+                 workers: int | None = None, desc: str = 'perceiving bonds',
+                 chunk: int = 500) -> list[dict]:
+  """`bonds.perceive_record` of every (positions, Z, identity), in order, over
+  `workers` processes (default: every core), with a progress bar."""
+  workers = workers or os.cpu_count() or 1
+  jobs = [items[lo:lo + chunk] for lo in range(0, len(items), chunk)]
+  bar = tqdm.tqdm(total=len(items), desc=desc, unit=' molecules', dynamic_ncols=True,
+                  mininterval=1.0)
+  out = []
+  if workers <= 1 or len(jobs) <= 1:
+    for job in jobs:
+      out.extend(_perceive_chunk(job))
+      bar.update(len(job))
+  else:
+    with multiprocessing.get_context('spawn').Pool(min(workers, len(jobs))) as pool:
+      for part in pool.imap(_perceive_chunk, jobs):
+        out.extend(part)
+        bar.update(len(part))
+  bar.close()
+  return out
 
 
 def info(builder: tfds.core.GeneratorBasedBuilder, description: str,
@@ -162,3 +216,25 @@ def options_key(options: dict) -> str:
   """A canonical text of build options, stored in the metadata: a dataset rebuilt
   with other options (or other inputs) under the same name is refused."""
   return json.dumps(options, sort_keys=True, default=str)
+
+
+def pack_bonds(found: Sequence[dict]) -> dict[str, np.ndarray]:
+  """Many molecules' bond fields as flat arrays (for a cache file)."""
+  counts = lambda key: np.array([len(f[key]) for f in found], np.int64)
+  cat = lambda key, shape: (np.concatenate([f[key] for f in found]) if found
+                            else np.zeros(shape, np.int32))
+  return {'bond_counts': counts('bonds'), 'atom_counts': counts('formal_charges'),
+          'bonds': cat('bonds', (0, 2)).astype(np.int32),
+          'bond_orders': cat('bond_orders', (0,)).astype(np.int8),
+          'formal_charges': cat('formal_charges', (0,)).astype(np.int8),
+          'status': np.array([f['bonds_status'] for f in found], np.int8)}
+
+
+def unpack_bonds(packed: dict[str, np.ndarray]) -> list[dict]:
+  """`pack_bonds`, undone."""
+  b = np.concatenate([[0], np.cumsum(packed['bond_counts'])])
+  a = np.concatenate([[0], np.cumsum(packed['atom_counts'])])
+  return [{'bonds': packed['bonds'][b[k]:b[k + 1]].astype(np.int32).reshape(-1, 2),
+           'bond_orders': packed['bond_orders'][b[k]:b[k + 1]].astype(np.int32),
+           'formal_charges': packed['formal_charges'][a[k]:a[k + 1]].astype(np.int32),
+           'bonds_status': int(packed['status'][k])} for k in range(len(packed['status']))]

@@ -15,11 +15,12 @@ from edm_zoo import conditioning
 from edm_zoo import config as config_lib
 from edm_zoo import evaluation, generate
 from edm_zoo.config import SamplingConfig
-from edm_zoo.data import batching, elements as elements_lib, registry, sources
+from edm_zoo.data import batching, bonds as bonds_lib, elements as elements_lib
+from edm_zoo.data import registry, sources
 from edm_zoo import methods
 from edm_zoo.methods.diffusion.objective import Diffusion
-from edm_zoo.io import export, files, pictures, viewer
-from edm_zoo.metrics import chemistry, intervals, rdkit_metrics
+from edm_zoo.io import export, files, pictures, readers, viewer
+from edm_zoo.metrics import chemistry, intervals, own_bonds, rdkit_metrics
 from edm_zoo.property_prediction import protocol
 from edm_zoo.property_prediction import training as clf_training
 from edm_zoo.training import checkpoint
@@ -63,19 +64,78 @@ def reference_split_metrics(split: str, dataset: str = 'qm9',
   """The metrics of a real split (the 'Data' row of EDM's tables): EDM's on the
   whole split (or, with `n_molecules`, a seeded subset of that many), and with an
   `evaluation_config` whose `chemistry` is on, the chemistry checks on the same
-  molecules under 'chemistry'."""
+  molecules under 'chemistry'; where their bonds are known, the figures of the true
+  bonds and charges under 'own_bonds' (`edm_zoo.metrics.own_bonds`); the molecule
+  dicts themselves under 'items' (`reference_split_molecules`)."""
   if not isinstance(seed, (int, np.integer)):
     raise ValueError(f'the subset seed must be an integer, got {seed!r}.')
-  source = registry.load(dataset, split, data_dir)
-  indices = None
-  if n_molecules and n_molecules < len(source):
-    indices = np.sort(np.random.default_rng(seed).choice(len(source), n_molecules,
-                                                         replace=False)).tolist()
-  molecules = rdkit_metrics.source_molecules(source, indices)
+  items = reference_split_molecules(split, dataset, data_dir, n_molecules=n_molecules,
+                                    seed=seed)
+  molecules = [(m['positions'], m['types']) for m in items]
   types = registry.atom_types(dataset, data_dir)
   out, out['intervals'] = molecule_scores(
       molecules, types, single_bonds=registry.metrics(dataset).rdkit_single_bonds)
   out.update(split=split, dataset=dataset, seed=seed)
+  if evaluation_config is not None and evaluation_config.chemistry:
+    out['chemistry'] = chemistry_checks(molecules, types, evaluation_config, progress)
+  known = [m for m in items if export.has_bonds(m)]
+  if known:
+    # The true bonds: every real molecule should pass; those whose bonds are not
+    # known (left out of the bond-aware splits) are counted apart.
+    out['own_bonds'] = own_bonds.evaluate(known, elements_lib.atomic_numbers(types))
+    out['own_bonds']['left_out'] = len(items) - len(known)
+  out['items'] = items
+  return out
+
+
+def reference_split_molecules(split: str, dataset: str = 'qm9', data_dir: str | None = None,
+                              *, n_molecules: int = 0, seed: int = 0) -> list[dict]:
+  """The molecules of a real split (all, or a seeded subset of `n_molecules`) as
+  molecule dicts: `positions`, `types` (indices of the dataset's atom types) and,
+  where their bonds are known, `bonds`, `bond_orders` and `formal_charges`."""
+  source = registry.load(dataset, split, data_dir)
+  indices = np.arange(len(source))
+  if n_molecules and n_molecules < len(source):
+    indices = np.sort(np.random.default_rng(seed).choice(len(source), n_molecules,
+                                                         replace=False))
+  lookup = {int(z): i for i, z in enumerate(source.atomic_numbers)}
+  out = []
+  for item in sources.fetch(source, indices.tolist()):
+    m = {'positions': item['positions'],
+         'types': np.array([lookup[int(z)] for z in item['charges']], np.int64)}
+    if item.get('bonds_status', bonds_lib.NOT_PERCEIVED) not in bonds_lib.LEFT_OUT:
+      m.update({k: item[k] for k in ('bonds', 'bond_orders', 'formal_charges')})
+    out.append(m)
+  return out
+
+
+def file_metrics(path: str, dataset: str = 'qm9', data_dir: str | None = None, *,
+                 evaluation_config: config_lib.EvalConfig | None = None,
+                 progress: bool = False) -> dict[str, Any]:
+  """EDM's row (with intervals) and, with an `evaluation_config` whose `chemistry` is
+  on, the chemistry checks of the molecules of an XYZ/SDF file or folder: another
+  code's samples scored as edm_zoo scores its own, in `dataset`'s element vocabulary.
+
+  Raises:
+    ValueError: one line, for an unreadable file or an element `dataset` lacks.
+  """
+  read = readers.read_molecules(path)
+  if not read.molecules:
+    raise ValueError(f'{path} holds no molecule.')
+  types = registry.atom_types(dataset, data_dir)
+  index = {int(z): i for i, z in enumerate(elements_lib.atomic_numbers(types))}
+  molecules = []
+  for m in read.molecules:
+    missing = sorted({int(z) for z in m['charges'] if int(z) not in index})
+    if missing:
+      raise ValueError(
+          f'{m["file"]} record {m["record"]}: atomic number(s) {missing} are not among '
+          f"{dataset}'s elements {list(types)}.")
+    molecules.append((np.asarray(m['positions'], np.float32),
+                      np.array([index[int(z)] for z in m['charges']], np.int32)))
+  out, out['intervals'] = molecule_scores(
+      molecules, types, single_bonds=registry.metrics(dataset).rdkit_single_bonds)
+  out.update(source=os.path.abspath(path), dataset=dataset)
   if evaluation_config is not None and evaluation_config.chemistry:
     out['chemistry'] = chemistry_checks(molecules, types, evaluation_config, progress)
   return out
@@ -284,6 +344,10 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, sampling: SamplingConfig,
   if e.chemistry:
     report['chemistry'] = chemistry_checks(molecules, types, e, progress)
     report['timings']['chemistry_seconds'] = report['chemistry']['seconds']
+  if out['molecules'] and all(export.has_bonds(m) for m in out['molecules']):
+    # A method that writes bonds and charges: the molecule as it wrote it.
+    report['own_bonds'] = own_bonds.evaluate(out['molecules'],
+                                             elements_lib.atomic_numbers(types))
   if clf is not None:
     start = time.time()
     report['mae'] = protocol.evaluate(

@@ -6,6 +6,7 @@
   python launch/eval.py --reference_split=test       # metrics of real molecules
   python launch/eval.py --reference_split=test --n_samples=1000   # a seeded subset
   python launch/eval.py --ckpt=COND_DIR --classifier=CLF_DIR   # + EDM's MAE protocol
+  python launch/eval.py --samples=other.xyz --dataset=qm9   # score another code's molecules
 
 Writes to --out_dir (default <ckpt>/eval): report.json (metrics, NLL, config,
 timings), samples.sdf, samples.xyz, grid.png, samples.html (the first molecules in
@@ -26,7 +27,9 @@ import sys  # noqa: E402
 from edm_zoo import config as config_lib  # noqa: E402
 from edm_zoo import reporting  # noqa: E402
 from edm_zoo.data import registry  # noqa: E402
+from edm_zoo.io import export  # noqa: E402
 from edm_zoo.metrics import chemistry  # noqa: E402
+from edm_zoo.metrics import own_bonds  # noqa: E402
 from edm_zoo.property_prediction import protocol  # noqa: E402
 from launch import flags_util  # noqa: E402
 
@@ -34,7 +37,9 @@ flags_util.define_sampling_flags()
 flags_util.define_dataclass_flags(config_lib.EvalConfig, section='evaluation')
 _REFERENCE_SPLIT = flags.DEFINE_enum('reference_split', None, list(registry.SPLITS),
                                      'report the metrics of this real split instead')
-_DATASET = flags.DEFINE_string('dataset', 'qm9', 'with --reference_split: the dataset '
+_SAMPLES = flags.DEFINE_string('samples', None, 'score the molecules of this XYZ/SDF file '
+                                'or folder (e.g. another code\'s samples) instead')
+_DATASET = flags.DEFINE_string('dataset', 'qm9', 'with --reference_split or --samples: the dataset '
                                f'({registry.names()} or your own)')
 _SKIP_NLL = flags.DEFINE_bool('skip_nll', False, 'skip the NLL (= --nll_passes=0)')
 _CLASSIFIER = flags.DEFINE_string('classifier', None,
@@ -60,6 +65,31 @@ def _reference_split(out_dir, evaluation_config):
         f'{metrics["stability_seconds"]:.1f} s, RDKit {metrics["rdkit_seconds"]:.1f} s)')
   if 'chemistry' in metrics:
     print(chemistry.format_table(metrics['chemistry']))
+  items = metrics.pop('items')
+  if 'own_bonds' in metrics:
+    print(own_bonds.format_table(metrics['own_bonds']))
+    print(f"the true bonds of {metrics['own_bonds']['molecules']} molecules"
+          + (f" ({metrics['own_bonds']['left_out']} more have no known bonds)"
+             if metrics['own_bonds']['left_out'] else ''))
+  if out_dir:
+    out_dir = flags_util.writable_out_dir(out_dir)
+    reporting.write_report(metrics, os.path.join(out_dir, 'report.json'))
+    # For inspection: the molecules with their true bonds where they are known.
+    export.write_sdf(items, registry.atom_types(_DATASET.value, f.data_dir),
+                     os.path.join(out_dir, 'molecules.sdf'), name=_REFERENCE_SPLIT.value)
+    print(f'wrote {out_dir}/report.json, molecules.sdf')
+
+
+def _samples_file(out_dir, evaluation_config):
+  f = flags.FLAGS
+  metrics = reporting.file_metrics(_SAMPLES.value, _DATASET.value, f.data_dir,
+                                   evaluation_config=evaluation_config, progress=f.progress)
+  print(f'{_SAMPLES.value} ({metrics["molecules"]} molecules): '
+        f'atom stability {100 * metrics["atom_stability"]:.3f}%, molecule stability '
+        f'{100 * metrics["mol_stability"]:.3f}%, validity '
+        f'{100 * metrics["validity"]:.3f}%, uniqueness {100 * metrics["uniqueness"]:.3f}%')
+  if 'chemistry' in metrics:
+    print(chemistry.format_table(metrics['chemistry']))
   if out_dir:
     reporting.write_report(metrics, os.path.join(
         flags_util.writable_out_dir(out_dir), 'report.json'))
@@ -75,6 +105,9 @@ def main(argv):
     evaluation_config = config_lib.build_eval(**values)
     if _REFERENCE_SPLIT.value:
       _reference_split(f.out_dir, evaluation_config)
+      return
+    if _SAMPLES.value:
+      _samples_file(f.out_dir, evaluation_config)
       return
     if not f.ckpt:
       sys.exit('error: give --ckpt=DIR (or --reference_split=test).')
@@ -95,6 +128,8 @@ def main(argv):
                     if k in report}, indent=1))
   if 'chemistry' in report:
     print(chemistry.format_table(report['chemistry']))
+  if 'own_bonds' in report:
+    print(own_bonds.format_table(report['own_bonds']))
   if 'mae' in report:
     print(protocol.format_table(report['mae']))
   if 'metrics' in report:

@@ -1,7 +1,9 @@
 """The training skeleton's start: a run that resumes nothing takes the trainer's
 fresh start (e.g. GeoLDM's stage 2 loads stage 1's autoencoder), a resume never does."""
 
+import json
 import os
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -88,3 +90,37 @@ def test_a_resume_that_changes_the_model_names_each_field(tmp_path):
                            meta={'config': {'nf': 4}})
   with pytest.raises(skeleton.TrainingError, match=f'nf: 8 in {workdir}, 4 now'):
     skeleton.resume(workdir, _state(), other, keep_last=2)
+
+
+def _run(workdir, total_steps, started):
+  def batches(epoch, start):
+    del epoch, start
+    while True:
+      yield None, 1
+
+  def step(state, batch):
+    del batch
+    return state._replace(step=state.step + 1, w=state.w + 1), {'loss': 1.0}
+
+  trainer = skeleton.Trainer(batches=batches, step=step,
+                             evaluate=lambda s: ({'val': 1.0}, 'val 1'), best_metric='val',
+                             meta={'config': {'nf': 8}})
+  schedule = skeleton.Schedule(total_steps=total_steps, epoch_size=1000, eval_every=10**6,
+                               checkpoint_every=5, log_every=1, keep_last=3)
+  skeleton.run(workdir, _state(), trainer, schedule, progress=False, started=started)
+
+
+def test_elapsed_seconds_count_from_the_start_and_continue_over_a_resume(tmp_path):
+  workdir = str(tmp_path / 'run')
+  _run(workdir, 10, started=time.time() - 100.0)  # 100 s of setup before the first step.
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    first = [json.loads(line) for line in f]
+  assert all(100.0 <= r['elapsed_s'] < 160.0 for r in first)
+  at_10 = first[-1]['elapsed_s']
+  _run(workdir, 20, started=time.time() - 50.0)  # The resume's own 50 s of setup.
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    lines = [json.loads(line) for line in f]
+  elapsed = [r['elapsed_s'] for r in lines if 'loss' in r]
+  assert [r['step'] for r in lines if 'loss' in r] == list(range(1, 21))
+  assert elapsed == sorted(elapsed)  # One clock across both processes...
+  assert elapsed[10] >= at_10 + 50.0  # ... continued from the checkpoint, plus setup.

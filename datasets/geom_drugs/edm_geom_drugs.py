@@ -23,6 +23,7 @@ the metadata says that the split is not the paper's.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Any, Iterator, Sequence
@@ -44,6 +45,7 @@ SPLIT_RECIPE = ('the original\'s load_split_data: conformers cut where the id ch
                 'optional size filter, reordered by geom_permutation.npy, then valid 10%, '
                 'test 10%, train the rest')
 SMILES_FILE = 'geom_drugs_smiles.txt'
+_PERCEIVE_BATCH = 20_000  # Molecules perceived (and held as inputs) at once.
 _CHUNK_ROWS = 1 << 22  # Rows read at once: ~150 MB of work arrays (GEOM has ~3e8 rows).
 
 
@@ -160,7 +162,8 @@ class GeomConfig(tfds.core.BuilderConfig):
   def __init__(self, *, remove_h: bool, source: str | None = None, seed: int | None = None,
                filter_size: int | None = None, conformations: int = 30):
     super().__init__(name='without_h' if remove_h else 'with_h',
-                     version=tfds.core.Version('1.0.0'),
+                     # 1.1.0: bonds and formal charges, perceived per molecule.
+                     version=tfds.core.Version('1.1.0'),
                      description='GEOM-Drugs conformers, EDM split')
     self.remove_h = remove_h
     self.source = source
@@ -175,7 +178,7 @@ def decode(item: dict[str, Any]) -> dict[str, Any]:
 class EdmGeomDrugs(common.MoleculeBuilder):
   """GEOM-Drugs conformers (the original's files), split as in EDM."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
 
   def build_key(self) -> str | None:
     """The build options (None without --from)."""
@@ -224,13 +227,119 @@ class EdmGeomDrugs(common.MoleculeBuilder):
                          "NOT the paper's split") + ': valid 10%, test 10%, train the rest',
         'num_conformers': int(len(sizes)),
         'num_smiles': (sum(1 for _ in open(smiles)) if os.path.exists(smiles) else None)})
+    graphs = molecule_graphs(rows, bounds, smiles)
+    self.info.metadata['bonds'] = common.bonds_metadata(
+        {name: graphs.status[graphs.run_of[order]] for name, order in splits.items()},
+        how=BONDS_HOW, molecules=int(len(graphs.status)),
+        checked_against_smiles=graphs.checked)
     return {name: common.SplitExamples(len(order), functools.partial(
-        _examples, rows, bounds, order)) for name, order in splits.items()}
+        _examples, rows, bounds, order, graphs)) for name, order in splits.items()}
 
 
-def _examples(rows, bounds, order, lo: int, hi: int) -> Iterator[dict]:
+@dataclasses.dataclass(frozen=True)
+class MoleculeGraphs:
+  """The bonds of every molecule, shared by its conformers, packed flat.
+
+  Attributes:
+    run_of: [conformers] the molecule (run of conformers) of each conformer.
+    status: [molecules] `edm_zoo.data.bonds` status of each molecule's bonds.
+    bond_bounds: [molecules + 1] molecule r's bonds are bonds[bond_bounds[r]:...].
+    bonds, bond_orders: all molecules' bonds, concatenated.
+    atom_bounds: [molecules + 1] and formal_charges: the same for atoms.
+    checked: whether each molecule was checked against its SMILES.
+  """
+  run_of: np.ndarray
+  status: np.ndarray
+  bond_bounds: np.ndarray
+  bonds: np.ndarray
+  bond_orders: np.ndarray
+  atom_bounds: np.ndarray
+  formal_charges: np.ndarray
+  checked: bool
+
+  def fields(self, conformer: int) -> dict:
+    r = self.run_of[conformer]
+    b0, b1 = self.bond_bounds[r], self.bond_bounds[r + 1]
+    a0, a1 = self.atom_bounds[r], self.atom_bounds[r + 1]
+    return {'bonds': self.bonds[b0:b1].astype(np.int32),
+            'bond_orders': self.bond_orders[b0:b1].astype(np.int32),
+            'formal_charges': self.formal_charges[a0:a1].astype(np.int32),
+            'bonds_status': int(self.status[r])}
+
+
+def molecule_runs(rows: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+  """[conformers] molecule number of each conformer: the original writes a
+  molecule's conformers one after another, so a conformer with the same atoms in
+  the same order as the one before it is another conformer of that molecule."""
+  n = len(bounds) - 1
+  new = np.ones(n, bool)
+  step = 1 << 16
+  previous = None
+  for c0 in tqdm.tqdm(range(0, n, step), desc='grouping conformers into molecules',
+                      dynamic_ncols=True, mininterval=1.0, leave=False):
+    c1 = min(c0 + step, n)
+    z = np.asarray(rows[bounds[c0]:bounds[c1], 1]).astype(np.int32)
+    offset = bounds[c0]
+    for k in range(c0, c1):
+      this = z[bounds[k] - offset:bounds[k + 1] - offset]
+      new[k] = previous is None or not np.array_equal(this, previous)
+      previous = this
+  return np.cumsum(new) - 1
+
+
+def molecule_graphs(rows: np.ndarray, bounds: np.ndarray, smiles_file: str,
+                    workers: int | None = None) -> MoleculeGraphs:
+  """Bonds perceived once per molecule (its first conformer), checked against the
+  SMILES file when it has one line per molecule found."""
+  run_of = molecule_runs(rows, bounds)
+  n_runs = int(run_of[-1]) + 1 if len(run_of) else 0
+  first = np.searchsorted(run_of, np.arange(n_runs))
+  smiles = []
+  if os.path.exists(smiles_file):
+    with open(smiles_file) as f:
+      smiles = [line.strip() for line in f]
+  checked = len(smiles) == n_runs
+  status = np.zeros(n_runs, np.int8)
+  bond_counts, atom_counts = np.zeros(n_runs, np.int64), np.zeros(n_runs, np.int64)
+  pairs, orders, charges = [], [], []
+  # Batches of molecules, packed as they come: the build's memory stays bounded.
+  for lo in range(0, n_runs, _PERCEIVE_BATCH):
+    runs = range(lo, min(lo + _PERCEIVE_BATCH, n_runs))
+    items = []
+    for r in runs:
+      block = np.asarray(rows[bounds[first[r]]:bounds[first[r] + 1]])
+      items.append((block[:, 2:5].astype(np.float32), block[:, 1].astype(np.int32),
+                    (smiles[r], '') if checked else None))
+    found = common.perceive_all(
+        items, workers=workers,
+        desc=f'perceiving bonds, molecules {lo + 1:,}-{runs[-1] + 1:,} of {n_runs:,}')
+    for r, f in zip(runs, found):
+      status[r] = f['bonds_status']
+      bond_counts[r], atom_counts[r] = len(f['bonds']), len(f['formal_charges'])
+      pairs.append(f['bonds'].astype(np.int16))
+      orders.append(f['bond_orders'].astype(np.int8))
+      charges.append(f['formal_charges'].astype(np.int8))
+  cat = lambda parts, shape, dtype: (np.concatenate(parts) if parts
+                                     else np.zeros(shape, dtype))
+  return MoleculeGraphs(
+      run_of=run_of, status=status,
+      bond_bounds=np.concatenate([[0], np.cumsum(bond_counts)]),
+      bonds=cat(pairs, (0, 2), np.int16), bond_orders=cat(orders, (0,), np.int8),
+      atom_bounds=np.concatenate([[0], np.cumsum(atom_counts)]),
+      formal_charges=cat(charges, (0,), np.int8), checked=checked)
+
+
+def _examples(rows, bounds, order, graphs: MoleculeGraphs, lo: int, hi: int
+              ) -> Iterator[dict]:
   for k in order[lo:hi]:
     block = np.asarray(rows[bounds[k]:bounds[k + 1]])
     yield {'positions': block[:, 2:5].astype(np.float32),
            'charges': block[:, 1].astype(np.int32), 'num_atoms': len(block),
-           'index': int(k)}
+           'index': int(k), **graphs.fields(k)}
+
+
+BONDS_HOW = ('perceived once per molecule from its first conformer by RDKit '
+             '(rdDetermineBonds, extended Hückel connectivity, total charge 0) and shared '
+             "by its conformers (a molecule: consecutive conformers with the same atoms in "
+             'the same order); checked against geom_drugs_smiles.txt when it has one line '
+             'per molecule')

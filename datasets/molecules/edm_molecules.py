@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from datasets import common
+from edm_zoo.data import bonds
 from edm_zoo.data import elements
 from edm_zoo.io import readers
 
@@ -36,7 +37,8 @@ class MoleculesConfig(tfds.core.BuilderConfig):
   def __init__(self, *, name: str, source: str | None = None,
                valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
                max_atoms: int | None = None, skip_bad: bool = False):
-    super().__init__(name=name, version=tfds.core.Version('1.0.0'),
+    # 1.1.0: bonds and formal charges (an SDF's own; an XYZ's perceived).
+    super().__init__(name=name, version=tfds.core.Version('1.1.0'),
                      description=f'Molecules of {source}' if source else '')
     self.source = source
     self.options = {'valid_fraction': valid_fraction, 'test_fraction': test_fraction,
@@ -67,7 +69,7 @@ def decode(item: dict[str, Any]) -> dict[str, Any]:
 class EdmMolecules(common.MoleculeBuilder):
   """A user's SDF/XYZ molecules, split with a seed."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
 
   def __init__(self, *, config: MoleculesConfig, **kwargs):
     self._read = None
@@ -98,12 +100,22 @@ class EdmMolecules(common.MoleculeBuilder):
     types = [elements.symbol(a) for a in z]
     splits = common.seeded_split(len(read_.molecules), options['valid_fraction'],
                                  options['test_fraction'], options['seed'])
+    perceived = add_bonds(read_.molecules)
     self.info.metadata.update(common.train_statistics(
         (read_.molecules[i]['charges'] for i in splits['train']), types, z))
     self.info.metadata.update({
         'build_key': build_key(read_, options), 'content_hash': read_.content_hash,
         'options': options, 'files': [os.path.basename(f) for f in read_.files],
         'bad_records': [str(b) for b in read_.bad],
+        'bonds': common.bonds_metadata(
+            {name: [read_.molecules[i]['bonds_status'] for i in rows]
+             for name, rows in splits.items()},
+            how=('SDF records: their bond blocks and charges (aromatic bonds as RDKit '
+                 'perceives them); XYZ records: perceived from the coordinates (RDKit '
+                 'rdDetermineBonds, extended Hückel, total charge 0)'),
+            not_perceived=[f"{os.path.basename(m['file'])} record {m['record']}"
+                           for m in perceived
+                           if m['bonds_status'] == bonds.NOT_PERCEIVED]),
         'split_recipe': (f"np.random.RandomState({options['seed']}).permutation(n): "
                          f"valid {options['valid_fraction']}, test "
                          f"{options['test_fraction']}, train the rest")})
@@ -111,9 +123,21 @@ class EdmMolecules(common.MoleculeBuilder):
         _examples, read_.molecules, rows)) for name, rows in splits.items()}
 
 
+def add_bonds(molecules: list[dict]) -> list[dict]:
+  """Perceives the bonds of the molecules that came without (XYZ records), in place;
+  returns those."""
+  todo = [m for m in molecules if 'bonds' not in m]
+  if todo:
+    found = common.perceive_all([(m['positions'], m['charges'], None) for m in todo])
+    for m, fields in zip(todo, found):
+      m.update(fields)
+  return todo
+
+
 def _examples(molecules, rows, lo: int, hi: int) -> Iterator[dict]:
   for row in rows[lo:hi]:
     m = molecules[row]
     yield {'positions': m['positions'], 'charges': m['charges'],
            'num_atoms': len(m['charges']), 'index': int(row), 'name': m['name'],
-           'file': os.path.basename(m['file']), 'record': m['record']}
+           'file': os.path.basename(m['file']), 'record': m['record'],
+           **{k: m[k] for k in ('bonds', 'bond_orders', 'formal_charges', 'bonds_status')}}

@@ -25,12 +25,14 @@ import os
 from typing import Any, Iterator
 
 import numpy as np
+from rdkit import Chem
 import tensorflow_datasets as tfds
 import tqdm
 
 from datasets import common
 from datasets.geom_drugs import edm_geom_drugs
 from datasets.moses3d import embed
+from edm_zoo.data import bonds
 
 DEFAULT_MOLECULES = 50_000
 DEFAULT_SEED = 0
@@ -72,7 +74,8 @@ class Moses3dConfig(tfds.core.BuilderConfig):
 
   def __init__(self, *, molecules: int | None = None, seed: int | None = None,
                workers: int | None = None):
-    super().__init__(name='default', version=tfds.core.Version('1.0.0'),
+    # 1.1.0: bonds and formal charges (from each molecule's SMILES).
+    super().__init__(name='default', version=tfds.core.Version('1.1.0'),
                      description='MOSES SMILES with RDKit ETKDG+MMFF conformers')
     self.explicit = molecules is not None or seed is not None
     self.options = {'molecules': DEFAULT_MOLECULES if molecules is None else molecules,
@@ -130,7 +133,7 @@ def decode(item: dict[str, Any]) -> dict[str, Any]:
 class EdmMoses3d(common.MoleculeBuilder):
   """MOSES SMILES with RDKit conformers (a stand-in for GEOM-Drugs)."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
 
   def build_key(self) -> str | None:
     """The subset size and seed (None when the call named neither)."""
@@ -157,19 +160,38 @@ class EdmMoses3d(common.MoleculeBuilder):
     failed += [f"{m['index']} {m['smiles']}: element outside the GEOM-Drugs types"
                for m in outside]
     molecules = [m for m in molecules if set(m['charges'].tolist()) <= set(z)]
+    for m in tqdm.tqdm(molecules, desc='bonds from SMILES', unit=' molecules',
+                       dynamic_ncols=True, mininterval=1.0, leave=False):
+      m.update(smiles_bonds(m['smiles'], m['charges']))
     splits = common.seeded_split(len(molecules), 0.1, 0.1, seed)
     self.info.metadata.update(common.train_statistics(
         (molecules[i]['charges'] for i in splits['train']), types, z))
     self.info.metadata.update({
         'build_key': common.options_key(config.options), 'options': config.options,
         'embedded': len(molecules), 'failed': len(failed), 'failures': failed,
-        'split_recipe': SPLIT_RECIPE})
+        'split_recipe': SPLIT_RECIPE,
+        'bonds': common.bonds_metadata(
+            {name: [molecules[i]['bonds_status'] for i in rows]
+             for name, rows in splits.items()},
+            how="each molecule's SMILES with explicit hydrogens (RDKit, aromatic bonds "
+                'as perceived): the atom order of its conformer')})
     return {name: common.SplitExamples(len(rows), functools.partial(_examples, molecules, rows))
             for name, rows in splits.items()}
+
+
+def smiles_bonds(smiles: str, atomic_numbers: np.ndarray) -> dict:
+  """The bond fields of an embedded molecule from its SMILES: `embed.embed` adds
+  the hydrogens in RDKit's order, which is the conformer's atom order."""
+  mol = Chem.MolFromSmiles(smiles)
+  mol = Chem.AddHs(mol) if mol is not None else None
+  if mol is None or [a.GetAtomicNum() for a in mol.GetAtoms()] != list(atomic_numbers):
+    return bonds.record(None, len(atomic_numbers), bonds.NOT_PERCEIVED)
+  return bonds.record(mol, len(atomic_numbers), bonds.GIVEN)
 
 
 def _examples(molecules, rows, lo: int, hi: int) -> Iterator[dict]:
   for row in rows[lo:hi]:
     m = molecules[row]
     yield {'positions': m['positions'], 'charges': m['charges'],
-           'num_atoms': len(m['charges']), 'index': m['index'], 'smiles': m['smiles']}
+           'num_atoms': len(m['charges']), 'index': m['index'], 'smiles': m['smiles'],
+           **{k: m[k] for k in ('bonds', 'bond_orders', 'formal_charges', 'bonds_status')}}

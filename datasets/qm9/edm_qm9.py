@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from datasets import common
+from edm_zoo.data import bonds
 
 # Hartree -> eV as in the reference's QM9 preparation.
 HARTREE_TO_EV = 27.2114
@@ -139,13 +140,13 @@ def read_qm9pack(folder: str | None = None) -> dict[str, object]:
     folder: qm9pack's data folder; found automatically when None.
 
   Returns:
-    A dict of per-molecule lists/arrays: `gdb_index`, `smiles`, `elements`,
+    A dict of per-molecule lists/arrays: `gdb_index`, `smiles`, `inchi`, `elements`,
     `positions` (list of [n, 3] float32) and one float64 array per property.
   """
   import pandas as pd  # pylint: disable=g-import-not-at-top
 
   folder = folder or qm9pack_data_dir()
-  columns = ['Index', 'SMILES', 'N_atoms', 'Elements', 'XYZ_Ang'] + [
+  columns = ['Index', 'SMILES', 'InChi', 'N_atoms', 'Elements', 'XYZ_Ang'] + [
       col for _, col, _ in PROPERTIES]
   frame = pd.concat(
       [pd.read_csv(os.path.join(folder, p), usecols=columns) for p in _CSV_PARTS],
@@ -164,6 +165,7 @@ def read_qm9pack(folder: str | None = None) -> dict[str, object]:
       raise ValueError(f'molecule gdb {g}: {len(el)} elements, {len(pos)} '
                        f'coordinates, N_atoms={n}; the qm9pack files are corrupt.')
   out = {'gdb_index': gdb, 'smiles': frame['SMILES'].tolist(),
+         'inchi': frame['InChi'].fillna('').tolist(),
          'elements': elements, 'positions': positions}
   for name, col, scale in PROPERTIES:
     out[name] = frame[col].to_numpy(np.float64) * scale
@@ -178,6 +180,34 @@ def train_statistics(data, rows, remove_h: bool) -> dict[str, object]:
   return common.train_statistics(charges, types, [ATOMIC_NUMBER[t] for t in types])
 
 
+# The perception (RDKit's) behind the cached bonds; a new one writes a new cache.
+BONDS_VERSION = 1
+BONDS_HOW = ('perceived from the coordinates by RDKit (rdDetermineBonds, extended Hückel '
+             'connectivity, total charge 0); a molecule is "perceived" when its graph is '
+             "qm9pack's SMILES or InChI of the same row (no stereo), \"disagrees\" otherwise")
+
+
+def perceive(data: dict[str, Any], cache_dir: str | None = None) -> list[dict]:
+  """The bond fields of every molecule (all atoms), checked against its row's
+  SMILES and InChI; also fills `data['charges_z']`. With `cache_dir` the result is
+  kept there (`bonds_<version>.npz`), so that the with-H and without-H builds (and a
+  rebuild) perceive once."""
+  data['charges_z'] = [np.array([ATOMIC_NUMBER[e] for e in el], np.int32)
+                       for el in data['elements']]
+  path = os.path.join(cache_dir, f'bonds_{BONDS_VERSION}.npz') if cache_dir else None
+  if path and os.path.exists(path):
+    with np.load(path) as f:
+      return common.unpack_bonds({k: f[k] for k in f.files})
+  found = common.perceive_all(list(zip(data['positions'], data['charges_z'],
+                                       zip(data['smiles'], data['inchi']))))
+  if path:
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, **common.pack_bonds(found))
+    os.replace(tmp, path)
+  return found
+
+
 def decode(item: dict[str, Any]) -> dict[str, Any]:
   """A stored record -> a molecule dict with each property under its own name."""
   item['smiles'] = item['smiles'].decode()
@@ -189,8 +219,9 @@ class EdmQm9Config(tfds.core.BuilderConfig):
   """QM9 with or without hydrogen atoms."""
 
   def __init__(self, *, remove_h: bool, **kwargs):
-    # 1.1.0: statistics of the train halves in the metadata.
-    super().__init__(version=tfds.core.Version('1.1.0'), **kwargs)
+    # 1.1.0: statistics of the train halves in the metadata. 1.2.0: bonds and
+    # formal charges (perceived, checked against qm9pack's SMILES and InChI).
+    super().__init__(version=tfds.core.Version('1.2.0'), **kwargs)
     self.remove_h = remove_h
 
 
@@ -212,6 +243,7 @@ class EdmQm9(common.MoleculeBuilder):
         'num_atoms': tfds.features.Scalar(dtype=np.int32),
         'gdb_index': tfds.features.Scalar(dtype=np.int32),
         'smiles': tfds.features.Text(),
+        **common.bond_features(),
     }
     # One vector in PROPERTY_NAMES order: a feature per property would cost a
     # proto field each to decode (3x slower reads). Raw bytes keep float64 exact;
@@ -233,6 +265,13 @@ class EdmQm9(common.MoleculeBuilder):
     data = read_qm9pack()
     splits = split_indices()
     remove_h = self.builder_config.remove_h
+    # Beside the TFDS folders, so that both configs and a rebuild reuse it.
+    data['bonds'] = perceive(data, os.path.join(self.data_dir_root, 'edm_qm9_bonds'))
+    self.info.metadata['bonds'] = common.bonds_metadata(
+        {name: [data['bonds'][row]['bonds_status'] for row in rows]
+         for name, rows in splits.items()},
+        how=BONDS_HOW, agree=sum(b['bonds_status'] == bonds.PERCEIVED for b in data['bonds']),
+        molecules=len(data['bonds']))
     self.info.metadata.update(train_statistics(data, splits['train'], remove_h))
     self.info.metadata['halves'] = {
         h: train_statistics(data, splits['train'][half_positions(h)], remove_h)
@@ -259,4 +298,6 @@ class EdmQm9(common.MoleculeBuilder):
           'smiles': data['smiles'][row],
       }
       example['properties'] = np.array([data[name][row] for name in PROPERTY_NAMES])
+      fields = data['bonds'][row]
+      example.update(bonds.heavy_atoms(fields, data['charges_z'][row]) if remove_h else fields)
       yield example

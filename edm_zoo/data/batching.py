@@ -25,6 +25,7 @@ import jax
 import jraph
 import numpy as np
 
+from edm_zoo.data import bonds as bonds_lib
 from edm_zoo.data import features
 from edm_zoo.data import sources
 
@@ -141,8 +142,27 @@ def _type_lookup(atomic_numbers: Sequence[int]) -> np.ndarray:
   return lookup
 
 
+def _bond_features(molecules: Sequence[dict], sizes: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """(formal charges [n_node], bond class of every directed pair [n_edge]) in the
+  edge order of `_edge_template`."""
+  missing = [i for i, m in enumerate(molecules) if features.BONDS not in m]
+  if missing:
+    raise ValueError(
+        f'{molecule_ids(molecules)[missing[0]]} has no bonds: its dataset was prepared '
+        'without them; rebuild it with `python launch/prepare_data.py --dataset=NAME '
+        '--rebuild`.')
+  classes = []
+  for m, n in zip(molecules, sizes):
+    dense = bonds_lib.dense_classes(int(n), m[features.BONDS], m[features.BOND_ORDERS])
+    classes.append(dense[~np.eye(int(n), dtype=bool)])  # Row-major, as the template.
+  return (np.concatenate([m[features.FORMAL_CHARGES] for m in molecules]).astype(np.int32),
+          np.concatenate(classes).astype(np.int32))
+
+
 def build_graph(molecules: Sequence[dict], atomic_numbers: Sequence[int],
-                budget: PaddingBudget | None = None) -> jraph.GraphsTuple:
+                budget: PaddingBudget | None = None, *,
+                with_bonds: bool = False) -> jraph.GraphsTuple:
   """Packs molecules into one GraphsTuple, padded to `budget` when given.
 
   Args:
@@ -150,12 +170,16 @@ def build_graph(molecules: Sequence[dict], atomic_numbers: Sequence[int],
       (`gdb_index` or `index`, for messages) and optionally (all or none) a `context` [C].
     atomic_numbers: Z of each one-hot type, in order.
     budget: the padding sizes; None leaves the graph unpadded.
+    with_bonds: also carry formal charges (node feature) and the bond class of every
+      edge (`features.BOND_ORDERS`, 0 where there is no bond); the molecules must
+      have bonds. Off, the batch is exactly what the EGNN members read.
 
   Returns:
     The (padded) GraphsTuple, masks included.
 
   Raises:
-    ValueError: an element outside `atomic_numbers`, or a batch too large.
+    ValueError: an element outside `atomic_numbers`, a batch too large, or a
+      molecule without bonds when `with_bonds`.
   """
   sizes = np.array([len(m[features.CHARGES]) for m in molecules], np.int32)
   gdb = np.array([int(m.get(features.GDB_INDEX, -1)) for m in molecules], np.int32)
@@ -183,15 +207,19 @@ def build_graph(molecules: Sequence[dict], atomic_numbers: Sequence[int],
                        'some do not.')
     graph_features[features.CONTEXT] = np.stack(
         [m[features.CONTEXT] for m in molecules]).astype(np.float32)
+  nodes = {
+      features.POSITIONS: np.concatenate(
+          [m[features.POSITIONS] for m in molecules]).astype(np.float32),
+      features.ONE_HOT: one_hot,
+      features.CHARGES: charges.astype(np.float32),
+      features.MASK: np.ones(n_node_total, np.float32),
+  }
+  edges = {features.MASK: np.ones(len(senders), np.float32)}
+  if with_bonds:
+    nodes[features.FORMAL_CHARGES], edges[features.BOND_ORDERS] = _bond_features(
+        molecules, sizes)
   graph = jraph.GraphsTuple(
-      nodes={
-          features.POSITIONS: np.concatenate(
-              [m[features.POSITIONS] for m in molecules]).astype(np.float32),
-          features.ONE_HOT: one_hot,
-          features.CHARGES: charges.astype(np.float32),
-          features.MASK: np.ones(n_node_total, np.float32),
-      },
-      edges={features.MASK: np.ones(len(senders), np.float32)},
+      nodes=nodes, edges=edges,
       globals=graph_features,
       senders=senders.astype(np.int32), receivers=receivers.astype(np.int32),
       n_node=sizes, n_edge=(sizes * (sizes - 1)).astype(np.int32))
@@ -204,17 +232,20 @@ def build_graph(molecules: Sequence[dict], atomic_numbers: Sequence[int],
 
 
 def placeholder_graph(sizes: Sequence[int], atomic_numbers: Sequence[int],
-                      budget: PaddingBudget, context: np.ndarray | None = None
-                      ) -> jraph.GraphsTuple:
+                      budget: PaddingBudget, context: np.ndarray | None = None, *,
+                      with_bonds: bool = False) -> jraph.GraphsTuple:
   """A padded batch of molecules of the given sizes whose data are never read (the
   sampler's canvas, shape probes), with a normalised `context` [len(sizes), C]
-  when given."""
+  when given (and, `with_bonds`, zero charges and no bonds)."""
   molecules = [{features.POSITIONS: np.zeros((int(n), 3), np.float32),
-                features.CHARGES: np.full(int(n), atomic_numbers[0])} for n in sizes]
+                features.CHARGES: np.full(int(n), atomic_numbers[0]),
+                features.BONDS: np.zeros((0, 2), np.int32),
+                features.BOND_ORDERS: np.zeros(0, np.int32),
+                features.FORMAL_CHARGES: np.zeros(int(n), np.int32)} for n in sizes]
   if context is not None:
     for m, c in zip(molecules, context):
       m[features.CONTEXT] = c
-  return build_graph(molecules, atomic_numbers, budget)
+  return build_graph(molecules, atomic_numbers, budget, with_bonds=with_bonds)
 
 
 def probe_graph(num_atom_types: int, context_nf: int = 0) -> jraph.GraphsTuple:
@@ -269,6 +300,7 @@ def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
             atomic_numbers: Sequence[int] | None = None,
             n_nodes_histogram: dict[int, int] | None = None,
             only: Sequence[int] | None = None,
+            with_bonds: bool = False,
             ) -> Iterator[jraph.GraphsTuple]:
   """Iterates over one epoch of padded GraphsTuples.
 
@@ -291,6 +323,7 @@ def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
       the worst case when absent.
     only: the numbers of the batches to yield, counted from `start` (a process's
       share of an evaluation); all when None. Fixed batch sizes only.
+    with_bonds: batches carry bonds and formal charges (`build_graph`).
 
   Yields:
     Padded `jraph.GraphsTuple`s; `globals['mask'].sum()` says how many molecules
@@ -305,7 +338,7 @@ def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
   if batch_size is None:
     if budget is None:
       raise ValueError('packed mode (batch_size=None) needs a `budget`.')
-    yield from _packed(source, order[start:], budget, atomic_numbers)
+    yield from _packed(source, order[start:], budget, atomic_numbers, with_bonds)
     return
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
@@ -318,10 +351,10 @@ def batches(source, batch_size: int | None = 64, seed: int = 0, epoch: int = 0,
   for molecules in read_ahead(source, wanted):
     sizes = [len(m[features.CHARGES]) for m in molecules]
     chosen = choose_budget(sizes, budgets, molecule_ids(molecules))
-    yield build_graph(molecules, atomic_numbers, chosen)
+    yield build_graph(molecules, atomic_numbers, chosen, with_bonds=with_bonds)
 
 
-def _packed(source, order, budget, atomic_numbers, chunk: int = 256):
+def _packed(source, order, budget, atomic_numbers, with_bonds, chunk: int = 256):
   pending: list[dict] = []
   nodes = edges = 0
   for lo in range(0, len(order), chunk):
@@ -331,12 +364,12 @@ def _packed(source, order, budget, atomic_numbers, chunk: int = 256):
           edges + n * (n - 1) > budget.n_edge):
         if not pending:
           choose_budget([n], [budget], molecule_ids([molecule]))  # Raises.
-        yield build_graph(pending, atomic_numbers, budget)
+        yield build_graph(pending, atomic_numbers, budget, with_bonds=with_bonds)
         pending, nodes, edges = [], 0, 0
       pending.append(molecule)
       nodes, edges = nodes + n, edges + n * (n - 1)
   if pending:
-    yield build_graph(pending, atomic_numbers, budget)
+    yield build_graph(pending, atomic_numbers, budget, with_bonds=with_bonds)
 
 
 def stack(graphs: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
@@ -360,6 +393,7 @@ def sharded_batches(source, batch_size: int, n_shards: int, seed: int = 0,
                     n_nodes_histogram: dict[int, int] | None = None,
                     shards: Sequence[int] | None = None,
                     agree: Callable[[int], int] | None = None,
+                    with_bonds: bool = False,
                     ) -> Iterator[tuple[jraph.GraphsTuple, int]]:
   """Global batches of `batch_size` molecules split into `n_shards` equal parts.
 
@@ -379,6 +413,7 @@ def sharded_batches(source, batch_size: int, n_shards: int, seed: int = 0,
     agree: maps the ladder level these shards need to the level of the whole
       global batch (the largest over processes, `distributed.max_over_processes`);
       needed when other processes build the other shards.
+    with_bonds: batches carry bonds and formal charges (`build_graph`).
 
   Yields:
     (stacked graphs [len(shards), ...], molecules consumed by the global batch).
@@ -408,19 +443,21 @@ def sharded_batches(source, batch_size: int, n_shards: int, seed: int = 0,
     chosen = budgets[agree(level) if agree is not None else level]
     context = next((p[0] for p in parts if p), None) or sources.fetch(source, batch[:1])[0]
     context = context.get(features.CONTEXT)
-    yield stack([build_graph(part, atomic_numbers, chosen) if part else
-                 _empty_graph(atomic_numbers, chosen, context) for part in parts]
-                ), len(batch)
+    yield stack([build_graph(part, atomic_numbers, chosen, with_bonds=with_bonds) if part
+                 else _empty_graph(atomic_numbers, chosen, context, with_bonds)
+                 for part in parts]), len(batch)
 
 
 def _empty_graph(atomic_numbers, budget: PaddingBudget,
-                 context: np.ndarray | None = None) -> jraph.GraphsTuple:
+                 context: np.ndarray | None = None,
+                 with_bonds: bool = False) -> jraph.GraphsTuple:
   """A shard with no molecule (the tail of a short last batch): all padding.
 
   `context` (any molecule's) gives the conditioning width the shard must match.
   """
   graph = placeholder_graph([1], atomic_numbers, budget,
-                            None if context is None else np.zeros_like(context)[None])
+                            None if context is None else np.zeros_like(context)[None],
+                            with_bonds=with_bonds)
   zero = lambda tree: jax.tree.map(np.zeros_like, tree)
   return graph._replace(
       nodes={**graph.nodes, features.MASK: zero(graph.nodes[features.MASK])},

@@ -308,22 +308,48 @@ def _or_make(entry: Dataset) -> str:
       else ''
 
 
+def older_versions(builder) -> list[str]:
+  """Versions of this dataset prepared by an older edm_zoo beside the current one
+  (before bonds and formal charges were stored)."""
+  parent, version = os.path.split(builder.data_dir.rstrip('/'))
+  if not os.path.isdir(parent):
+    return []
+  return sorted(v for v in os.listdir(parent) if v != version and re.match(r'^\d+\.\d+\.\d+$', v)
+                and os.path.isfile(os.path.join(parent, v, 'dataset_info.json')))
+
+
 def _prepared_builder(entry: Dataset, data_dir: str | None):
   builder = _builder(entry, data_dir)
   if not builder.is_prepared():
+    old = older_versions(builder)
+    if old:
+      raise ValueError(
+          f'dataset {entry.name!r} in {data_dir or default_data_dir()} was prepared by an '
+          f'older edm_zoo (version {old[-1]}, without bonds and formal charges): rebuild it '
+          f'with `{entry.prepare}`{_or_make(entry)}.')
     raise ValueError(f'dataset {entry.name!r} is not prepared in '
                      f'{data_dir or default_data_dir()}: run `{entry.prepare}`'
                      f'{_or_make(entry)}.')
   return builder
 
 
-def load(name: str, split: str, data_dir: str | None = None) -> sources.SplitView:
+def load(name: str, split: str, data_dir: str | None = None, *,
+         with_bonds: bool = False) -> sources.SplitView:
   """A split of a prepared dataset (a QM9 half narrows 'train' to its half).
+
+  Args:
+    name: the `--dataset`.
+    split: 'train', 'valid' or 'test'.
+    data_dir: the datasets' folder.
+    with_bonds: the bond-aware split: without the molecules whose bonds are not
+      known (`edm_zoo.data.bonds.LEFT_OUT`, listed in the metadata). Off, the split
+      is EDM's, whole.
 
   Returns:
     A `sources.SplitView`; items hold `positions` [n, 3] float32 (Angstrom),
-    `charges` [n] int32 (Z) and what the dataset stores besides (QM9: `gdb_index`,
-    `smiles`, each property; others: `index`, the molecule's place in the inputs).
+    `charges` [n] int32 (Z), the bond fields (`edm_zoo.data.bonds`) and what the
+    dataset stores besides (QM9: `gdb_index`, `smiles`, each property; others:
+    `index`, the molecule's place in the inputs).
 
   Raises:
     ValueError: unknown dataset or split, or data that is missing or corrupt.
@@ -345,10 +371,31 @@ def load(name: str, split: str, data_dir: str | None = None) -> sources.SplitVie
   source = sources.SplitView(records, split=split,
                              atomic_numbers=_statistics(entry, builder, data_dir).atomic_numbers,
                              path=builder.data_dir, decode=entry.decode)
-  if split != 'train' or entry.half is None:
+  if split == 'train' and entry.half is not None:
+    source = source.subset(edm_qm9.half_positions(entry.half, len(source)),
+                           f'train[{entry.half}_half]')
+    left_out = _left_out(entry, builder, 'train') if with_bonds else []
+    if len(left_out):
+      keep = ~np.isin(edm_qm9.half_positions(entry.half, len(records)), left_out)
+      source = source.subset(np.flatnonzero(keep), source.split)
     return source
-  return source.subset(edm_qm9.half_positions(entry.half, len(source)),
-                       f'train[{entry.half}_half]')
+  if with_bonds:
+    left_out = _left_out(entry, builder, split)
+    if len(left_out):
+      keep = np.ones(len(source), bool)
+      keep[left_out] = False
+      source = source.subset(np.flatnonzero(keep), f'{split}[bonds]')
+  return source
+
+
+def _left_out(entry: Dataset, builder, split: str) -> np.ndarray:
+  """Places in `split` of the molecules without known bonds; a one-line error for
+  a dataset prepared without bonds."""
+  info = builder.info.metadata.get('bonds')
+  if not info or 'left_out' not in info:
+    raise ValueError(f'dataset {entry.name!r} in {builder.data_dir} has no bonds (prepared '
+                     f'by an older edm_zoo): rebuild it with `{entry.prepare}`.')
+  return np.asarray(info['left_out'].get(split, []), np.int64)
 
 
 @dataclasses.dataclass(frozen=True)

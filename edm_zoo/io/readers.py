@@ -20,6 +20,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit import RDLogger
 
+from edm_zoo.data import bonds
 from edm_zoo.data import elements
 
 SUFFIXES = ('.sdf', '.xyz')
@@ -46,7 +47,9 @@ class Read:
 
   Attributes:
     molecules: dicts with `positions` [n, 3] float32 (Angstrom), `charges` [n]
-      int32 (Z), `name`, `file` and `record`.
+      int32 (Z), `name`, `file` and `record`; an SDF's also with its bonds
+      (`edm_zoo.data.bonds.record`: bonds, bond_orders, formal_charges,
+      bonds_status GIVEN).
     bad: the records skipped (only with skip_bad).
     files: the files read, in order.
     content_hash: SHA-256 over the files' names and bytes: the same inputs give
@@ -131,6 +134,20 @@ def _xyz_records(path: str) -> Iterator[tuple[int, dict | str]]:
                    'charges': np.asarray(z, np.int32), 'name': name}
 
 
+def _file_bonds(mol: Chem.Mol) -> dict:
+  """The bond fields of an SDF record: its bond block and charges, aromatic bonds
+  as RDKit perceives them when the molecule sanitizes (as written when it does not)."""
+  sanitized = Chem.Mol(mol)
+  try:
+    Chem.SanitizeMol(sanitized)
+  except (ValueError, RuntimeError):  # Kept as the file writes it.
+    sanitized = mol
+  try:
+    return bonds.record(sanitized, mol.GetNumAtoms(), bonds.GIVEN)
+  except ValueError as e:
+    raise ValueError(f'unsupported bond ({e})') from None
+
+
 def _sdf_records(path: str) -> Iterator[tuple[int, dict | str]]:
   """(record number, molecule or why it is bad) for each block of an SDF file."""
   RDLogger.DisableLog('rdApp.*')  # Its messages would interleave with ours.
@@ -154,8 +171,14 @@ def _sdf_records(path: str) -> Iterator[tuple[int, dict | str]]:
       if len(z) > 1 and not mol.GetConformer().Is3D():
         yield record, 'no 3D coordinates (a 2D depiction)'
         continue
+      try:
+        fields = _file_bonds(mol)
+      except ValueError as e:
+        yield record, str(e)
+        continue
       yield record, {'positions': positions, 'charges': np.asarray(z, np.int32),
-                     'name': mol.GetProp('_Name') if mol.HasProp('_Name') else ''}
+                     'name': mol.GetProp('_Name') if mol.HasProp('_Name') else '',
+                     **fields}
   finally:
     RDLogger.EnableLog('rdApp.*')
 

@@ -18,6 +18,7 @@ from typing import Sequence
 
 from rdkit import Chem
 
+from edm_zoo.io import export
 from edm_zoo.io.files import atomic_path
 from edm_zoo.metrics import rdkit_metrics
 
@@ -30,11 +31,11 @@ def installed_script() -> str | None:
   return path if os.path.isfile(path) else None
 
 
-def mol_block(positions, types, elements: tuple[str, ...]) -> str:
-  """A V2000 MOL block of the molecule with its distance-inferred bonds (as built
-  when RDKit cannot sanitize it)."""
-  mol = rdkit_metrics.build_molecule(positions, types, elements, conformer=True)
-  mol.UpdatePropertyCache(strict=False)
+def mol_block(m: dict, elements: tuple[str, ...]) -> str:
+  """A V2000 MOL block of a molecule dict: its own bonds and charges when it
+  carries them, else distance-inferred bonds (as built when RDKit cannot sanitize
+  it), as `export.to_mol`."""
+  mol, _ = export.to_mol(m, elements)
   return Chem.MolToMolBlock(mol, kekulize=False)
 
 
@@ -53,8 +54,7 @@ h1 {{ font-size: 18px; }}
 <script>{script}</script>
 </head><body>
 <h1>{title}</h1>
-<p>{summary} Drag to rotate, scroll to zoom. Bonds are inferred from distances with
-EDM's tables, as in samples.sdf.</p>
+<p>{summary} Drag to rotate, scroll to zoom. {bonds_note}</p>
 <div class="grid">
 {panels}
 </div>
@@ -105,7 +105,7 @@ def write_html(molecules: Sequence[dict], elements: tuple[str, ...], path: str, 
     code = f.read().replace('</script', '<\\/script')
   panels, blocks = [], []
   for i, (m, d) in enumerate(zip(molecules, descriptions)):
-    blocks.append(mol_block(m['positions'], m['types'], elements))
+    blocks.append(mol_block(m, elements))
     text = (html.escape(d['smiles']) if d['smiles'] is not None else
             f'RDKit cannot sanitize it ({html.escape(d["why"])})')
     panels.append(
@@ -115,7 +115,14 @@ def write_html(molecules: Sequence[dict], elements: tuple[str, ...], path: str, 
   shown = descriptions[:len(molecules)]
   summary = (f'The first {len(molecules)} molecules: {sum(d["stable"] for d in shown)} '
              f'stable, {sum(d["valid"] for d in shown)} valid.')
+  own = sum(export.has_bonds(m) for m in molecules)
+  bonds_note = ('Bonds and formal charges are the molecules\' own (as the model or the '
+                'data wrote them), as in the SDF file.' if own == len(molecules) else
+                'Bonds are inferred from distances with EDM\'s tables, as in the SDF file.'
+                if not own else f'{own} molecules show their own bonds, the others bonds '
+                'inferred from distances.')
   page = _PAGE.format(title=html.escape(title), script=code, summary=summary,
+                      bonds_note=bonds_note,
                       panels='\n'.join(panels),
                       data=json.dumps(blocks).replace('</', '<\\/'))
   with atomic_path(path) as tmp, open(tmp, 'w') as f:

@@ -40,18 +40,17 @@ import numpy as np
 import tqdm
 from rdkit import Chem
 from rdkit import RDLogger
-from rdkit.Chem import AllChem, rdDetermineBonds, rdMolAlign
+from rdkit.Chem import AllChem, rdMolAlign
 from scipy import optimize
 
+from edm_zoo.data import bonds
 from edm_zoo.metrics import intervals, valency
 
 RDLogger.DisableLog('rdApp.*')
+_PERIODIC = Chem.GetPeriodicTable()
 
 HARTREE_KCAL = 627.509474
 BOHR = 0.529177210903
-# xyz2mol's bond-order search grows fast with size; larger molecules are skipped
-# with their reason (QM9 <= 29 atoms, GEOM-Drugs < 100 heavy atoms).
-MAX_PERCEIVE_ATOMS = 200
 # The reference's MMFF limit (geom-drugs-3dgen-evaluation, compute_mmff_energy_drop).
 MMFF_MAX_ITERS = 1000
 # GFN2-xTB: L-BFGS until the largest gradient component is below XTB_GTOL, at
@@ -71,31 +70,10 @@ ENERGY_CHECKS = ('internal_energy',)
 PAPER_ENERGY_RATIO = 7.0
 
 
-def molecule_from_xyz(positions: np.ndarray, symbols: Sequence[str]) -> Chem.Mol:
-  """An RDKit molecule of atoms and a conformer, no bonds."""
-  mol = Chem.RWMol()
-  for s in symbols:
-    mol.AddAtom(Chem.Atom(str(s)))
-  conf = Chem.Conformer(len(symbols))
-  for i, p in enumerate(np.asarray(positions, np.float64)):
-    conf.SetAtomPosition(i, p.tolist())
-  mol.AddConformer(conf, assignId=True)
-  return mol.GetMol()
-
-
 def perceive(positions: np.ndarray, symbols: Sequence[str]) -> tuple[Chem.Mol | None, str]:
-  """(molecule with RDKit's bonds and formal charges, '') or (None, why not)."""
-  if len(symbols) > MAX_PERCEIVE_ATOMS:
-    return None, f'more than {MAX_PERCEIVE_ATOMS} atoms'
-  mol = Chem.Mol(molecule_from_xyz(positions, symbols))
-  try:
-    # Connectivity from extended Hückel rather than covalent radii: 300 of 300 QM9
-    # test molecules perceived, against 282 by radii (docs/metrics.md).
-    rdDetermineBonds.DetermineBonds(mol, charge=0, useHueckel=True)
-    Chem.SanitizeMol(mol)
-  except (ValueError, RuntimeError) as e:  # RDKit's perception and sanitization errors.
-    return None, (str(e).strip().splitlines() or [type(e).__name__])[0]
-  return mol, ''
+  """(molecule with RDKit's bonds and formal charges, '') or (None, why not): the
+  data layer's perception (`edm_zoo.data.bonds.perceive`, total charge 0)."""
+  return bonds.perceive(positions, [_PERIODIC.GetAtomicNumber(str(s)) for s in symbols])
 
 
 def _rmsd(mol: Chem.Mol, before: np.ndarray, after: np.ndarray, heavy: bool) -> float:
