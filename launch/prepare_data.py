@@ -38,6 +38,8 @@ _SKIP_BAD = flags.DEFINE_bool('skip_bad_records', None, 'your own: skip (and lis
                               'records instead of stopping at the first')
 _FILTER = flags.DEFINE_integer('filter_molecule_size', None, 'geom_drugs: keep conformers '
                                'of at most this many atoms (the original\'s flag)')
+_PERCEIVE = flags.DEFINE_bool('perceive_bonds', None, 'geom_drugs: perceive each molecule\'s '
+                              'bonds (default; hours at the real size: BUILD.md)')
 _MOLECULES = flags.DEFINE_integer('molecules', None, 'moses3d: SMILES to embed (default '
                                   '50,000)')
 _WORKERS = flags.DEFINE_integer('workers', None, 'moses3d: embedding processes '
@@ -46,7 +48,8 @@ _WORKERS = flags.DEFINE_integer('workers', None, 'moses3d: embedding processes '
 # Which build flags each kind of dataset takes (the others are refused).
 _KIND_FLAGS = {
     'qm9': {},
-    'geom': {'from': 'source', 'seed': 'seed', 'filter_molecule_size': 'filter_size'},
+    'geom': {'from': 'source', 'seed': 'seed', 'filter_molecule_size': 'filter_size',
+             'perceive_bonds': 'perceive_bonds'},
     'moses3d': {'seed': 'seed', 'molecules': 'molecules', 'workers': 'workers'},
     'own': {'from': 'source', 'seed': 'seed', 'valid_fraction': 'valid_fraction',
             'test_fraction': 'test_fraction', 'max_atoms': 'max_atoms',

@@ -158,7 +158,7 @@ def test_missing_dataset(tmp_path):
 
 def test_corrupt_dataset(tmp_path, qm9_sources):
   src = qm9_sources['valid'].path
-  dst = tmp_path / 'edm_qm9' / 'with_h' / '1.0.0'
+  dst = tmp_path / 'edm_qm9' / 'with_h' / os.path.basename(src.rstrip('/'))
   shutil.copytree(src, dst)
   for f in dst.glob('*valid.array_record*'):
     f.write_bytes(b'\x00garbage' * 100)

@@ -59,6 +59,8 @@ def _fake_race(d):
   _write(f'{d}/original/nll.jsonl', [{'step': 120 * k, 'elapsed_s': 60.0 * k, 'mark_s': 60 * k,
                                       'val_nll': 300.0 - 5 * k, 'val_nll_molecules': 64}
                                      for k in range(1, 11)])
+  _write(f'{d}/original_nll_paired.jsonl', [{'step': 120 * k, 'elapsed_s': 60.0 * k,
+                                             'val_nll': 310.0 - 5 * k} for k in range(1, 11)])
   _write(f'{d}/original/sampling.json', {'molecules': 100, 'molecules_per_hour': 1200.0})
   share = {'molecules': 100, 'atom_stability': 0.8, 'atom_stability_lo': 0.78,
            'atom_stability_hi': 0.82, 'mol_stability': 0.1, 'mol_stability_lo': 0.05,
@@ -79,6 +81,9 @@ def test_report_converts_the_original_and_finds_the_minute(tmp_path):
   assert "first minute at or below the original's final NLL (250.0) | 10.0 | 4.5 " \
          "(step 2,500) |" in out.stdout
   assert '| steps in 10 minutes | 1,200 | 5,000 |' in out.stdout
+  # Through one estimator with the same draws the original ends at 260: ours at step 2,000.
+  assert ("same estimator and draws: first minute at or below the original's final NLL "
+          '(260.0) | 10.0 | 3.7 (step 2,000) |') in out.stdout
   both = runs.read([f'{d}/runs/edm_zoo', f'{d}/runs/original'])
   minutes, values = both[1].curve('val_nll', 'minutes')
   np.testing.assert_allclose(minutes, np.arange(1, 11))
@@ -88,3 +93,4 @@ def test_report_converts_the_original_and_finds_the_minute(tmp_path):
   assert both[1].curve('loss', 'minutes')[0][0] == pytest.approx((5.0 + 10 / 2) / 60)
   assert os.path.exists(f'{d}/compare/compare.png') and os.path.exists(f'{d}/race.md')
   assert both[1].report['metrics']['validity'] == 0.5
+  assert both[1].curve('val_nll_edm_zoo_estimator', 'minutes')[1][-1] == 260.0

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -110,7 +111,9 @@ def test_compare_reads_short_runs_of_every_model(tmp_path):
   assert [r['run'] for r in rows] == list(models.names())
   # Each method's own validation figure: EDM's NLL, GeoBFN's loss L^inf.
   figure = lambda name: 'bfn_loss' if models.get(name).method == 'bfn' else 'nll'
-  assert all(r['steps'] == '2 / 2' and r[f"best val_{figure(r['model'])}"].endswith('(step 2)')
+  # The best figure's step and wall-clock minute (every logged line has elapsed_s).
+  assert all(r['steps'] == '2 / 2' and
+             re.search(r'\(step 2, [\d.]+ min\)$', r[f"best val_{figure(r['model'])}"])
              and r[f"test_{figure(r['model'])}"] != '-' for r in rows), rows
   assert [r['model'] for r in rows] == list(models.names())
 

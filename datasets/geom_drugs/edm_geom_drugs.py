@@ -33,6 +33,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from datasets import common
+from edm_zoo.data import bonds
 
 ATOM_TYPES_WITH_H = ('H', 'B', 'C', 'N', 'O', 'F', 'Al', 'Si', 'P', 'S', 'Cl', 'As',
                      'Br', 'I', 'Hg', 'Bi')
@@ -157,10 +158,13 @@ class GeomConfig(tfds.core.BuilderConfig):
     seed: a seeded split when the permutation file is absent.
     filter_size: keep conformers of at most this many atoms.
     conformations: the number in the file names (30 in the paper).
+    perceive_bonds: perceive each molecule's bonds (hours at the real size); off,
+      every record has none (`not_perceived`): enough for the EDM members.
   """
 
   def __init__(self, *, remove_h: bool, source: str | None = None, seed: int | None = None,
-               filter_size: int | None = None, conformations: int = 30):
+               filter_size: int | None = None, conformations: int = 30,
+               perceive_bonds: bool = True):
     super().__init__(name='without_h' if remove_h else 'with_h',
                      # 1.1.0: bonds and formal charges, perceived per molecule.
                      version=tfds.core.Version('1.1.0'),
@@ -168,7 +172,7 @@ class GeomConfig(tfds.core.BuilderConfig):
     self.remove_h = remove_h
     self.source = source
     self.options = {'seed': seed, 'filter_size': filter_size,
-                    'conformations': conformations}
+                    'conformations': conformations, 'perceive_bonds': perceive_bonds}
 
 
 def decode(item: dict[str, Any]) -> dict[str, Any]:
@@ -227,7 +231,7 @@ class EdmGeomDrugs(common.MoleculeBuilder):
                          "NOT the paper's split") + ': valid 10%, test 10%, train the rest',
         'num_conformers': int(len(sizes)),
         'num_smiles': (sum(1 for _ in open(smiles)) if os.path.exists(smiles) else None)})
-    graphs = molecule_graphs(rows, bounds, smiles)
+    graphs = molecule_graphs(rows, bounds, smiles, perceive=config.options['perceive_bonds'])
     self.info.metadata['bonds'] = common.bonds_metadata(
         {name: graphs.status[graphs.run_of[order]] for name, order in splits.items()},
         how=BONDS_HOW, molecules=int(len(graphs.status)),
@@ -288,9 +292,9 @@ def molecule_runs(rows: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 
 
 def molecule_graphs(rows: np.ndarray, bounds: np.ndarray, smiles_file: str,
-                    workers: int | None = None) -> MoleculeGraphs:
+                    workers: int | None = None, perceive: bool = True) -> MoleculeGraphs:
   """Bonds perceived once per molecule (its first conformer), checked against the
-  SMILES file when it has one line per molecule found."""
+  SMILES file when it has one line per molecule found; `perceive` off: none."""
   run_of = molecule_runs(rows, bounds)
   n_runs = int(run_of[-1]) + 1 if len(run_of) else 0
   first = np.searchsorted(run_of, np.arange(n_runs))
@@ -310,9 +314,11 @@ def molecule_graphs(rows: np.ndarray, bounds: np.ndarray, smiles_file: str,
       block = np.asarray(rows[bounds[first[r]]:bounds[first[r] + 1]])
       items.append((block[:, 2:5].astype(np.float32), block[:, 1].astype(np.int32),
                     (smiles[r], '') if checked else None))
-    found = common.perceive_all(
+    found = (common.perceive_all(
         items, workers=workers,
         desc=f'perceiving bonds, molecules {lo + 1:,}-{runs[-1] + 1:,} of {n_runs:,}')
+             if perceive else
+             [bonds.record(None, len(z), bonds.NOT_PERCEIVED) for _, z, _ in items])
     for r, f in zip(runs, found):
       status[r] = f['bonds_status']
       bond_counts[r], atom_counts[r] = len(f['bonds']), len(f['formal_charges'])

@@ -9,7 +9,8 @@ original's `train_test.test` (eval mode, its `compute_loss_and_nll`) on the firs
 --molecules validation molecules of its own unshuffled validation loader (batches of
 --batch_size), one JSON line per snapshot in DIR/nll.jsonl (step, seconds, NLL). Its
 estimator draws t and noise from torch's generator, seeded per snapshot.
---what=sample: the last snapshot's EMA model through the original's `qm9.sampling.sample`
+--what=export: each snapshot's EMA state dict as DIR/snapshots/s{seconds}.npz (+ .json: step,
+seconds), for edm_zoo's estimator. --what=sample: the last snapshot's EMA model through the original's `qm9.sampling.sample`
 (its full 1,000-step chain, sizes from its `nodes_dist`, batches of 100 as its
 `analyze_and_save`) until --n_samples molecules or --seconds have passed, whichever comes
 first; written after every batch to DIR/samples.xyz (positions in Angstrom, element
@@ -23,6 +24,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 
 def main():
   pre = argparse.ArgumentParser(add_help=False)
@@ -31,7 +34,7 @@ def main():
   import common  # pylint: disable=import-outside-toplevel
   ap = argparse.ArgumentParser(parents=[pre])
   ap.add_argument('--out', required=True)
-  ap.add_argument('--what', choices=('nll', 'sample'), required=True)
+  ap.add_argument('--what', choices=('nll', 'sample', 'export'), required=True)
   ap.add_argument('--molecules', type=int, default=2048)
   ap.add_argument('--n_samples', type=int, default=1000)
   ap.add_argument('--sample_batch_size', type=int, default=100)
@@ -52,6 +55,16 @@ def main():
   from train_test import test  # pylint: disable=import-outside-toplevel
 
   model = m.model
+  if a.what == 'export':
+    # The EMA weights as plain arrays, so that edm_zoo's estimator can read them
+    # (`instruments/race/ours_nll.py --state_dicts`): the same t and noise for both.
+    for path in snapshots:
+      snap = torch.load(path, map_location='cpu')
+      np.savez(path[:-3] + '.npz', **{k: v.numpy() for k, v in snap['model_ema'].items()})
+      with open(path[:-3] + '.json', 'w') as f:
+        json.dump({'step': snap['step'], 'elapsed_s': snap['elapsed_s'],
+                   'mark_s': snap['mark_s']}, f)
+    return
   if a.what == 'nll':
     n_batches = -(-a.molecules // a.batch_size)
     batches = common.take_batches(m.dataloaders['valid'], n_batches)

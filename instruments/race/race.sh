@@ -65,6 +65,13 @@ if part nll; then
       --out="$OUT/original" --what=nll --molecules="$NLL_MOLECULES" $MODEL \
       > "$OUT/original_nll.log" 2>&1 &
   wait
+  # And the original's weights through edm_zoo's estimator, with the very t and noise
+  # that ours' curve drew: the two curves then differ by the weights alone.
+  taskset -c 1 "$V" "$HERE/instruments/race/original_eval.py" --harness="$H" \
+      --out="$OUT/original" --what=export $MODEL > "$OUT/original_export.log" 2>&1
+  ( cd "$HERE" && "$PY" instruments/race/ours_nll.py --run="$OUT/ours" \
+      --state_dicts="$OUT/original/snapshots" --molecules="$NLL_MOLECULES" \
+      --out="$OUT/original_nll_paired.jsonl" > "$OUT/original_nll_paired.log" 2>&1 )
 fi
 
 if part sample; then

@@ -114,6 +114,8 @@ def main(argv):
   ours_nll = _jsonl(os.path.join(race, 'ours_nll.jsonl'))
   orig_lines, stamps = _original_train_lines(race)
   orig_nll = _jsonl(os.path.join(race, 'original', 'nll.jsonl'))
+  paired_path = os.path.join(race, 'original_nll_paired.jsonl')
+  paired = _jsonl(paired_path) if os.path.exists(paired_path) else []
   val = lambda rows: [{k: r[k] for k in ('step', 'elapsed_s', 'val_nll', 'val_nll_molecules')}
                       for r in rows]
   reports = {'edm_zoo': _read_json(os.path.join(race, 'ours_eval_1000', 'report.json')),
@@ -126,8 +128,10 @@ def main(argv):
                            **reports['original']}
   _write_run(os.path.join(race, 'runs', 'edm_zoo'), config, ours_lines + val(ours_nll),
              reports['edm_zoo'])
-  _write_run(os.path.join(race, 'runs', 'original'), config, orig_lines + val(orig_nll),
-             reports['original'])
+  paired_lines = [{'step': r['step'], 'elapsed_s': r['elapsed_s'],
+                   'val_nll_edm_zoo_estimator': r['val_nll']} for r in paired]
+  _write_run(os.path.join(race, 'runs', 'original'), config,
+             orig_lines + val(orig_nll) + paired_lines, reports['original'])
   with open(os.path.join(race, 'runs', 'original', 'original_argv.json'), 'w') as f:
     json.dump(stamps['argv'], f)
   table, _ = runs.compare([os.path.join(race, 'runs', 'edm_zoo'),
@@ -137,7 +141,7 @@ def main(argv):
     shutil.copy(os.path.join(race, 'compare', 'compare.png'), _PLOT.value)
 
   budget = info['budget_s']
-  ours_steps = max(r['step'] for r in ours_lines)
+  ours_steps = max(max(r['step'] for r in ours_lines), max(r['step'] for r in ours_nll))
   final_orig = orig_nll[-1]
   reached = [r for r in ours_nll if r['val_nll'] <= final_orig['val_nll']]
 
@@ -170,6 +174,18 @@ def main(argv):
       f"| {final_orig['elapsed_s'] / 60:.1f} | "
       + (f"{reached[0]['elapsed_s'] / 60:.1f} (step {reached[0]['step']:,})" if reached
          else 'not reached') + ' |']
+  if paired:
+    # Both through edm_zoo's estimator with the same draws: only the weights differ.
+    final_p = paired[-1]
+    reached_p = [r for r in ours_nll if r['val_nll'] <= final_p['val_nll']]
+    for minutes in (10, 30, budget / 60):
+      lines.append(f'| same estimator and draws: NLL at minute {minutes:.0f} | '
+                   f'{nll_at(paired, minutes)} | {nll_at(ours_nll, minutes)} |')
+    lines.append(
+        f"| same estimator and draws: first minute at or below the original's final NLL "
+        f"({final_p['val_nll']:.1f}) | {final_p['elapsed_s'] / 60:.1f} | "
+        + (f"{reached_p[0]['elapsed_s'] / 60:.1f} (step {reached_p[0]['step']:,})"
+           if reached_p else 'not reached') + ' |')
   nll_table = '\n'.join(lines)
 
   rows = [('original EDM, 1,000 steps', _samples(reports['original'])),
