@@ -303,6 +303,14 @@ def molecule_graphs(rows: np.ndarray, bounds: np.ndarray, smiles_file: str,
     with open(smiles_file) as f:
       smiles = [line.strip() for line in f]
   checked = len(smiles) == n_runs
+  if not perceive:  # No bonds: nothing per molecule but its atom count.
+    atoms = np.diff(bounds)[first]
+    return MoleculeGraphs(
+        run_of=run_of, status=np.full(n_runs, bonds.NOT_PERCEIVED, np.int8),
+        bond_bounds=np.zeros(n_runs + 1, np.int64), bonds=np.zeros((0, 2), np.int16),
+        bond_orders=np.zeros(0, np.int8),
+        atom_bounds=np.concatenate([[0], np.cumsum(atoms)]).astype(np.int64),
+        formal_charges=np.zeros(int(atoms.sum()), np.int8), checked=False)
   status = np.zeros(n_runs, np.int8)
   bond_counts, atom_counts = np.zeros(n_runs, np.int64), np.zeros(n_runs, np.int64)
   pairs, orders, charges = [], [], []
@@ -314,11 +322,9 @@ def molecule_graphs(rows: np.ndarray, bounds: np.ndarray, smiles_file: str,
       block = np.asarray(rows[bounds[first[r]]:bounds[first[r] + 1]])
       items.append((block[:, 2:5].astype(np.float32), block[:, 1].astype(np.int32),
                     (smiles[r], '') if checked else None))
-    found = (common.perceive_all(
+    found = common.perceive_all(
         items, workers=workers,
         desc=f'perceiving bonds, molecules {lo + 1:,}-{runs[-1] + 1:,} of {n_runs:,}')
-             if perceive else
-             [bonds.record(None, len(z), bonds.NOT_PERCEIVED) for _, z, _ in items])
     for r, f in zip(runs, found):
       status[r] = f['bonds_status']
       bond_counts[r], atom_counts[r] = len(f['bonds']), len(f['formal_charges'])
