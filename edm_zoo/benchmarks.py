@@ -178,6 +178,16 @@ def jit_study_table(path: str, rows, device: str, T: int) -> None:
     f.write(text)
 
 
+def _batches_per_s(batches, count: int) -> float:
+  """How many of the next `count` batches an iterator yields per second."""
+  start, n = time.perf_counter(), 0
+  for _ in batches:
+    n += 1
+    if n == count:
+      break
+  return n / (time.perf_counter() - start)
+
+
 def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
         data_dir: str | None = None, log=print) -> dict[str, Any]:
   """Every measurement `bench.what` asks for; `log` receives one line per figure.
@@ -211,13 +221,7 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
     log(f"data: split of {len(train_src):,} molecules opened in "
         f"{results['data_open_s']:.2f} s, first batch after "
         f"{results['data_first_batch_s']:.2f} s")
-    start = time.perf_counter()
-    n = 0
-    for _ in it:
-      n += 1
-      if n == bench.data_batches:
-        break
-    results['data_batches_per_s'] = n / (time.perf_counter() - start)
+    results['data_batches_per_s'] = _batches_per_s(it, bench.data_batches)
     log(f"data: {results['data_batches_per_s']:.1f} batches of {bs} per second")
     # The same split with bonds and formal charges on the batches (the switch
     # bond-predicting methods turn on), for what it costs.
@@ -225,13 +229,7 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
     it = batching.batches(bonded, bs, seed=0, epoch=0, n_nodes_histogram=hist,
                           with_bonds=True)
     next(it)
-    start = time.perf_counter()
-    n = 0
-    for _ in it:
-      n += 1
-      if n == bench.data_batches:
-        break
-    results['data_bonds_batches_per_s'] = n / (time.perf_counter() - start)
+    results['data_bonds_batches_per_s'] = _batches_per_s(it, bench.data_batches)
     results['data_bonds_molecules'] = len(bonded)
     log(f"data with bonds: {results['data_bonds_batches_per_s']:.1f} batches of {bs} per "
         f"second ({len(bonded):,} of the {len(train_src):,} molecules have known bonds)")
