@@ -166,6 +166,16 @@ def test_corrupt_dataset(tmp_path, qm9_sources):
     registry.load('qm9', 'valid', data_dir=str(tmp_path))
 
 
+def test_data_prepared_without_bonds_is_refused_in_one_line(tmp_path, qm9_sources):
+  # A folder of an older version (before bonds) beside no current one.
+  src = qm9_sources['valid'].path
+  shutil.copytree(src, tmp_path / 'edm_qm9' / 'with_h' / '1.1.0')
+  with pytest.raises(ValueError, match=r'older edm_zoo \(version 1.1.0, without bonds.*'
+                                       r'rebuild it with `python launch/prepare_data.py '
+                                       r'--dataset=qm9`'):
+    registry.load('qm9', 'valid', data_dir=str(tmp_path))
+
+
 def test_element_outside_the_type_list():
   molecule = {'positions': np.zeros((2, 3), np.float32),
               'charges': np.array([6, 16]), 'gdb_index': 77}
