@@ -263,6 +263,7 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
   if 'train' in what:
     draw_fn, step_fn = train_state.make_step_fns(
         model, tx, ema_decay=config.train.ema_decay, clip_grad=config.train.clip_grad,
+        clip_norm=config.train.clip_norm,
         rules=rules)
     key = jax.random.PRNGKey(1)
 
@@ -451,7 +452,8 @@ def size_study(model: Diffusion, tx, config: config_lib.Config,
     qm9 = [m for m in qm9 if np.isin(m['charges'], z).all()]
     groups.insert(0, ('qm9', qm9))
   draw_fn, step_fn = train_state.make_step_fns(
-      model, tx, ema_decay=config.train.ema_decay, clip_grad=config.train.clip_grad)
+      model, tx, ema_decay=config.train.ema_decay, clip_grad=config.train.clip_grad,
+      clip_norm=config.train.clip_norm)
   key = jax.random.PRNGKey(1)
   rows, params = [], None
   parts = train_state.parts_per_device(bs, config.train.microbatch_size,

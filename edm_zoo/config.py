@@ -102,6 +102,55 @@ class BFNConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SemlaConfig:
+  """SemlaFlow: its network and flow matching (semlaflow/train.py defaults, the
+  published GEOM-Drugs model; `model.n_layers` sets its depth).
+
+  Attributes:
+    d_model: atom feature width.
+    d_message: width of the projected atom features in each edge message.
+    d_edge: edge feature width.
+    n_coord_sets: learnable coordinate sets S (latent attention over them).
+    n_attn_heads: attention heads of the atom update (divides d_model).
+    d_message_hidden: hidden width of the inner layers' message MLPs.
+    size_emb: width of the molecule-size embedding.
+    size_emb_max: rows of the size embedding (largest molecule + 1 it can take).
+    coord_norm: 'length' (SemlaFlow's) or 'none'.
+    self_condition: feed the previous prediction back (half the training steps).
+    coord_std: coordinates are divided by this (0: SemlaFlow's value for QM9,
+      1.7233, or GEOM-Drugs, 2.4070; other datasets must give it).
+    coord_noise_std: std of the Gaussian added to interpolated coordinates.
+    type_loss_weight, bond_loss_weight, charge_loss_weight: the loss weights of
+      the categorical terms (the coordinate term has weight 1).
+    time_alpha, time_beta: training times t ~ Beta(alpha, beta).
+    cat_noise_level: the categorical sampler's noise level (uniform-sample).
+    optimal_transport: 'equivariant' (per molecule, an atom permutation then a
+      rotation of the prior onto the data) or 'none'.
+    flow_steps: the sampler's default number of Euler steps.
+  """
+  d_model: int = 384
+  d_message: int = 128
+  d_edge: int = 128
+  n_coord_sets: int = 64
+  n_attn_heads: int = 32
+  d_message_hidden: int = 128
+  size_emb: int = 64
+  size_emb_max: int = 256
+  coord_norm: str = 'length'
+  self_condition: bool = True
+  coord_std: float = 0.0
+  coord_noise_std: float = 0.2
+  type_loss_weight: float = 0.2
+  bond_loss_weight: float = 1.0
+  charge_loss_weight: float = 1.0
+  time_alpha: float = 2.0
+  time_beta: float = 1.0
+  cat_noise_level: float = 1.0
+  optimal_transport: str = 'equivariant'
+  flow_steps: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Optimisation, evaluation and bookkeeping (EDM's published QM9 run).
 
@@ -150,6 +199,11 @@ class TrainConfig:
     warmup_steps: a linear learning-rate warm-up over this many steps, from
       lr / warmup_steps up to lr (0: none, EDM's schedule). An opt-in against the
       loss spikes of GEOM-Drugs' first steps, which the original has too (BUILD.md).
+    warmup_start_factor: > 0: the warm-up is torch's LinearLR instead, from
+      lr * warmup_start_factor at step 0 to lr at step warmup_steps (SemlaFlow's,
+      0.01).
+    clip_norm: > 0: clip the gradient's global norm to this every step (torch's
+      clip_grad_norm_, SemlaFlow's 1.0), instead of EDM's adaptive queue.
   """
   batch_size: int = 64
   microbatch_size: int = 0
@@ -179,6 +233,8 @@ class TrainConfig:
   spike_loss: float = 0.0
   spike_limit: int = 3
   warmup_steps: int = 0
+  warmup_start_factor: float = 0.0
+  clip_norm: float = 0.0
 
 
 STAGES = ('diffusion', 'autoencoder')
@@ -197,8 +253,8 @@ class Config:
   """Everything a run needs; launchers fill it from flags.
 
   Attributes:
-    model, diffusion, train, bfn: the sections above (`bfn` for a Bayesian
-      flow model, `diffusion` for the others).
+    model, diffusion, train, bfn, semla: the sections above (`bfn` for a
+      Bayesian flow model, `semla` for SemlaFlow, `diffusion` for the others).
     dataset: a `--dataset` of the registry (`edm_zoo.data.registry`): 'qm9',
       'qm9_noh', a train half ('qm9_second_half' is where the reference trains its
       conditional models), 'geom_drugs', 'moses3d', or one of your own.
@@ -213,6 +269,7 @@ class Config:
   diffusion: DiffusionConfig = DiffusionConfig()
   train: TrainConfig = TrainConfig()
   bfn: BFNConfig = BFNConfig()
+  semla: SemlaConfig = SemlaConfig()
   dataset: str = 'qm9'
   conditioning: tuple[str, ...] = ()
   context_norm_split: str = 'valid'
@@ -274,10 +331,18 @@ MODEL_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         'train': {'clip_queue_start': 1.0, 'clip_queue_len': 3000,
                   'skip_grad_norm': 10_000.0, 'spike_loss': 500.0, 'spike_limit': 3},
     },
+    # SemlaFlow (semlaflow/train.py): 12 layers; Adam (amsgrad, no weight decay) at
+    # lr 3e-4 warmed up by LinearLR from 1% over 10,000 steps, the gradient norm
+    # clipped to 1 (Lightning's gradient_clip_val), EMA 0.999.
+    'semlaflow': {
+        'model': {'n_layers': 12},
+        'train': {'lr': 3e-4, 'weight_decay': 0.0, 'ema_decay': 0.999, 'clip_grad': False,
+                  'clip_norm': 1.0, 'warmup_steps': 10_000, 'warmup_start_factor': 0.01},
+    },
 }
 
 _SECTIONS = {'model': ModelConfig, 'diffusion': DiffusionConfig, 'train': TrainConfig,
-             'bfn': BFNConfig}
+             'bfn': BFNConfig, 'semla': SemlaConfig}
 
 
 def field_names() -> dict[str, str]:
@@ -380,7 +445,40 @@ def validate(config: Config) -> Config:
     raise ValueError(f'position_scale must be positive, got {b.position_scale}.')
   if config.num_atom_types <= 0:
     raise ValueError(f'num_atom_types must be positive, got {config.num_atom_types}.')
+  if not 0 <= t.warmup_start_factor <= 1:
+    raise ValueError(f'warmup_start_factor must be in [0, 1], got {t.warmup_start_factor}.')
+  if t.clip_norm < 0:
+    raise ValueError(f'clip_norm must be >= 0 (0: off), got {t.clip_norm}.')
+  _validate_semla(config)
   return dataclasses.replace(config, conditioning=tuple(config.conditioning))
+
+
+def _validate_semla(config: Config) -> None:
+  sm = config.semla
+  for name, value in (('d_model', sm.d_model), ('d_message', sm.d_message),
+                      ('d_edge', sm.d_edge), ('n_coord_sets', sm.n_coord_sets),
+                      ('n_attn_heads', sm.n_attn_heads),
+                      ('d_message_hidden', sm.d_message_hidden),
+                      ('size_emb', sm.size_emb), ('size_emb_max', sm.size_emb_max),
+                      ('flow_steps', sm.flow_steps)):
+    if int(value) <= 0:
+      raise ValueError(f'{name} must be a positive integer, got {value}.')
+  if sm.d_model % sm.n_attn_heads:
+    raise ValueError(f'n_attn_heads ({sm.n_attn_heads}) must divide d_model '
+                     f'({sm.d_model}).')
+  if sm.coord_norm not in ('length', 'none'):
+    raise ValueError(f"unknown coord_norm {sm.coord_norm!r}; allowed: ['length', 'none'].")
+  if sm.optimal_transport not in ('equivariant', 'none'):
+    raise ValueError(f'unknown optimal_transport {sm.optimal_transport!r}; allowed: '
+                     "['equivariant', 'none'].")
+  if sm.coord_std < 0 or sm.coord_noise_std < 0 or sm.cat_noise_level < 0:
+    raise ValueError('coord_std, coord_noise_std and cat_noise_level must be >= 0.')
+  if sm.time_alpha <= 0 or sm.time_beta <= 0:
+    raise ValueError(f'time_alpha and time_beta must be positive, got '
+                     f'{sm.time_alpha}, {sm.time_beta}.')
+  if config.model.name == 'semlaflow' and config.model.n_layers < 2:
+    raise ValueError('semlaflow needs n_layers >= 2 (its first and last layers carry '
+                     f'the bond features), got {config.model.n_layers}.')
 
 
 def to_dict(config: Config) -> dict[str, Any]:
@@ -396,9 +494,11 @@ def from_dict(d: dict[str, Any]) -> Config:
       diff[key] = tuple(diff[key])
   train = TrainConfig(**d.pop('train', {}))
   bfn = BFNConfig(**d.pop('bfn', {}))
+  semla = SemlaConfig(**d.pop('semla', {}))
   if 'conditioning' in d:
     d['conditioning'] = tuple(d['conditioning'])
-  return Config(model=model, diffusion=DiffusionConfig(**diff), train=train, bfn=bfn, **d)
+  return Config(model=model, diffusion=DiffusionConfig(**diff), train=train, bfn=bfn,
+                semla=semla, **d)
 
 
 @dataclasses.dataclass(frozen=True)

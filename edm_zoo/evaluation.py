@@ -64,7 +64,7 @@ def nll(model: Diffusion, params, source, *, batch_size: int = 64, seed: int = 0
     key = jax.random.fold_in(jax.random.PRNGKey(seed), p)
     mine = range(index, n_batches, count)
     graphs = batching.batches(source, batch_size, shuffle=False, budgets=budgets,
-                              only=mine)
+                              only=mine, with_bonds=model.with_bonds)
     for i, graph in tqdm.tqdm(zip(mine, graphs), total=len(mine), disable=not progress,
                               leave=False, desc=f'{desc} pass {p + 1}/{passes}'):
       sums[p, i] = jax.device_get(nll_fn(params, graph, jax.random.fold_in(key, i)))

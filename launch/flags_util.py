@@ -178,7 +178,8 @@ def define_config_flags() -> None:
                     'as the reference)')
   for section, cls in (('model', config_lib.ModelConfig),
                        ('diffusion', config_lib.DiffusionConfig),
-                       ('train', config_lib.TrainConfig)):
+                       ('train', config_lib.TrainConfig),
+                       ('semla', config_lib.SemlaConfig)):
     define_dataclass_flags(cls, skip=_SKIP, section=section,
                            rename={'name': 'model'} if section == 'model' else None)
 

@@ -16,14 +16,14 @@ from typing import Callable, NamedTuple
 import haiku as hk
 
 from edm_zoo.config import Config
-from edm_zoo.models import egnn, geobfn, gnn
+from edm_zoo.models import egnn, geobfn, gnn, semla
 
 
 class Entry(NamedTuple):
   """A zoo model: its pure `net_fn`, whether its position output is E(3)-equivariant,
   whether the diffusion runs on an autoencoder's latent (GeoLDM: `net_fn` is
   then the latent dynamics, `edm_zoo.methods.diffusion.latent`), and its
-  generative method (`edm_zoo.methods`: 'diffusion' or 'bfn')."""
+  generative method (`edm_zoo.methods`: 'diffusion', 'bfn' or 'flow')."""
   net_fn: Callable
   equivariant: bool
   latent: bool = False
@@ -35,6 +35,7 @@ _REGISTRY: dict[str, Entry] = {
     'gnn': Entry(gnn.net_fn, equivariant=False),
     'geoldm': Entry(egnn.net_fn, equivariant=True, latent=True),
     'geobfn': Entry(geobfn.net_fn, equivariant=True, method='bfn'),
+    'semlaflow': Entry(semla.net_fn, equivariant=True, method='flow'),
 }
 
 

@@ -21,6 +21,7 @@ from edm_zoo import evaluation
 from edm_zoo.data import batching, registry, sources
 from edm_zoo import methods, models
 from edm_zoo.methods import diffusion
+from edm_zoo.methods.flow import interpolant
 from edm_zoo.methods.diffusion.objective import Diffusion
 from edm_zoo.training import checkpoint, distributed, optimizer, skeleton
 from edm_zoo.training import state as train_state
@@ -67,7 +68,9 @@ def setup(config: config_lib.Config, data_dir: str | None = None) -> Setup:
                                        t.microbatch_size, jax.default_backend())
   mesh, local = distributed.data_mesh(t.batch_size, parts)
   stats = registry.statistics(config.dataset, data_dir)
-  splits = {s: registry.load(config.dataset, s, data_dir) for s in registry.SPLITS}
+  model = methods.make(config, stats.n_nodes_histogram)
+  splits = {s: registry.load(config.dataset, s, data_dir, with_bonds=model.with_bonds)
+            for s in registry.SPLITS}
   if t.train_molecules:
     splits['train'] = sources.Subset(splits['train'], t.train_molecules)
   normalizer = None
@@ -80,10 +83,11 @@ def setup(config: config_lib.Config, data_dir: str | None = None) -> Setup:
                      f'{config.dataset} has Z up to {max(stats.atomic_numbers)} '
                      f'(--bins={max(stats.atomic_numbers)} or more).')
   tx = optimizer.torch_adamw_amsgrad(t.lr, weight_decay=t.weight_decay,
-                                     warmup_steps=t.warmup_steps)
+                                     warmup_steps=t.warmup_steps,
+                                     warmup_start_factor=t.warmup_start_factor)
   if t.spike_loss:
     tx = optimizer.guarded(tx)
-  return Setup(config=config, model=methods.make(config, stats.n_nodes_histogram), tx=tx,
+  return Setup(config=config, model=model, tx=tx,
                mesh=mesh, shards_per_device=parts, local_shards=local, splits=splits,
                statistics=stats, normalizer=normalizer)
 
@@ -156,7 +160,18 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   batches = functools.partial(
       batching.sharded_batches, s.splits['train'], t.batch_size, n_shards, t.seed,
       budgets=batching.default_budgets(t.batch_size // n_shards, hist),
-      shards=s.local_shards, agree=distributed.max_over_processes)
+      shards=s.local_shards, agree=distributed.max_over_processes,
+      with_bonds=model.with_bonds)
+  if hasattr(model, 'prepare'):
+    # A host-side part of the step (SemlaFlow's optimal transport), a batch ahead;
+    # batch i of an epoch draws from (seed, epoch, its first molecule).
+    read = batches
+
+    def batches(epoch, start=0):
+      def prepare(item, counter=iter(range(start, 1 << 62, t.batch_size))):
+        rng = np.random.default_rng([t.seed, 3, epoch, next(counter)])
+        return model.prepare(item[0], rng), item[1]
+      return interpolant.prepare_ahead(read(epoch=epoch, start=start), prepare)
   steps_per_epoch = math.ceil(len(s.splits['train']) / t.batch_size)
 
   first, _ = next(batches(epoch=0))
@@ -167,10 +182,13 @@ def train(config: config_lib.Config, workdir: str, *, data_dir: str | None = Non
   rules = optimizer.StepRules(skip_grad_norm=t.skip_grad_norm, spike_loss=t.spike_loss,
                               spike_limit=t.spike_limit, steps_per_epoch=steps_per_epoch)
   draw_fn, step_fn = train_state.make_step_fns(
-      model, s.tx, ema_decay=t.ema_decay, clip_grad=t.clip_grad, mesh=mesh, rules=rules)
+      model, s.tx, ema_decay=t.ema_decay, clip_grad=t.clip_grad, clip_norm=t.clip_norm,
+      mesh=mesh, rules=rules)
   recoveries = []
   noise_key = jax.random.fold_in(key, 1)
-  augment_fn = train_state.make_augment_fn(mesh) if t.data_augmentation else None
+  # A model with a host-side step rotates its molecules there, before its transport.
+  augment_fn = (train_state.make_augment_fn(mesh)
+                if t.data_augmentation and not hasattr(model, 'prepare') else None)
   augment_key = jax.random.fold_in(key, 2)
   evaluate = functools.partial(
       evaluation.nll, model, batch_size=t.batch_size, seed=t.seed,

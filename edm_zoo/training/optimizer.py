@@ -49,16 +49,24 @@ def scale_by_torch_amsgrad(b1: float = 0.9, b2: float = 0.999,
 
 def torch_adamw_amsgrad(lr: float, *, b1: float = 0.9, b2: float = 0.999,
                         eps: float = 1e-8, weight_decay: float = 1e-12,
-                        warmup_steps: int = 0) -> optax.GradientTransformation:
+                        warmup_steps: int = 0, warmup_start_factor: float = 0.0
+                        ) -> optax.GradientTransformation:
   """torch.optim.AdamW(lr, betas, eps, weight_decay, amsgrad=True) as optax.
 
   With `warmup_steps`, the learning rate of step k (from 0) is
   lr * min(1, (k + 1) / warmup_steps): the whole update, weight decay included,
-  is scaled, as a torch LambdaLR would scale AdamW's lr.
+  is scaled, as a torch LambdaLR would scale AdamW's lr. With a
+  `warmup_start_factor` f > 0 it is torch's LinearLR(start_factor=f,
+  total_iters=warmup_steps) instead: lr * (f + (1 - f) min(k, warmup_steps) /
+  warmup_steps) (SemlaFlow's, f = 0.01). With weight_decay 0 this is torch's Adam.
   """
   if warmup_steps < 0:
     raise ValueError(f'warmup_steps must be >= 0, got {warmup_steps}.')
-  if warmup_steps:
+  if warmup_steps and warmup_start_factor:
+    f = warmup_start_factor
+    scale = optax.scale_by_schedule(
+        lambda count: -lr * (f + (1 - f) * jnp.minimum(count, warmup_steps) / warmup_steps))
+  elif warmup_steps:
     scale = optax.scale_by_schedule(
         lambda count: -lr * jnp.minimum(1.0, (count + 1) / warmup_steps))
   else:
@@ -110,6 +118,16 @@ def clip_gradients(grads: Any, queue: ClipQueue):
   info = {'grad_norm': norm, 'max_grad_norm': threshold, 'clipped': clipped,
           'clip_coef': coef}
   return grads, ClipQueue(items, count), info
+
+
+def clip_by_norm(grads: Any, max_norm: float):
+  """torch's clip_grad_norm_(max_norm) (Lightning's gradient_clip_val): grads
+  scaled by min(1, max_norm / (norm + 1e-6)); returns (grads, info)."""
+  norm = optax.global_norm(grads)
+  coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
+  return (jax.tree.map(lambda g: g * coef, grads),
+          {'grad_norm': norm, 'max_grad_norm': jnp.asarray(max_norm, jnp.float32),
+           'clipped': norm > max_norm, 'clip_coef': coef})
 
 
 def ema_update(ema_params: Any, params: Any, decay: float) -> Any:

@@ -246,7 +246,7 @@ def mean_loss_and_grads(sum_fn, params, graphs: jraph.GraphsTuple,
 
 
 def apply_gradients(state: TrainState, grads, loss, *, tx, ema_decay: float,
-                    clip_grad: bool = True,
+                    clip_grad: bool = True, clip_norm: float = 0.0,
                     rules: optimizer.StepRules = optimizer.StepRules()):
   """Clip, AdamW step and EMA; a non-finite loss or gradient skips the update.
 
@@ -260,7 +260,10 @@ def apply_gradients(state: TrainState, grads, loss, *, tx, ema_decay: float,
   skip = flags.skip_next if guard else jnp.zeros([], bool)
   if guard:
     grads = jax.tree.map(lambda g: jnp.where(skip, jnp.zeros_like(g), g), grads)
-  if clip_grad:
+  if clip_norm:
+    clipped, info = optimizer.clip_by_norm(grads, clip_norm)
+    queue = state.clip_queue
+  elif clip_grad:
     clipped, queue, info = optimizer.clip_gradients(grads, state.clip_queue)
   else:
     clipped, queue = grads, state.clip_queue
@@ -291,16 +294,17 @@ def apply_gradients(state: TrainState, grads, loss, *, tx, ema_decay: float,
 
 def train_step(state: TrainState, graphs: jraph.GraphsTuple, t_int: jax.Array,
                eps: jax.Array, *, model: Diffusion, tx, ema_decay: float,
-               clip_grad: bool = True, mesh: Mesh | None = None,
+               clip_grad: bool = True, clip_norm: float = 0.0, mesh: Mesh | None = None,
                rules: optimizer.StepRules = optimizer.StepRules()):
   """One optimizer step on stacked shards [S, ...] with explicit t and noise."""
   loss, grads = loss_and_grads(model, state.params, graphs, t_int, eps, mesh)
   return apply_gradients(state, grads, loss, tx=tx, ema_decay=ema_decay,
-                         clip_grad=clip_grad, rules=rules)
+                         clip_grad=clip_grad, clip_norm=clip_norm, rules=rules)
 
 
 def make_step_fns(model: Diffusion, tx: optax.GradientTransformation, *,
-                  ema_decay: float, clip_grad: bool = True, mesh: Mesh | None = None,
+                  ema_decay: float, clip_grad: bool = True, clip_norm: float = 0.0,
+                  mesh: Mesh | None = None,
                   rules: optimizer.StepRules = optimizer.StepRules()):
   """(draw_fn, step_fn), jitted once: what training runs every step.
 
@@ -320,6 +324,6 @@ def make_step_fns(model: Diffusion, tx: optax.GradientTransformation, *,
                                            mesh), **shardings.get('draw', {}))
   step_fn = jax.jit(
       functools.partial(train_step, model=model, tx=tx, ema_decay=ema_decay,
-                        clip_grad=clip_grad, mesh=mesh, rules=rules),
+                        clip_grad=clip_grad, clip_norm=clip_norm, mesh=mesh, rules=rules),
       donate_argnums=0, **shardings.get('step', {}))
   return draw_fn, step_fn

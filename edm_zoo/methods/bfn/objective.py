@@ -52,6 +52,8 @@ class BayesianFlow:
   noise_blocks = 1
   centred_noise = False
   objective_name = 'bfn_loss'
+  # Its batches carry no bonds (`batching.build_graph(with_bonds=False)`).
+  with_bonds = False
   objective_label = ('BFN loss L^inf', 'nats/molecule')
 
   def __init__(self, config: Config, n_nodes_histogram: dict[int, int]):

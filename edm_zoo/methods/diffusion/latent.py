@@ -71,6 +71,7 @@ class LatentDiffusion:
   # eps holds two noise blocks: the diffusion's and the encoder's latent noise.
   noise_blocks = 2
   centred_noise = True
+  with_bonds = False
   draw_time = objective.Diffusion.draw_time
   eval_time = objective.Diffusion.eval_time
   loss_units = staticmethod(objective.Diffusion.loss_units)

@@ -129,6 +129,8 @@ class Diffusion:
   centred_noise = True
   # What `nll_per_molecule` holds (GeoLDM's stage 1 reports its VAE loss there).
   objective_name = 'nll'
+  # Its batches carry no bonds (`batching.build_graph(with_bonds=False)`).
+  with_bonds = False
   objective_label = ('NLL', 'nats/molecule')
 
   def draw_time(self, key: jax.Array) -> jax.Array:
