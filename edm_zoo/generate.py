@@ -16,6 +16,7 @@ import tqdm
 from edm_zoo import conditioning
 from edm_zoo.config import SamplingConfig
 from edm_zoo.data import batching
+from edm_zoo.data import bonds as bonds_lib
 from edm_zoo import methods
 from edm_zoo.io.files import atomic_path
 
@@ -87,7 +88,8 @@ def sample_batch(model: methods.Model, params, sizes: np.ndarray, key: jax.Array
     context: [len(sizes), C] normalised properties, for a conditional model.
 
   Returns:
-    {'molecules': [{'positions' [n, 3], 'types' [n], 'charges' [n]}],
+    {'molecules': [{'positions' [n, 3], 'types' [n], 'charges' [n] (and
+     'bonds', 'bond_orders', 'formal_charges' from a method that writes them)}],
      'chain': [frames, n_node, D] of the batch (if chain_every)}.
   """
   graph = batching.placeholder_graph(
@@ -100,6 +102,13 @@ def sample_batch(model: methods.Model, params, sizes: np.ndarray, key: jax.Array
       sizes, np.asarray(out['x'][:n], np.float32),
       np.argmax(out['h_cat'][:n], -1).astype(np.int32),
       np.asarray(out['h_int'][:n, 0]).astype(np.int32))}
+  if 'bond_orders' in out:  # A method that writes bonds: each molecule's own.
+    lo = 0
+    for m, size in zip(result['molecules'], np.asarray(sizes, int)):
+      m['bonds'], m['bond_orders'] = bonds_lib.from_dense(
+          np.asarray(out['bond_orders'][lo:lo + size, :size]))
+      m['formal_charges'] = np.asarray(out['formal_charges'][lo:lo + size], np.int32)
+      lo += size
   if chain_every:
     result['chain'] = np.asarray(out['chain'])
   return result
@@ -158,7 +167,13 @@ def generate(model: methods.Model, params, sampling: SamplingConfig, *,
       with np.load(path) as f:
         sizes, pos, types, charges = f['sizes'], f['positions'], f['types'], f['charges']
         values = f['properties'] if 'properties' in f.files else None
-      batch = unflatten_molecules(sizes, pos, types, charges)
+        batch = unflatten_molecules(sizes, pos, types, charges)
+        if 'n_bonds' in f.files:  # A method's own bonds, per molecule.
+          cut = np.cumsum(f['n_bonds'])[:-1]
+          for m, pairs, orders, q in zip(batch, np.split(f['bonds'], cut),
+                                         np.split(f['bond_orders'], cut),
+                                         np.split(f['formal_charges'], np.cumsum(sizes)[:-1])):
+            m.update(bonds=pairs, bond_orders=orders, formal_charges=q)
     else:
       sizes = sample_sizes(size_histogram, n, seed, b)
       values = condition.values(sizes, seed, b) if condition else None
@@ -169,6 +184,11 @@ def generate(model: methods.Model, params, sampling: SamplingConfig, *,
       )['molecules']
       if path:
         extra = {} if values is None else {'properties': values}
+        if batch and 'bonds' in batch[0]:
+          extra.update(n_bonds=[len(m['bond_orders']) for m in batch],
+                       bonds=np.concatenate([m['bonds'] for m in batch]).reshape(-1, 2),
+                       bond_orders=np.concatenate([m['bond_orders'] for m in batch]),
+                       formal_charges=np.concatenate([m['formal_charges'] for m in batch]))
         with atomic_path(path) as tmp, open(tmp, 'wb') as f:
           np.savez(f, sizes=sizes,
                    positions=np.concatenate([m['positions'] for m in batch]),

@@ -214,19 +214,20 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
   x_in = jnp.asarray(v['interpolated/coords'])
   ty_in = jnp.asarray(r.real(v['interpolated/atomics']), jnp.float32)
   b_in = jnp.asarray(r.real(v['interpolated/bonds'], True), jnp.float32)
-  plain = r.model.network(r.params, x_in, ty_in, b_in, m, t)
+  network = jax.jit(r.model.network)
+  plain = network(r.params, x_in, ty_in, b_in, m, t)
   cond = r.model.conditioning({k: jnp.asarray(v[f'out_plain/{k}']) for k in
                                ('coords', 'atomics', 'bonds')})
-  conditioned = r.model.network(r.params, x_in, ty_in, b_in, m, t, cond)
+  conditioned = network(r.params, x_in, ty_in, b_in, m, t, cond)
   for tag, out in (('out_plain', plain), ('out_cond', conditioned)):
     for k in ('coords', 'atomics', 'bonds', 'charges'):
       rep[f'{tag}/{k}'] = _check(r.real(out[k], k == 'bonds'),
                                  r.real(v[f'{tag}/{k}'], k == 'bonds'), TOL_NETWORK)
 
   # Loss terms and gradients of the first training step (its coin from the file).
-  (loss, terms), grads = jax.value_and_grad(
+  (loss, terms), grads = jax.jit(jax.value_and_grad(
       lambda p: step_loss(r.model, p, x_in, ty_in, b_in, m, t, r.data, v['step0/coin'][0]),
-      has_aux=True)(r.params)
+      has_aux=True))(r.params)
   for ours, theirs in (('coord_loss', 'coord-loss'), ('type_loss', 'type-loss'),
                        ('bond_loss', 'bond-loss'), ('charge_loss', 'charge-loss'),
                        ('loss', 'loss')):
@@ -244,8 +245,8 @@ def parity_report(path: str) -> dict[str, dict[str, float]]:
   us = [(jnp.asarray(v[f'euler/u_types{i}']), jnp.asarray(v[f'euler/u_bonds{i}']))
         for i in range(steps)]
   stacked = tuple(jnp.stack(u) for u in zip(*us))
-  final, states = integrator.integrate(r.model, r.params, start, m,
-                                       lambda i: (stacked[0][i], stacked[1][i]), steps)
+  final, states = jax.jit(lambda p: integrator.integrate(
+      r.model, p, start, m, lambda i: (stacked[0][i], stacked[1][i]), steps))(r.params)
   for i in range(steps):
     rep[f'euler/state{i}/coords'] = _check(r.real(states['coords'][i]),
                                            r.real(v[f'euler/state{i}/coords']), TOL_NETWORK)
@@ -281,10 +282,11 @@ def train_parity_report(path: str) -> dict[str, dict[str, float]]:
   rep: dict[str, dict[str, float]] = {}
   names = [k[len('params/'):] for k in v if k.startswith('params/')
            and not UNUSED.search(k[len('params/'):])]
+  grad_fn = jax.jit(jax.value_and_grad(
+      lambda p, coin: step_loss(r.model, p, x_in, ty_in, b_in, m, t, r.data, coin),
+      has_aux=True), static_argnums=1)
   for step in range(3):
-    (loss, _), grads = jax.value_and_grad(
-        lambda p: step_loss(r.model, p, x_in, ty_in, b_in, m, t, r.data,
-                            v[f'step{step}/coin'][0]), has_aux=True)(params)
+    (loss, _), grads = grad_fn(params, bool(v[f'step{step}/coin'][0] > 0.5))
     grads, info = optimizer.clip_by_norm(grads, 1.0)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = jax.tree.map(jnp.add, params, updates)
