@@ -36,7 +36,6 @@ from edm_zoo.data import batching, registry, sources
 from edm_zoo.methods.diffusion import samplers
 from edm_zoo.methods.diffusion.samplers import chain
 from edm_zoo import methods
-from edm_zoo.methods.bfn import BayesianFlow
 from edm_zoo.methods.diffusion.objective import Diffusion
 from edm_zoo.metrics import intervals
 from edm_zoo.training import distributed, optimizer, state as train_state
@@ -89,10 +88,11 @@ def sampling_graph(model: Diffusion, n_mol: int, atomic_numbers) -> Any:
       batching.choose_budget(sizes, batching.default_budgets(n_mol, hist)))
 
 
-def bfn_chain_seconds(model: BayesianFlow, params, graph, *, n_steps: int,
+def own_chain_seconds(model, params, graph, *, n_steps: int,
                       atomic_numbers) -> dict[str, float]:
-  """Times an `n_steps`-update Bayesian-flow chain (and its final call), compiled
-  once beforehand: {'compile_s', 'chain_s'} as `chain_seconds`."""
+  """Times an `n_steps`-step chain of a method's own sampler (a Bayesian flow's
+  updates and final call, SemlaFlow's Euler steps), compiled once beforehand:
+  {'compile_s', 'chain_s'} as `chain_seconds`."""
   sampling = config_lib.SamplingConfig(steps=n_steps)
   run = lambda key: methods.sample(model, params, graph, key, sampling,
                                    atomic_numbers=atomic_numbers)['x']
@@ -235,7 +235,10 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
         f"second ({len(bonded):,} of the {len(train_src):,} molecules have known bonds)")
 
   model = methods.make(config, hist)
-  tx = optimizer.torch_adamw_amsgrad(config.train.lr)
+  t = config.train
+  tx = optimizer.torch_adamw_amsgrad(t.lr, weight_decay=t.weight_decay,
+                                     warmup_steps=t.warmup_steps,
+                                     warmup_start_factor=t.warmup_start_factor)
   if config.train.spike_loss:  # As training runs it (GeoBFN's rules).
     tx = optimizer.guarded(tx)
   rules = optimizer.StepRules(skip_grad_norm=config.train.skip_grad_norm,
@@ -245,8 +248,14 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
   parts = train_state.parts_per_device(bs, config.train.microbatch_size,
                                        jax.default_backend())
   results['train_parts'] = parts
+  if model.with_bonds:
+    train_src = registry.load(config.dataset, bench.bench_split, data_dir, with_bonds=True)
   batches = [g for (g, _), _ in zip(batching.sharded_batches(
-      train_src, bs, parts, seed=0, n_nodes_histogram=hist), range(bench.repeats + 2))]
+      train_src, bs, parts, seed=0, n_nodes_histogram=hist, with_bonds=model.with_bonds),
+      range(bench.repeats + 2))]
+  if hasattr(model, 'prepare'):  # Its host-side part runs a batch ahead in training.
+    rng = np.random.default_rng(0)
+    batches = [model.prepare(g, rng) for g in batches]
   state = train_state.init_state(model, tx, jax.random.PRNGKey(0),
                                  jax.tree.map(lambda a: a[0], batches[0]))
   real_nodes = np.mean([float(g.nodes['mask'].sum()) for g in batches])
@@ -312,9 +321,9 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
   if 'sample' in what:
     n_mol, T = bench.sample_molecules, model.T
     n_steps = min(bench.sample_steps, T)
-    timing = (bfn_chain_seconds(model, state.ema_params, graph, n_steps=n_steps,
+    timing = (own_chain_seconds(model, state.ema_params, graph, n_steps=n_steps,
                                 atomic_numbers=stats.atomic_numbers)
-              if isinstance(model, BayesianFlow)
+              if methods.method_of(config.model.name).own_sampler
               else chain_seconds(model, state.ema_params, graph, n_steps=n_steps, k=n_steps))
     per_step = timing['chain_s'] / n_steps
     results.update(sample_compile_s=timing['compile_s'], sample_step_s=per_step,
@@ -526,10 +535,11 @@ def sampler_study_row(model: Diffusion, params, sampling: config_lib.SamplingCon
   hour measure sampling, not compiling.
   """
   steps = methods.steps_of(model, params, sampling)
-  if isinstance(model, BayesianFlow):
+  own = methods.method_of(model.config.model.name).own_sampler
+  if own:
     # Its chain compiles per step count and padding shape: compile each shape
     # the run will meet, with the row's steps.
-    _compile_bfn_shapes(model, params, sampling, atomic_numbers)
+    _compile_shapes(model, params, sampling, atomic_numbers)
   else:
     warm_steps = min(sampling.jit_steps, steps) if sampling.jit_steps else steps
     generate.generate(model, params, dataclasses.replace(sampling, steps=warm_steps),
@@ -539,9 +549,8 @@ def sampler_study_row(model: Diffusion, params, sampling: config_lib.SamplingCon
   molecules = generate.generate(model, params, sampling, histogram=model.n_nodes_histogram,
                                 atomic_numbers=atomic_numbers, progress=progress)
   seconds = time.perf_counter() - start
-  bfn = isinstance(model, BayesianFlow)
   row = {'model': model.config.model.name,
-         'sampler': 'bayesian_updates' if bfn else sampling.sampler,
+         'sampler': own or sampling.sampler,
          'eta': sampling.eta, 'spacing': sampling.spacing, 'steps': steps,
          'nfe': steps + 1, 'sampling_seconds': seconds,
          'molecules_per_hour': 3600 * len(molecules) / max(seconds, 1e-9)}
@@ -550,7 +559,7 @@ def sampler_study_row(model: Diffusion, params, sampling: config_lib.SamplingCon
   return row
 
 
-def _compile_bfn_shapes(model: BayesianFlow, params, sampling, atomic_numbers) -> None:
+def _compile_shapes(model, params, sampling, atomic_numbers) -> None:
   hist = model.n_nodes_histogram
   budgets = batching.default_budgets(sampling.batch_size, hist)
   seen = {}

@@ -28,7 +28,6 @@ from edm_zoo import benchmarks  # noqa: E402
 from edm_zoo import config as config_lib  # noqa: E402
 from edm_zoo import methods  # noqa: E402
 from edm_zoo import reporting  # noqa: E402
-from edm_zoo.methods.bfn import BayesianFlow  # noqa: E402
 from edm_zoo.methods.diffusion import samplers  # noqa: E402
 from edm_zoo.io import files  # noqa: E402
 from launch import flags_util  # noqa: E402
@@ -86,8 +85,9 @@ def main(argv):
   out_dir = flags_util.writable_out_dir(_OUT_DIR.value)
   try:
     config, model, params, meta = reporting.load_model(ckpt)
-    if isinstance(model, BayesianFlow):
-      # One row per step count: the model's own Bayesian updates (--samplers and
+    own = methods.method_of(config.model.name).own_sampler
+    if own:
+      # One row per step count: the method's own sampler (--samplers and
       # --spacings are diffusion options).
       plan = [config_lib.build_sampling(n_samples=_N_SAMPLES.value, batch_size=_BATCH_SIZE.value,
                                         seed=_SEED.value, steps=s) for s in steps]
@@ -102,7 +102,7 @@ def main(argv):
   key = lambda r: (r.get('model', config.model.name), r['sampler'], r['eta'],
                    r.get('spacing', 'uniform'), r['steps'], r['molecules'])
   done = {key(r) for r in rows}
-  sampler_name = lambda p: 'bayesian_updates' if isinstance(model, BayesianFlow) else p.sampler
+  sampler_name = lambda p: own or p.sampler
   for p in plan:
     if (config.model.name, sampler_name(p), p.eta, p.spacing,
         methods.steps_of(model, params, p), p.n_samples) in done:

@@ -2,6 +2,7 @@
 optimal transport, a loss that falls and any-step sampling, on real QM9 molecules
 with bonds."""
 
+import json
 import os
 
 import jax
@@ -9,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from edm_zoo import config as config_lib, methods
-from edm_zoo.compat import semlaflow
+from edm_zoo import config as config_lib, methods, reporting
+from edm_zoo.compat import importer, semlaflow
 from edm_zoo.config import SamplingConfig
 from edm_zoo.data import batching, registry, sources
 from edm_zoo.methods.flow import integrator, interpolant
@@ -223,13 +224,33 @@ def test_euler_step_keeps_the_class_when_the_prediction_agrees():
 
 
 def test_state_dict_names_map_one_to_one(setup):
-  import json as json_lib
+
   v = np.load(VECTORS)
   state = {k[len('params/'):]: v[k] for k in v.files if k.startswith('params/')}
   params = semlaflow.params_from_state_dict(state)
-  model = methods.make(semlaflow.config_from_meta(json_lib.loads(str(v['meta']))),
+  model = methods.make(semlaflow.config_from_meta(json.loads(str(v['meta']))),
                        {int(v['data/mask'].shape[1]): 1})
   model.check_params(params)
   for name, value in state.items():
     if not semlaflow.UNUSED.search(name):
       np.testing.assert_array_equal(semlaflow.torch_view(params, name), value)
+
+
+def test_import_makes_a_checkpoint_of_the_same_weights(tmp_path):
+
+
+  v = np.load(VECTORS)
+  state = {k[len('params/'):]: v[k] for k in v.files if k.startswith('params/')}
+  path = str(tmp_path / 'semla.npz')
+  np.savez(path, **state)
+  out = importer.import_semlaflow(path, str(tmp_path / 'ckpt'))
+  config, model, params, meta = reporting.load_model(out)
+  assert (config.model.n_layers, config.semla.d_model, config.semla.n_coord_sets) == (2, 32, 4)
+  assert meta['statistics']['atom_types'] == list(semlaflow.SEMLA_TOKENS)
+  for name, value in state.items():
+    if not semlaflow.UNUSED.search(name):
+      np.testing.assert_array_equal(semlaflow.torch_view(params, name), value)
+  del state['feat_proj.2.weight']
+  np.savez(path, **state)
+  with pytest.raises(ValueError, match='not a SemlaFlow generator'):
+    importer.import_semlaflow(path, str(tmp_path / 'bad'))

@@ -1,4 +1,4 @@
-"""An original EDM, GeoLDM or GeoBFN model as an edm_zoo checkpoint."""
+"""An original EDM, GeoLDM, GeoBFN or SemlaFlow model as an edm_zoo checkpoint."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import re
 
 from edm_zoo import conditioning
 from edm_zoo import config as config_lib
-from edm_zoo.compat import edm_args, geobfn, geoldm, state_dict as state_dict_lib
+from edm_zoo import methods
+from edm_zoo.compat import edm_args, geobfn, geoldm, semlaflow, state_dict as state_dict_lib
 from edm_zoo.data import registry
 from edm_zoo.methods.bfn.objective import BayesianFlow
 from edm_zoo.methods.diffusion.objective import Diffusion
@@ -72,10 +73,46 @@ def import_geobfn(path: str, out: str, data_dir: str | None = None,
                                          config.train.clip_queue_len))
 
 
-def _save(out, config, params, tx, stats, sources, data_dir, clip_queue=None) -> str:
+def import_semlaflow(path: str, out: str, data_dir: str | None = None,
+                     dataset: str = 'qm9') -> str:
+  """Converts a SemlaFlow model (its Lightning `.ckpt`, EMA weights when present,
+  or an `.npz` of its generator's state dict) into an edm_zoo `--model=semlaflow`
+  checkpoint folder.
+
+  Widths and depth come from the weights, loss weights from its hyper-parameters,
+  sizes from `dataset`'s training histogram. Its atom types are SemlaFlow's
+  18-token vocabulary (`semlaflow.SEMLA_TOKENS`), whose <PAD> and <MASK> are no
+  elements: the zoo's samplers and metrics refuse it in one line, and
+  `edm_zoo.compat.semlaflow` replays its network and sampler.
+  """
+  state, hparams = semlaflow.read_checkpoint(path)
+  try:
+    config = config_lib.validate(semlaflow.config_from_weights(state, hparams, dataset))
+  except ValueError as e:
+    raise ValueError(f'{path}: {e}') from None
+  stats = registry.statistics(dataset, data_dir)
+  if config.num_atom_types != len(semlaflow.SEMLA_VOCAB):
+    raise ValueError(f'{path}: a vocabulary of {config.num_atom_types} tokens; SemlaFlow\'s '
+                     f'has {len(semlaflow.SEMLA_VOCAB)} (scriptutil.build_vocab).')
+  model = methods.make(config, stats.n_nodes_histogram)
+  params = semlaflow.params_from_state_dict(state)
+  try:
+    model.check_params(params)
+  except ValueError as e:
+    raise ValueError(f'{path}: {e}') from None
+  t = config.train
+  tx = optimizer.torch_adamw_amsgrad(t.lr, weight_decay=t.weight_decay,
+                                     warmup_steps=t.warmup_steps,
+                                     warmup_start_factor=t.warmup_start_factor)
+  return _save(out, config, params, tx, stats, [path], data_dir,
+               atom_types=semlaflow.SEMLA_TOKENS)
+
+
+def _save(out, config, params, tx, stats, sources, data_dir, clip_queue=None,
+          atom_types=None) -> str:
   state = train_state.new_state(params, tx, clip_queue)
   meta = {'config': config_lib.to_dict(config), 'epoch': 0, 'position': 0,
-          'statistics': {'atom_types': list(stats.atom_types),
+          'statistics': {'atom_types': list(atom_types or stats.atom_types),
                          'n_nodes_histogram': {str(k): v for k, v in
                                                stats.n_nodes_histogram.items()}},
           'best_val_nll': None, 'imported_from': sources}

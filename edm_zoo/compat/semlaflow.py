@@ -37,6 +37,8 @@ TOL_GRAD = (1e-5, 1e-3)
 TOL_PARAM = (1e-6, 1e-4)
 # SemlaFlow's vocabulary (scriptutil.build_vocab): <PAD>, <MASK>, then atoms.
 SEMLA_VOCAB = (0, 0, 1, 6, 7, 8, 9, 15, 16, 17, 35, 5, 13, 14, 33, 53, 80, 83)
+SEMLA_TOKENS = ('<PAD>', '<MASK>', 'H', 'C', 'N', 'O', 'F', 'P', 'S', 'Cl', 'Br', 'B', 'Al',
+                'Si', 'As', 'I', 'Hg', 'Bi')
 # Built by its first layer but unused by its forward (`EquiMessagePassingLayer`).
 UNUSED = re.compile(r'(^|\.)layers\.0\.edge_feat_norm\.')
 
@@ -282,15 +284,18 @@ def train_parity_report(path: str) -> dict[str, dict[str, float]]:
   rep: dict[str, dict[str, float]] = {}
   names = [k[len('params/'):] for k in v if k.startswith('params/')
            and not UNUSED.search(k[len('params/'):])]
-  grad_fn = jax.jit(jax.value_and_grad(
-      lambda p, coin: step_loss(r.model, p, x_in, ty_in, b_in, m, t, r.data, coin),
-      has_aux=True), static_argnums=1)
-  for step in range(3):
-    (loss, _), grads = grad_fn(params, bool(v[f'step{step}/coin'][0] > 0.5))
+  def train_step(params, opt_state, ema, coin):
+    (loss, _), grads = jax.value_and_grad(
+        lambda p: step_loss(r.model, p, x_in, ty_in, b_in, m, t, r.data, coin),
+        has_aux=True)(params)
     grads, info = optimizer.clip_by_norm(grads, 1.0)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = jax.tree.map(jnp.add, params, updates)
-    ema = optimizer.ema_update(ema, params, 0.999)
+    return params, opt_state, optimizer.ema_update(ema, params, 0.999), loss, info
+  train_step = jax.jit(train_step, static_argnums=3)
+  for step in range(3):
+    params, opt_state, ema, loss, info = train_step(
+        params, opt_state, ema, bool(v[f'step{step}/coin'][0] > 0.5))
     rep[f'step{step}/loss'] = _check(loss, v[f'step{step}/loss'], TOL_LOSS)
     rep[f'step{step}/grad_norm'] = _check(info['grad_norm'], v[f'step{step}/grad_norm'],
                                           (1e-4, 1e-4))
@@ -310,11 +315,42 @@ def train_parity_report(path: str) -> dict[str, dict[str, float]]:
   return rep
 
 
+def config_from_weights(state: Mapping[str, np.ndarray], hparams: Mapping,
+                        dataset: str) -> config_lib.Config:
+  """Our Config for a SemlaGenerator state dict: widths and depth from its
+  weights, loss weights and the coordinate scale from its hyper-parameters (else
+  SemlaFlow's defaults for `dataset`)."""
+  name = lambda k: next((n for n in state if n.endswith(k)), None)
+  need = ('feat_proj.2.weight', 'edge_in_proj.2.weight', 'dynamics.coord_head.weight',
+          'size_emb.weight', 'atom_classifier_head.2.weight', 'dynamics.coord_proj.weight',
+          'dynamics.layers.0.message_ff.node_proj.weight')
+  missing = [k for k in need if name(k) is None]
+  if missing:
+    raise ValueError(f'not a SemlaFlow generator: no {missing[0]} among its weights.')
+  shape = lambda k: np.shape(state[name(k)])
+  layers = {int(m.group(1)) for k in state if (m := re.search(r'dynamics\.layers\.(\d+)\.', k))}
+  n_sets = shape('dynamics.coord_head.weight')[1]
+  first_out = shape('dynamics.layers.0.message_ff.message_mlp.2.weight')[0]
+  hidden = (shape('dynamics.layers.1.message_ff.message_mlp.0.weight')[0]
+            if len(layers) > 2 else int(hparams.get('d_message_hidden') or first_out))
+  meta = dict(hparams, d_model=shape('feat_proj.2.weight')[0], n_layers=len(layers),
+              d_message=shape('dynamics.layers.0.message_ff.node_proj.weight')[0],
+              d_edge=shape('edge_in_proj.2.weight')[0], n_coord_sets=n_sets,
+              n_attn_heads=first_out - n_sets, d_message_hidden=hidden,
+              size_emb=shape('size_emb.weight')[1], max_atoms=shape('size_emb.weight')[0],
+              self_condition=shape('dynamics.coord_proj.weight')[1] == 2,
+              vocab=shape('atom_classifier_head.2.weight')[0])
+  config = config_from_meta(meta)
+  return dataclasses.replace(config, dataset=dataset)
+
+
 def read_checkpoint(path: str) -> tuple[dict, dict]:
-  """(EMA state dict, hyper-parameters) of a SemlaFlow Lightning checkpoint; one-line
-  ValueErrors otherwise."""
+  """(EMA state dict, hyper-parameters) of a SemlaFlow Lightning checkpoint (or an
+  `.npz` of its generator's state dict); one-line ValueErrors otherwise."""
   if not os.path.isfile(path):
     raise ValueError(f'{path}: no such file.')
+  if path.endswith('.npz'):
+    return state_dict_lib.read_state_dict(path), {}
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -328,6 +364,7 @@ def read_checkpoint(path: str) -> tuple[dict, dict]:
     raise ValueError(f'{path} holds no Lightning state_dict.')
   state = {k: t.detach().cpu().numpy() for k, t in ckpt['state_dict'].items()
            if hasattr(t, 'detach')}
-  ema = {k: a for k, a in state.items() if k.startswith('ema_gen.module.')}
-  return (ema or {k: a for k, a in state.items() if k.startswith('gen.')},
+  ema = {k[len('ema_gen.module.'):]: a for k, a in state.items()
+         if k.startswith('ema_gen.module.')}
+  return (ema or {k[len('gen.'):]: a for k, a in state.items() if k.startswith('gen.')},
           dict(ckpt.get('hyper_parameters', {})))

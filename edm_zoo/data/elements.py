@@ -25,7 +25,8 @@ def atomic_numbers(symbols: Sequence[str]) -> np.ndarray:
   """int64 [K] Z of each symbol; ValueError (one line) for an unknown one."""
   z = [atomic_number(s) for s in symbols]
   if 0 in z:
-    raise ValueError(f'unknown element {symbols[z.index(0)]!r}.')
+    raise ValueError(f'unknown element {symbols[z.index(0)]!r} among the atom types '
+                     f'{list(symbols)}.')
   return np.array(z, np.int64)
 
 

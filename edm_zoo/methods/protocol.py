@@ -18,11 +18,15 @@ class Method(NamedTuple):
       before the final one.
     sample: (model, params, graph, key, SamplingConfig, *, atomic_numbers,
       chain_every) -> {'x', 'h_cat', 'h_int', ...} per node of `graph`.
+    own_sampler: the name of the method's one sampler ('bayesian_updates',
+      'euler'), whose chain compiles per step count; None for the diffusion
+      samplers (`--sampler`, `--spacing`).
   """
   build: Callable[..., Any]
   check_sampling: Callable[..., None]
   steps_of: Callable[..., int]
   sample: Callable[..., dict]
+  own_sampler: str | None = None
 
 
 def refuse_diffusion_options(sampling, name: str, own: str) -> None:

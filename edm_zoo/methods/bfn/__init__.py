@@ -27,4 +27,4 @@ def _sample(model, params, graph, key, sampling, *, atomic_numbers, chain_every=
 
 
 METHOD = Method(build=BayesianFlow, check_sampling=_check_sampling, steps_of=_steps_of,
-                sample=_sample)
+                sample=_sample, own_sampler='bayesian_updates')

@@ -29,4 +29,4 @@ def _sample(model, params, graph, key, sampling, *, atomic_numbers, chain_every=
 
 
 METHOD = Method(build=SemlaFlow, check_sampling=_check_sampling, steps_of=_steps_of,
-                sample=_sample)
+                sample=_sample, own_sampler='euler')
