@@ -220,11 +220,13 @@ def bond_refine(coords, h, mask, e, *, d_message: int, name: str) -> jax.Array:
     dots = jnp.einsum('bic,bjc->bij', x, x)[..., None]
     hp = _linear(d_message, 'node_proj')(LayerNorm(name='node_norm')(h))
     e = LayerNorm(name='edge_norm')(e)
-    n = hp.shape[1]
-    pairs = jnp.concatenate([jnp.broadcast_to(hp[:, :, None], (*hp.shape[:2], n, d_message)),
-                             jnp.broadcast_to(hp[:, None], (hp.shape[0], n, n, d_message)),
-                             dists, dots, e], -1)
-    return _mlp(pairs, d_message, e.shape[-1], 'message_mlp')
+    # The first layer on concat(h_i, h_j, d_ij, x_i . x_j, e_ij), factored as in
+    # `edge_messages`: the h_i and h_j parts per atom.
+    first = _linear(d_message, 'message_mlp_0')
+    w, b = first.params(2 * d_message + 2 + e.shape[-1])
+    pair = jnp.concatenate([dists, dots, e], -1) @ w[2 * d_message:]
+    hidden = (hp @ w[:d_message])[:, :, None] + (hp @ w[d_message:2 * d_message])[:, None]
+    return _linear(e.shape[-1], 'message_mlp_2')(jax.nn.silu(hidden + pair + b))
 
 
 def net_fn(coords: jax.Array, features: jax.Array, bonds: jax.Array, mask: jax.Array,
