@@ -70,20 +70,9 @@ def read_checkpoint(path: str) -> tuple[dict, dict]:
     raise ValueError(f'{path}: no such file.')
   if path.endswith('.npz'):
     return state_dict_lib.read_state_dict(path), {}
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ValueError(f'{path} is a PyTorch Lightning checkpoint; reading it needs torch '
-                     '(`pip install torch==2.13.0`), or save its state dict as .npz.') from None
-  try:
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)
-  except Exception as e:  # torch raises many types for a bad file.
-    raise ValueError(f'{path} is not a readable checkpoint ({type(e).__name__}).') from None
-  if not isinstance(ckpt, dict) or 'state_dict' not in ckpt:
-    raise ValueError(f'{path} holds no Lightning state_dict.')
-  state = ckpt.get('ema_state_dict') or ckpt['state_dict']
-  hyper = ckpt.get('hyper_parameters', {})
-  return {k: v.detach().cpu().numpy() for k, v in state.items()}, hyper
+  ckpt = state_dict_lib.read_lightning_checkpoint(path)
+  return (ckpt.get('ema_state_dict') or ckpt['state_dict'],
+          ckpt.get('hyper_parameters', {}))
 
 
 def _check(ours, ref, tol) -> dict[str, float]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from typing import Mapping
 
@@ -347,23 +346,10 @@ def config_from_weights(state: Mapping[str, np.ndarray], hparams: Mapping,
 def read_checkpoint(path: str) -> tuple[dict, dict]:
   """(EMA state dict, hyper-parameters) of a SemlaFlow Lightning checkpoint (or an
   `.npz` of its generator's state dict); one-line ValueErrors otherwise."""
-  if not os.path.isfile(path):
-    raise ValueError(f'{path}: no such file.')
   if path.endswith('.npz'):
     return state_dict_lib.read_state_dict(path), {}
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ValueError(f'{path} is a PyTorch Lightning checkpoint; reading it needs torch '
-                     '(`pip install torch==2.13.0`).') from None
-  try:
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)
-  except Exception as e:  # torch raises many types for a bad file.
-    raise ValueError(f'{path} is not a readable checkpoint ({type(e).__name__}).') from None
-  if not isinstance(ckpt, dict) or 'state_dict' not in ckpt:
-    raise ValueError(f'{path} holds no Lightning state_dict.')
-  state = {k: t.detach().cpu().numpy() for k, t in ckpt['state_dict'].items()
-           if hasattr(t, 'detach')}
+  ckpt = state_dict_lib.read_lightning_checkpoint(path)
+  state = ckpt['state_dict']
   ema = {k[len('ema_gen.module.'):]: a for k, a in state.items()
          if k.startswith('ema_gen.module.')}
   return (ema or {k[len('gen.'):]: a for k, a in state.items() if k.startswith('gen.')},

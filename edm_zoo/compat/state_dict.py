@@ -79,3 +79,26 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   except Exception as e:  # torch raises many types for a bad file.
     raise ValueError(f'{path} is not a readable PyTorch state dict ({e}).') from e
   return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def read_lightning_checkpoint(path: str) -> dict:
+  """A PyTorch Lightning checkpoint as a dict (`state_dict` of numpy arrays,
+  `hyper_parameters`, ...); one-line ValueErrors otherwise (reading needs torch)."""
+  if not os.path.isfile(path):
+    raise ValueError(f'{path}: no such file.')
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ValueError(f'{path} is a PyTorch Lightning checkpoint; reading it needs torch '
+                     '(`pip install torch==2.13.0`), or save its state dict as .npz.') from None
+  try:
+    ckpt = torch.load(path, map_location='cpu', weights_only=False)
+  except Exception as e:  # torch raises many types for a bad file.
+    raise ValueError(f'{path} is not a readable checkpoint ({type(e).__name__}).') from None
+  if not isinstance(ckpt, dict) or 'state_dict' not in ckpt:
+    raise ValueError(f'{path} holds no Lightning state_dict.')
+  as_numpy = lambda d: {k: v.detach().cpu().numpy() for k, v in d.items()
+                        if hasattr(v, 'detach')}
+  return dict(ckpt, state_dict=as_numpy(ckpt['state_dict']),
+              **({'ema_state_dict': as_numpy(ckpt['ema_state_dict'])}
+                 if ckpt.get('ema_state_dict') else {}))

@@ -265,20 +265,19 @@ READ_AHEAD = 4
 READERS = 2
 
 
-def read_ahead(source, index_lists: Iterator[np.ndarray], depth: int = READ_AHEAD,
-               readers: int = READERS) -> Iterator[list[dict]]:
-  """The molecules at each of `index_lists`, in order, read by `readers`
-  background threads up to `depth` lists ahead (reading has no side effects, so
-  stopping early only wastes what was read)."""
+def ahead(items: Iterator, fn, depth: int, workers: int = 1) -> Iterator:
+  """fn(item) of each item, in order, computed by `workers` background threads up
+  to `depth` items ahead (fn must have no side effects that matter when stopping
+  early: what was computed ahead is dropped)."""
   if depth <= 0:
-    for indices in index_lists:
-      yield sources.fetch(source, indices)
+    for item in items:
+      yield fn(item)
     return
-  with concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix='read_ahead') as pool:
+  with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix='ahead') as pool:
     pending: collections.deque = collections.deque()
     try:
-      for indices in index_lists:
-        pending.append(pool.submit(sources.fetch, source, indices))
+      for item in items:
+        pending.append(pool.submit(fn, item))
         if len(pending) > depth:
           yield pending.popleft().result()
       while pending:
@@ -286,6 +285,14 @@ def read_ahead(source, index_lists: Iterator[np.ndarray], depth: int = READ_AHEA
     finally:
       for future in pending:
         future.cancel()
+
+
+def read_ahead(source, index_lists: Iterator[np.ndarray], depth: int = READ_AHEAD,
+               readers: int = READERS) -> Iterator[list[dict]]:
+  """The molecules at each of `index_lists`, in order, read by `readers`
+  background threads up to `depth` lists ahead (reading has no side effects, so
+  stopping early only wastes what was read)."""
+  return ahead(index_lists, functools.partial(sources.fetch, source), depth, readers)
 
 
 def permutation(n: int, seed: int, epoch: int) -> np.ndarray:

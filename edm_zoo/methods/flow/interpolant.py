@@ -23,13 +23,13 @@ Conventions (SemlaFlow's, each replayed by `edm_zoo.compat.semlaflow`):
 
 from __future__ import annotations
 
-import concurrent.futures
-import collections
 from typing import Callable, Iterator
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.transform import Rotation
+
+from edm_zoo.data import batching
 
 # SemlaFlow's coordinate scale (scriptutil.py): the std of the centred coordinates.
 COORD_STD = {'qm9': 1.723299503326416, 'geom_drugs': 2.407038688659668}
@@ -88,15 +88,4 @@ def prior_bonds(classes: np.ndarray, n: int, perm: np.ndarray | None = None) -> 
 def prepare_ahead(batches: Iterator, prepare: Callable, depth: int = 2) -> Iterator:
   """`prepare(item)` of each item of `batches`, computed by a background thread up
   to `depth` items ahead (so the host's assignment overlaps the device's step)."""
-  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='prepare') as pool:
-    pending: collections.deque = collections.deque()
-    try:
-      for item in batches:
-        pending.append(pool.submit(prepare, item))
-        if len(pending) > depth:
-          yield pending.popleft().result()
-      while pending:
-        yield pending.popleft().result()
-    finally:
-      for future in pending:
-        future.cancel()
+  return batching.ahead(batches, prepare, depth)
