@@ -296,6 +296,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   'total_steps': 2000, 'eval_every_steps': 250,
                   'eval_molecules': 512, 'checkpoint_every_steps': 250,
                   'log_every_steps': 10},
+        # SemlaFlow's narrowest sensible model (BENCHMARKS.md: its hour on this CPU).
+        'semla': {'d_model': 64, 'd_message': 32, 'd_edge': 32, 'n_coord_sets': 8,
+                  'n_attn_heads': 8, 'd_message_hidden': 32, 'size_emb': 16},
     },
     # EDM's published GEOM-Drugs run (its README): nf 256, 4 layers, batch 64, lr
     # 1e-4, T 1000, polynomial_2, normalize_factors [1, 4, 10], EMA 0.9999,
@@ -316,6 +319,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   'total_steps': 20, 'eval_every_steps': 10, 'eval_molecules': 32,
                   'checkpoint_every_steps': 5, 'log_every_steps': 1,
                   'train_molecules': 2000},
+        'semla': {'d_model': 32, 'd_message': 16, 'd_edge': 16, 'n_coord_sets': 4,
+                  'n_attn_heads': 4, 'd_message_hidden': 16, 'size_emb': 8},
     },
 }
 

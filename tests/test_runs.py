@@ -109,8 +109,10 @@ def test_compare_reads_short_runs_of_every_model(tmp_path):
   assert out.returncode == 0, out.stderr
   rows = json.loads((tmp_path / 'cmp' / 'compare.json').read_text())['rows']
   assert [r['run'] for r in rows] == list(models.names())
-  # Each method's own validation figure: EDM's NLL, GeoBFN's loss L^inf.
-  figure = lambda name: 'bfn_loss' if models.get(name).method == 'bfn' else 'nll'
+  # Each method's own validation figure: EDM's NLL, GeoBFN's loss L^inf, SemlaFlow's
+  # loss at t = 0.9.
+  figure = lambda name: {'bfn': 'bfn_loss', 'flow': 'fm_loss'}.get(models.get(name).method,
+                                                                     'nll')
   # The best figure's step and wall-clock minute (every logged line has elapsed_s).
   assert all(r['steps'] == '2 / 2' and
              re.search(r'\(step 2, [\d.]+ min\)$', r[f"best val_{figure(r['model'])}"])
