@@ -165,7 +165,7 @@ def test_schedules_are_increasing(schedule, molecules, histogram):
 def test_bad_schedule_and_model_names():
   with pytest.raises(ValueError, match="unknown noise schedule 'linear'"):
     schedules.gamma_table('linear', 10, 1e-5)
-  with pytest.raises(ValueError, match=r"unknown model 'mlp'; allowed: \['egnn', 'geobfn', 'geoldm', 'gnn'\]"):
+  with pytest.raises(ValueError, match=r"unknown model 'mlp'; allowed: \['egnn', 'geobfn', 'geoldm', 'gnn', 'semlaflow'\]"):
     models.get('mlp')
 
 
