@@ -37,7 +37,8 @@ from edm_zoo.methods.diffusion import samplers
 from edm_zoo.methods.diffusion.samplers import chain
 from edm_zoo import methods
 from edm_zoo.methods.diffusion.objective import Diffusion
-from edm_zoo.metrics import intervals
+from edm_zoo.io import export
+from edm_zoo.metrics import intervals, own_bonds
 from edm_zoo.training import distributed, optimizer, state as train_state
 
 
@@ -556,6 +557,12 @@ def sampler_study_row(model: Diffusion, params, sampling: config_lib.SamplingCon
          'molecules_per_hour': 3600 * len(molecules) / max(seconds, 1e-9)}
   row.update(intervals.metrics_with_intervals(intervals.molecule_outcomes(
       [(m['positions'], m['types']) for m in molecules], elements)))
+  if molecules and all(export.has_bonds(m) for m in molecules):
+    # A method that writes bonds: its molecules as written, beside EDM's row.
+    own = own_bonds.evaluate(molecules, atomic_numbers)
+    for key in ('atom_stability', 'mol_stability', 'validity', 'valid_and_connected'):
+      row.update({f'own_{key}': own[key]['value'], f'own_{key}_lo': own[key]['lo'],
+                  f'own_{key}_hi': own[key]['hi']})
   return row
 
 
@@ -602,22 +609,31 @@ def sampler_study_plot(rows, path: str, title: str, by_model: bool = False) -> N
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+  fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
   line = (lambda r: r.get('model', '')) if by_model else _label
-  for label in sorted({line(r) for r in rows}):
+  keys = ('atom_stability', 'mol_stability', 'validity')
+  for i, label in enumerate(sorted({line(r) for r in rows})):
     rs = sorted((r for r in rows if line(r) == label), key=lambda r: r['nfe'])
     nfe = [r['nfe'] for r in rs]
-    for ax, key in zip(axes, ('atom_stability', 'validity')):
-      ax.errorbar(nfe, [100 * r[key] for r in rs],
-                  yerr=[[100 * (r[key] - r[key + '_lo']) for r in rs],
-                        [100 * (r[key + '_hi'] - r[key]) for r in rs]],
-                  marker='o', capsize=3, label=label)
-    axes[2].plot(nfe, [r['molecules_per_hour'] for r in rs], 'o-', label=label)
-  for ax, name in zip(axes, ('atom stability (%)', 'validity (%)', 'molecules / hour')):
+    color = f'C{i}'
+    for ax, key in zip(axes, keys):
+      # Bonds inferred from distances (EDM's row); dashed: the molecule's own bonds
+      # and charges, for a method that writes them.
+      for prefix, style in (('', '-'), ('own_', '--')):
+        k = prefix + key
+        if all(k in r for r in rs):
+          ax.errorbar(nfe, [100 * r[k] for r in rs],
+                      yerr=[[100 * (r[k] - r[k + '_lo']) for r in rs],
+                            [100 * (r[k + '_hi'] - r[k]) for r in rs]],
+                      marker='o', capsize=3, color=color, linestyle=style,
+                      label=label + (', own bonds' if prefix else ''))
+    axes[3].plot(nfe, [r['molecules_per_hour'] for r in rs], 'o-', color=color, label=label)
+  for ax, name in zip(axes, ('atom stability (%)', 'molecule stability (%)', 'validity (%)',
+                             'molecules / hour')):
     ax.set_xscale('log')
     ax.set_xlabel('network evaluations per molecule (NFE)')
     ax.set_title(name)
-  axes[2].set_yscale('log')
+  axes[3].set_yscale('log')
   axes[0].legend(fontsize=8)
   fig.suptitle(title)
   fig.tight_layout()
