@@ -298,8 +298,9 @@ def run(config: config_lib.Config, bench: config_lib.BenchConfig, *,
   if 'nll' in what:
     nll_fn = evaluation.make_nll_fn(model)
     valid = list(batching.batches(
-        sources.Subset(registry.load(config.dataset, 'valid', data_dir), bs * (bench.repeats + 1)),
-        bs, shuffle=False, n_nodes_histogram=hist))
+        sources.Subset(registry.load(config.dataset, 'valid', data_dir,
+                                     with_bonds=model.with_bonds), bs * (bench.repeats + 1)),
+        bs, shuffle=False, n_nodes_histogram=hist, with_bonds=model.with_bonds))
     _, first = _timed(nll_fn, state.ema_params, valid[0], jax.random.PRNGKey(0))
     results['nll_compile_and_first_s'] = first
     seen, times = {_shape(valid[0])}, []

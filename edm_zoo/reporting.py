@@ -316,7 +316,8 @@ def evaluate_checkpoint(ckpt: str, out_dir: str, sampling: SamplingConfig,
                             'sampling': dataclasses.asdict(sampling), 'timings': {}}
   if e.nll_passes:
     start = time.time()
-    nll_source = registry.load(config.dataset, e.nll_split, data_dir)
+    nll_source = registry.load(config.dataset, e.nll_split, data_dir,
+                               with_bonds=model.with_bonds)
     if condition:
       nll_source = conditioning.conditioned(nll_source, condition.normalizer)
     report['nll'] = evaluation.nll(
