@@ -15,10 +15,13 @@ from edm_zoo.compat import importer, semlaflow
 from edm_zoo.config import SamplingConfig
 from edm_zoo.data import batching, registry, sources
 from edm_zoo.methods.flow import integrator, interpolant
-from edm_zoo.methods.flow.objective import N_BOND_CLASSES, Dense
+from edm_zoo.methods.flow import objective
+from edm_zoo.methods.flow.objective import N_BOND_CLASSES
+from edm_zoo.models import semla
 from edm_zoo.training import optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHARGES = np.asarray(semla.CHARGE_CLASSES)
 VECTORS = os.path.join(ROOT, 'tests', 'parity', 'semlaflow', 'semlaflow_parity_small.npz')
 
 
@@ -139,6 +142,15 @@ def test_dense_view_round_trips_nodes_and_bonds(setup):
     want = np.zeros((n, n), int)
     want[m['bonds'][:, 0], m['bonds'][:, 1]] = m['bond_orders']
     np.testing.assert_array_equal(np.asarray(data['bonds'][i, :n, :n]), want + want.T)
+    np.testing.assert_array_equal(CHARGES[np.asarray(data['charges'][i, :n])],
+                                  m['formal_charges'])
+    # SemlaFlow's coordinates: centred, divided by QM9's coordinate std.
+    centred = m['positions'] - m['positions'].mean(0)
+    np.testing.assert_allclose(np.asarray(data['coords'][i, :n]) * 1.723299503326416,
+                               centred, atol=1e-4)
+  # Every formal charge SemlaFlow's head knows maps to its class and back.
+  formal = np.arange(-3, 4)
+  np.testing.assert_array_equal(CHARGES[np.asarray(objective.charge_classes(formal))], formal)
 
 
 def test_ot_returns_a_permutation_and_a_proper_rotation_that_lower_the_cost():
@@ -152,7 +164,7 @@ def test_ot_returns_a_permutation_and_a_proper_rotation_that_lower_the_cost():
     np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-10)
     assert abs(np.linalg.det(rot) - 1) < 1e-10
     before = np.sum((data - prior)**2)
-    after = np.sum((data - prior[perm] @ rot.T)**2)
+    after = np.sum((data - interpolant.match(data, prior))**2)
     assert after <= np.sum((data - prior[perm])**2) + 1e-9 <= before + 1e-9
 
 
