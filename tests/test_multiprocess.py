@@ -221,6 +221,14 @@ def _corrupt(step_dir, how):
   if how == 'truncated':
     with open(target, 'r+b') as f:
       f.truncate(os.path.getsize(target) // 2)
+  elif how == 'data_truncated':
+    # An OCDBT data file may hold superseded nodes that a restore never reads, so one
+    # truncated file need not break a checkpoint that carries no record to check.
+    for name in files:
+      if os.path.basename(os.path.dirname(name)) != 'd':
+        continue
+      with open(name, 'r+b') as f:
+        f.truncate(os.path.getsize(name) // 2)
   elif how == 'altered':
     with open(target, 'r+b') as f:
       f.seek(os.path.getsize(target) // 2)
@@ -273,7 +281,7 @@ def test_an_unreadable_legacy_checkpoint_fails_in_one_line_without_asyncio_noise
   workdir = tmp_path / 'w'
   shutil.copytree(finished_run / 'checkpoints' / '8', workdir / 'checkpoints' / '8')
   os.remove(workdir / 'checkpoints' / '8' / checkpoint.RECORD)
-  _corrupt(workdir / 'checkpoints' / '8', 'truncated')
+  _corrupt(workdir / 'checkpoints' / '8', 'data_truncated')
   out = subprocess.run([PYTHON, 'launch/sample.py', f'--ckpt={workdir}', '--n_samples=2',
                         f'--out_dir={tmp_path}/s'], cwd=REPO, env=env,
                        capture_output=True, text=True)
