@@ -35,12 +35,14 @@ data: $(STAMP)
 train: data
 	$(PY) launch/train.py --model=egnn --dataset=qm9 $(TRAIN_FLAGS)
 
+# Two workers by default (CI's two cores); TEST_WORKERS=N for another count.
+TEST_WORKERS ?= 2
 test: data
-	$(PY) -m pytest -q --durations=10 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=10 tests
 
 # The suite without the end-to-end runs marked `slow` (launchers, training runs).
 test-fast: data
-	$(PY) -m pytest -q -m 'not slow' tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m 'not slow' tests
 
 bench: data
 	$(PY) launch/bench.py --what=all

@@ -8,11 +8,20 @@ import tempfile
 
 # Many tests, and the launchers they start as subprocesses (which inherit the
 # environment), compile the same tiny-preset programs: one persistent cache for the
-# whole session, set before jax is imported, removed at exit.
-_XLA_CACHE = tempfile.mkdtemp(prefix='edm_zoo_tests_xla_cache_')
-atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _XLA_CACHE)
+# whole session, set before jax is imported. pytest-xdist's workers inherit it from
+# the process that made it, which alone removes it at exit.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _XLA_CACHE = tempfile.mkdtemp(prefix='edm_zoo_tests_xla_cache_')
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _XLA_CACHE
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+# The suite's programs are tiny and run a few steps, so compiling them costs more
+# than running them: without LLVM's backend optimizations the suite takes ~25% less
+# time. The arithmetic is the same (the parity tests hold at their tolerances);
+# benchmarks and the launchers users start keep XLA's defaults.
+SUITE_XLA_FLAGS = '--xla_backend_optimization_level=0'
+if SUITE_XLA_FLAGS not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAGS}".strip()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
