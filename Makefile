@@ -37,12 +37,13 @@ train: data
 
 # Two workers by default (CI's two cores); TEST_WORKERS=N for another count.
 TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 test: data
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=10 tests
+	$(PYTEST) --durations=10 tests
 
 # The suite without the end-to-end runs marked `slow` (launchers, training runs).
 test-fast: data
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m 'not slow' tests
+	$(PYTEST) -m 'not slow' tests
 
 bench: data
 	$(PY) launch/bench.py --what=all

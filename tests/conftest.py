@@ -20,8 +20,9 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 # time. The arithmetic is the same (the parity tests hold at their tolerances);
 # benchmarks and the launchers users start keep XLA's defaults.
 SUITE_XLA_FLAGS = '--xla_backend_optimization_level=0'
-if SUITE_XLA_FLAGS not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAGS}".strip()
+_flags = os.environ.get('XLA_FLAGS', '')
+if SUITE_XLA_FLAGS not in _flags:
+  os.environ['XLA_FLAGS'] = f'{_flags} {SUITE_XLA_FLAGS}'.strip()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

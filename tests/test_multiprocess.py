@@ -39,6 +39,12 @@ def _port() -> int:
     return s.getsockname()[1]
 
 
+def _with_devices(env, count):
+  """`env` with `count` host devices, beside the suite's XLA flags (conftest)."""
+  return {**env, 'XLA_FLAGS': f"{env.get('XLA_FLAGS', '')} "
+                              f'--xla_force_host_platform_device_count={count}'}
+
+
 def _train(workdir, *flags, env, devices=1, process=None):
   """Starts launch/train.py; `process` = (port, id, count) for a multi-process run."""
   cmd = [PYTHON, 'launch/train.py', f'--workdir={workdir}', *TINY, *flags]
@@ -47,8 +53,7 @@ def _train(workdir, *flags, env, devices=1, process=None):
     cmd += [f'--coordinator_address=localhost:{port}', f'--num_processes={count}',
             f'--process_id={pid}']
   if devices > 1:
-    env = {**env, 'XLA_FLAGS': f"{env.get('XLA_FLAGS', '')} "
-                                f'--xla_force_host_platform_device_count={devices}'}
+    env = _with_devices(env, devices)
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 
@@ -313,8 +318,7 @@ def test_a_batch_the_devices_do_not_divide_fails_in_one_line(tmp_path, env):
   out = subprocess.run(
       [PYTHON, 'launch/train.py', f'--workdir={tmp_path}', *TINY, '--batch_size=7'],
       cwd=REPO, capture_output=True, text=True, timeout=120,
-      env={**env, 'XLA_FLAGS': f"{env.get('XLA_FLAGS', '')} "
-                               '--xla_force_host_platform_device_count=2'})
+      env=_with_devices(env, 2))
   assert out.returncode == 1
   assert out.stderr.strip() == out.stderr.strip().splitlines()[-1], out.stderr
   assert 'not divisible by the 2 devices' in out.stderr

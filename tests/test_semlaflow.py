@@ -135,6 +135,7 @@ def test_permutation_and_padding_invariance(setup):
 def test_dense_view_round_trips_nodes_and_bonds(setup):
   model, _, molecules, z = setup
   graph, d, data = _dense(model, molecules, z, extra=3)
+  qm9_coord_std = json.loads(str(np.load(VECTORS)['meta']))['coord_std']
   positions = np.asarray(graph.nodes['positions'])
   np.testing.assert_array_equal(d.to_nodes(d.to_dense(jnp.asarray(positions))),
                                 positions * np.asarray(graph.nodes['mask'])[:, None])
@@ -145,10 +146,11 @@ def test_dense_view_round_trips_nodes_and_bonds(setup):
     np.testing.assert_array_equal(np.asarray(data['bonds'][i, :n, :n]), want + want.T)
     np.testing.assert_array_equal(CHARGES[np.asarray(data['charges'][i, :n])],
                                   m['formal_charges'])
-    # SemlaFlow's coordinates: centred, divided by QM9's coordinate std.
+    # SemlaFlow's coordinates: centred, divided by QM9's coordinate std (the value its
+    # own code wrote beside the parity vectors).
     centred = m['positions'] - m['positions'].mean(0)
-    np.testing.assert_allclose(np.asarray(data['coords'][i, :n]) * 1.723299503326416,
-                               centred, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(data['coords'][i, :n]) * qm9_coord_std, centred,
+                               atol=1e-4)
   # Every formal charge SemlaFlow's head knows maps to its class and back.
   formal = np.arange(-3, 4)
   np.testing.assert_array_equal(CHARGES[np.asarray(objective.charge_classes(formal))], formal)
